@@ -1,0 +1,60 @@
+"""kaggle-tli: Transfer Learning by Injection for Kaggle workflows.
+
+The public names are imported lazily, so `import kaggle_tli` (and `kaggle-tli --help`) stay fast
+and do not pull in torch until a name that needs it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # engine
+    "TransferReport": "kaggle_tli.tli",
+    "tli_score": "kaggle_tli.tli",
+    "similarity_matrix": "kaggle_tli.tli",
+    "rank_teachers": "kaggle_tli.tli",
+    "trace": "kaggle_tli.tli",
+    "recalibrate_norms": "kaggle_tli.tli",
+    # stage 3: transfer() accepts modules, run directories and weight files
+    "transfer": "kaggle_tli.inject",
+    "inject": "kaggle_tli.inject",
+    # registry
+    "register_arch": "kaggle_tli.registry",
+    "list_archs": "kaggle_tli.registry",
+    "create_model": "kaggle_tli.registry",
+    # data, training, runs
+    "ImageCsvData": "kaggle_tli.data",
+    "PixelCsvData": "kaggle_tli.data",
+    "TrainConfig": "kaggle_tli.trainer",
+    "Run": "kaggle_tli.checkpoint",
+    "load_run": "kaggle_tli.checkpoint",
+    "finetune": "kaggle_tli.finetune",
+    "resume": "kaggle_tli.resume",
+    "predict": "kaggle_tli.trainer",
+    "iterate": "kaggle_tli.iterate",
+    "Ledger": "kaggle_tli.ledger",
+    # Kaggle
+    "bundle": "kaggle_tli.kaggle",
+    "load_bundle": "kaggle_tli.kaggle",
+    "publish": "kaggle_tli.kaggle",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kaggle_tli' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: the next lookup skips __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
