@@ -1,0 +1,31 @@
+"""The TLI engine: two `nn.Module`s in, a report out. Knows nothing about Kaggle, runs or files.
+
+    trace      graph.py   execution graph -> ordered layers with block, depth, branch, activation
+    match      match.py   score every pair as arrays; order-preserving block and layer alignment
+    inject     inject.py  ComboInjection (centre crop + resize) for any rank, top-k mixing
+    score      score.py   tli_score, similarity_matrix, rank_teachers
+    report     report.py  TransferReport: one row per student tensor
+"""
+
+from .api import transfer
+from .graph import Graph, TraceError, Unit, trace
+from .inject import center_crop, combo_injection, resize
+from .norm import recalibrate_norms
+from .report import TransferReport
+from .score import rank_teachers, similarity_matrix, tli_score
+
+__all__ = [
+    "Graph",
+    "TraceError",
+    "TransferReport",
+    "Unit",
+    "center_crop",
+    "combo_injection",
+    "rank_teachers",
+    "recalibrate_norms",
+    "resize",
+    "similarity_matrix",
+    "tli_score",
+    "trace",
+    "transfer",
+]

@@ -1,0 +1,239 @@
+"""`transfer`: trace both models, match their layers, inject the teacher's tensors into the student."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .graph import Graph, Unit, trace
+from .inject import combo_injection, mix
+from .match import Alignment, Match, match_graphs
+from .report import TransferReport
+
+
+@dataclass
+class _Teacher:
+    model: nn.Module
+    graph: Graph
+    alignment: Alignment
+    tensors: dict[str, Tensor]
+
+
+def transfer(
+    teacher: nn.Module | Sequence[nn.Module],
+    student: nn.Module,
+    *,
+    lam: float = 0.75,
+    top_k: int = 1,
+    transfer_norm: bool = True,
+    transfer_head: bool = False,
+    input_size: tuple[int, ...] | None = None,
+    teacher_input_size: tuple[int, ...] | None = None,
+) -> TransferReport:
+    """Inject the teacher's weights into `student` (in place) and report what happened to every student tensor.
+
+    teacher: a model, or several (each student tensor then takes its best-scoring source).
+    lam: ComboInjection strength, `lam * center_crop + (1 - lam) * resize` (paper: 0.75).
+    top_k: mix the k best-scoring teacher tensors with softmax weights (paper eq. 1-2); 1 = the aligned match only.
+    transfer_norm: False leaves normalisation layers at their init (the paper's BatchNorm ablation).
+    transfer_head: also fill a classifier whose class count differs from the teacher's (default: leave it at init).
+    input_size: (C, H, W) for the dummy forward pass; default from timm's pretrained_cfg.
+    """
+    start = time.perf_counter()
+    teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    _check_models(teachers, student, lam, top_k)
+    s_graph = trace(student, input_size)
+    found = []
+    for t in teachers:
+        t_graph = trace(t, teacher_input_size or input_size)
+        found.append(_Teacher(t, t_graph, match_graphs(s_graph, t_graph, top_k=top_k), _tensors(t)))
+
+    choices = {i: c for i in range(len(s_graph.units)) if (c := _best_teacher(found, i)) is not None}
+    zeroed = _identity_units(s_graph, found, choices)
+    head = _head_units(student, s_graph) if _heads_differ(student, teachers) and not transfer_head else set()
+    s_tensors = _tensors(student)
+    rows = []
+    with torch.no_grad():
+        for i, unit in enumerate(s_graph.units):
+            skip = _skip_reason(unit, choices.get(i), transfer_norm, unit.name in head)
+            for local, key in unit.tensors.items():
+                row = _inject_tensor(unit, local, key, s_tensors, found, choices.get(i), lam, skip)
+                if i in zeroed and local in ("weight", "bias", "") and not skip:
+                    s_tensors[key].zero_()
+                    row.update(method="zeroed", fraction=0.0, reason=_ZEROED)
+                rows.append(row)
+    for key in s_graph.unreached:
+        rows.append(_row(key, s_tensors[key], "", "init", reason="never used by the forward pass"))
+
+    params = {n for n, _ in student.named_parameters()}
+    counted = [r for r in rows if r["student"] in params]
+    total = sum(r["numel"] for r in counted)
+    covered = sum(r["fraction"] * r["numel"] for r in counted)
+    return TransferReport(
+        rows=rows,
+        score=max(_graph_score(s_graph, t.graph, t.alignment) for t in found),
+        coverage=covered / total if total else 0.0,
+        settings=dict(lam=lam, top_k=top_k, transfer_norm=transfer_norm, transfer_head=transfer_head,
+                      teachers=len(found)),
+        unreached_student=list(s_graph.unreached),
+        unreached_teacher=[n for t in found for n in t.graph.unreached],
+        seconds=time.perf_counter() - start,
+    )
+
+
+_ZEROED = "extra block seeded from a repeated teacher block: residual zeroed so the block starts as an identity"
+
+
+# --------------------------------------------------------------------------------------------------- checks
+
+
+def _check_models(teachers: list, student: nn.Module, lam: float, top_k: int) -> None:
+    if not isinstance(student, nn.Module):
+        raise TypeError(f"student must be a torch.nn.Module, got {type(student).__name__}")
+    if not teachers:
+        raise ValueError("no teacher given: pass a model or a list of models")
+    for t in teachers:
+        if not isinstance(t, nn.Module):
+            raise TypeError(
+                f"teacher must be a torch.nn.Module (or a list of them), got {type(t).__name__}; "
+                "to transfer from a run directory or a weights file use kaggle_tli.transfer"
+            )
+        if t is student:
+            raise ValueError("teacher and student are the same object: build a separate student model to inject into")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1] (0 = pure resize, 1 = pure centre crop), got {lam}")
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def _tensors(model: nn.Module) -> dict[str, Tensor]:
+    out = dict(model.named_parameters(remove_duplicate=False))
+    out.update(dict(model.named_buffers(remove_duplicate=False)))
+    return out
+
+
+def _head_units(model: nn.Module, graph: Graph) -> set[str]:
+    """Units of the classifier: timm's get_classifier() when the model has one, else the last unit."""
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        head = get()
+        if isinstance(head, nn.Module):
+            ids = {id(m) for m in head.modules()}
+            names = {n for n, m in model.named_modules() if id(m) in ids}
+            return {u.name for u in graph.units if u.name in names or u.name.rpartition(".")[0] in names}
+    return {graph.units[-1].name} if graph.units else set()
+
+
+def _num_outputs(model: nn.Module) -> int | None:
+    n = getattr(model, "num_classes", None)
+    return int(n) if isinstance(n, int) else None
+
+
+def _heads_differ(student: nn.Module, teachers: list[nn.Module]) -> bool:
+    s = _num_outputs(student)
+    return any(_num_outputs(t) != s for t in teachers)
+
+
+def _best_teacher(found: list[_Teacher], i: int) -> tuple[int, Match] | None:
+    best = None
+    for t_idx, t in enumerate(found):
+        m = t.alignment.matches.get(i)
+        if m is not None and (best is None or m.scores[0] > best[1].scores[0]):
+            best = (t_idx, m)
+    return best
+
+
+def _skip_reason(unit: Unit, choice, transfer_norm: bool, head_differs: bool) -> str:
+    if choice is None:
+        return "no matching teacher layer"
+    if unit.kind == "norm" and not transfer_norm:
+        return "norm transfer off"
+    if head_differs:
+        return "classifier: class count differs (transfer_head=True to fill it)"
+    return ""
+
+
+def _row(key: str, tensor: Tensor, kind: str, method: str, *, source="", source_shape="", teacher="", score=None,
+         weights="", fraction=0.0, reason="") -> dict:
+    return dict(student=key, shape=tuple(tensor.shape), kind=kind, method=method, source=source,
+                source_shape=source_shape, teacher=teacher, score=score, weights=weights, fraction=fraction,
+                numel=tensor.numel(), reason=reason)
+
+
+def _geometry(unit: Unit, local: str, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(fan-in dims, kernel spatial dims) of a unit's tensor."""
+    if local != "weight" or unit.kind not in ("conv", "dwconv", "linear") or rank < 2:
+        return (), ()
+    return tuple(range(1, rank)), tuple(range(2, rank))
+
+
+def _as_rank(t: Tensor, rank: int) -> Tensor:
+    """A linear's (O, I) weight seen as an (O, I, 1, 1) conv, and back."""
+    if t.dim() < rank:
+        return t.reshape(*t.shape, *([1] * (rank - t.dim())))
+    if t.dim() > rank:
+        return t.reshape(*t.shape[:rank - 1], -1) if all(s == 1 for s in t.shape[rank:]) else t
+    return t
+
+
+def _inject_tensor(unit, local, key, s_tensors, found, choice, lam, skip) -> dict:
+    target = s_tensors[key]
+    if skip:
+        return _row(key, target, unit.kind, "init", reason=skip)
+    t_idx, match = choice
+    teacher = found[t_idx]
+    sources, weights, candidates = [], [], []
+    for j, w in zip(match.sources, match.weights, strict=True):
+        t_key = teacher.graph.units[j].tensors.get(local)
+        if t_key is not None:
+            sources.append(t_key)
+            weights.append(w)
+            candidates.append(teacher.tensors[t_key])
+    if not candidates:
+        return _row(key, target, unit.kind, "init", reason=f"teacher layer has no '{local}'")
+    if not target.is_floating_point():  # num_batches_tracked: a counter, copied from the best source
+        target.copy_(candidates[0].reshape(target.shape) if candidates[0].numel() == target.numel() else target)
+        return _row(key, target, unit.kind, "copy", source=sources[0], teacher=t_idx, score=match.scores[0],
+                    fraction=1.0)
+    total_w = sum(weights)
+    weights = [w / total_w for w in weights]
+    rank = max(target.dim(), max(c.dim() for c in candidates))
+    like = _as_rank(target, rank)
+    fan_in, spatial = _geometry(unit, local, rank)
+    injected, fractions = [], []
+    for c in candidates:
+        out, frac = combo_injection(_as_rank(c, rank), like, lam, fan_in_dims=fan_in, spatial_dims=spatial)
+        injected.append(out)
+        fractions.append(frac)
+    result = mix(injected, weights)
+    target.copy_(result.reshape(target.shape))
+    same = len(candidates) == 1 and tuple(candidates[0].shape) == tuple(target.shape)
+    method = "copy" if same else ("mix" if len(candidates) > 1 else "combo")
+    return _row(key, target, unit.kind, method, source="+".join(sources),
+                source_shape="+".join(str(tuple(c.shape)) for c in candidates), teacher=t_idx,
+                score=round(match.scores[0], 4), weights="+".join(f"{w:.3f}" for w in weights),
+                fraction=max(fractions))
+
+
+def _identity_units(graph: Graph, found: list[_Teacher], choices: dict) -> set[int]:
+    """Units to zero so that student blocks seeded from a teacher block already used upstream start as identities
+    (Net2Net's deeper transform): the last layer of a residual branch whose shortcut is an identity."""
+    out = set()
+    for t_idx, t in enumerate(found):
+        for block, bm in zip(graph.blocks, t.alignment.block_map, strict=True):
+            z = block.zero_unit
+            if bm.repeat and z is not None and choices.get(z, (None,))[0] == t_idx:
+                out.add(z)
+    return out
+
+
+def _graph_score(student: Graph, teacher: Graph, alignment: Alignment) -> float:
+    n = max(len(student.units), len(teacher.units))
+    return float(min(1.0, alignment.total / n)) if n else 0.0

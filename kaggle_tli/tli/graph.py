@@ -1,0 +1,463 @@
+"""Trace a model's execution graph into an ordered list of *units* (the layers TLI matches).
+
+A unit is a module of a known kind (conv, linear, norm, embedding) with all its own tensors, or a lone parameter that
+lives directly on some other module (`cls_token`, `pos_embed`, a layer-scale `gamma`). Units are what get matched and
+injected: a conv's bias and a norm's running statistics travel with the weight they belong to.
+
+The trace runs one forward pass with `torch.func.functional_call` on *meta* copies of the parameters, buffers and
+input: the autograd graph is recorded (shapes only, no arithmetic), so tracing costs the same at 224 px as at 32 px and
+cannot touch the model's real tensors, BatchNorm statistics included. Models whose forward does not run on the meta
+device are traced for real, with every parameter, buffer, training flag and `requires_grad` restored afterwards.
+
+From the graph, per unit: execution order (autograd sequence numbers), the block it sits in (blocks end at add / mul /
+cat nodes that merge two data paths, as in the paper), its depth inside the block, the branch of the block's merge it
+feeds (a residual branch vs. a projection shortcut), and the activation that follows it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+# 3x224x224 for timm models without a pretrained_cfg: what almost every ImageNet model accepts.
+_DEFAULT_INPUT_SIZE = (3, 224, 224)
+
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+# autograd node name -> canonical activation name
+_ACTIVATIONS = {
+    "ReluBackward0": "relu",
+    "ReluBackward1": "relu",
+    "HardtanhBackward0": "relu6",
+    "LeakyReluBackward0": "leaky_relu",
+    "EluBackward0": "elu",
+    "GeluBackward0": "gelu",
+    "SiluBackward0": "silu",
+    "MishBackward0": "mish",
+    "HardswishBackward0": "hard_swish",
+    "HardsigmoidBackward0": "hard_sigmoid",
+    "SigmoidBackward0": "sigmoid",
+    "TanhBackward0": "tanh",
+    "SoftplusBackward0": "softplus",
+    "PreluKernelBackward0": "prelu",
+}
+# nodes an activation may hide behind: norms, reshapes, dropout-free copies
+_PASS_THROUGH = (
+    "NativeBatchNormBackward0",
+    "CudnnBatchNormBackward0",
+    "NativeLayerNormBackward0",
+    "NativeGroupNormBackward0",
+    "ViewBackward0",
+    "ReshapeAliasBackward0",
+    "UnsafeViewBackward0",
+    "PermuteBackward0",
+    "TransposeBackward0",
+    "CloneBackward0",
+    "AddBackward0",  # bias added separately
+    "ExpandBackward0",
+)
+_MERGES = ("AddBackward0", "AddBackward1", "SubBackward0", "MulBackward0", "CatBackward0", "CatBackward")
+
+
+class TraceError(RuntimeError):
+    """The model could not be traced; the message says which input was tried and how to pass another."""
+
+
+@dataclass
+class Unit:
+    """One matchable layer: a module's own tensors, or a lone parameter."""
+
+    name: str  # module path ("layer1.0.conv1") or parameter path ("pos_embed")
+    kind: str  # conv | dwconv | linear | norm | embedding | other
+    shape: tuple[int, ...]  # shape of the signature tensor (the weight, or the lone parameter)
+    tensors: dict[str, str]  # local name ("weight", "running_var", "" for a lone parameter) -> state_dict key
+    order: int = -1  # execution order among reached units
+    block: int = 0
+    depth: int = 0  # index inside its block
+    block_len: int = 1
+    branch: int = 0
+    activation: str = "none"
+
+    @property
+    def signature(self) -> str:
+        return self.tensors.get("weight", next(iter(self.tensors.values())))
+
+
+@dataclass
+class Block:
+    """Units between two merge nodes; `zero_unit` makes the block an identity when zeroed (residual blocks)."""
+
+    units: list[int]  # indices into Graph.units
+    merge: str = ""  # autograd name of the node that ends the block ("" for the last block)
+    zero_unit: int | None = None
+
+
+@dataclass
+class Graph:
+    units: list[Unit]  # reached units, in execution order
+    blocks: list[Block]
+    unreached: list[str]  # parameter names the forward pass never used
+    input_size: tuple[int, ...]
+    meta: bool  # traced on the meta device (no arithmetic, nothing touched)
+    aliases: dict[str, str] = field(default_factory=dict)  # tied parameter name -> the name it shares storage with
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+
+# --------------------------------------------------------------------------------------------------- units
+
+
+def _module_kind(module: nn.Module) -> str | None:
+    if isinstance(module, _CONV_TYPES):
+        groups, cin = module.groups, module.in_channels
+        return "dwconv" if groups > 1 and groups == cin else "conv"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, _NORM_TYPES) or type(module).__name__.endswith(("Norm", "Norm2d", "NormAct2d")):
+        return "norm"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    return None
+
+
+def collect_units(model: nn.Module) -> tuple[list[Unit], dict[str, str]]:
+    """Units of `model` in module-registration order, plus tied-parameter aliases."""
+    units: list[Unit] = []
+    seen: dict[int, str] = {}  # id(tensor) -> first state_dict key (tied weights)
+    aliases: dict[str, str] = {}
+    persistent = set(model.state_dict(keep_vars=True).keys())
+    for mod_name, module in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        own = [(n, t) for n, t in module.named_parameters(recurse=False)]
+        own += [(n, t) for n, t in module.named_buffers(recurse=False) if f"{prefix}{n}" in persistent]
+        fresh: dict[str, str] = {}
+        for local, tensor in own:
+            key = f"{prefix}{local}"
+            if id(tensor) in seen:
+                aliases[key] = seen[id(tensor)]
+                continue
+            seen[id(tensor)] = key
+            fresh[local] = key
+        if not any(isinstance(t, nn.Parameter) for n, t in own if n in fresh):
+            continue  # buffers alone (or only tied copies) make no unit
+        kind = _module_kind(module)
+        if kind is not None and "weight" in fresh:
+            shape = tuple(getattr(module, "weight").shape)
+            units.append(Unit(mod_name, kind, shape, fresh))
+            continue
+        for local, key in fresh.items():  # lone parameters of a custom module
+            tensor = dict(own)[local]
+            if isinstance(tensor, nn.Parameter):
+                units.append(Unit(key, "other", tuple(tensor.shape), {"": key}))
+    return units, aliases
+
+
+# --------------------------------------------------------------------------------------------------- tracing
+
+
+def default_input_size(model: nn.Module) -> tuple[int, ...]:
+    """Input size (C, H, W) from timm's pretrained_cfg, corrected by the model's own image size and channels."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = tuple(cfg.get("input_size", _DEFAULT_INPUT_SIZE))
+    patch_embed = getattr(model, "patch_embed", None)
+    img_size = getattr(patch_embed, "img_size", None)
+    if img_size is not None and getattr(patch_embed, "strict_img_size", True):
+        size = (size[0], *tuple(img_size))  # a ViT built for another size asserts on any other
+    first_conv = next((m for m in model.modules() if isinstance(m, _CONV_TYPES)), None)
+    if first_conv is not None and first_conv.in_channels != size[0]:
+        size = (first_conv.in_channels, *size[1:])
+    return size
+
+
+def _tensors_in(obj) -> Iterator[torch.Tensor]:
+    """Every tensor inside a model output: tensors, tuples, lists, dicts, dataclass-like objects."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif hasattr(item, "__dict__") and not isinstance(item, nn.Module):
+            stack.extend(vars(item).values())
+
+
+def _forward_meta(model: nn.Module, input_size: tuple[int, ...]):
+    """Forward on meta copies: records the graph, computes nothing, leaves the model untouched."""
+    tensors = {n: torch.empty_like(p, device="meta").requires_grad_(True) for n, p in model.named_parameters()}
+    tensors.update({n: torch.empty_like(b, device="meta") for n, b in model.named_buffers()})
+    x = torch.empty((1, *input_size), device="meta", requires_grad=True)
+    out = functional_call(model, tensors, (x,), tie_weights=True, strict=False)
+    return out, x, {id(t): n for n, t in tensors.items()}
+
+
+def _forward_real(model: nn.Module, input_size: tuple[int, ...]):
+    """Forward on the real tensors (for models the meta device cannot run); the caller restores state."""
+    params = dict(model.named_parameters())
+    for p in params.values():
+        p.requires_grad_(True)  # frozen parameters must still appear in the graph
+    device = next(iter(params.values())).device
+    x = torch.zeros((1, *input_size), device=device, requires_grad=True)
+    out = model(x)
+    return out, x, {id(p): n for n, p in params.items()}
+
+
+class _Restore:
+    """Snapshot of everything a real forward pass could change; restored on exit, exceptions included."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        m = self.model
+        self.training = {name: mod.training for name, mod in m.named_modules()}
+        self.requires_grad = {name: p.requires_grad for name, p in m.named_parameters()}
+        self.buffers = {name: b.detach().clone() for name, b in m.named_buffers()}
+        return self
+
+    def __exit__(self, *exc):
+        m = self.model
+        for name, mod in m.named_modules():
+            mod.training = self.training[name]
+        for name, p in m.named_parameters():
+            p.requires_grad_(self.requires_grad[name])
+        with torch.no_grad():
+            for name, b in m.named_buffers():
+                b.copy_(self.buffers[name])
+        return False
+
+
+def _run_forward(model: nn.Module, input_size: tuple[int, ...]):
+    errors = []
+    for forward in (_forward_meta, _forward_real):
+        with _Restore(model), torch.enable_grad():
+            model.eval()
+            try:
+                out, x, names = forward(model, input_size)
+                return out, x, names, forward is _forward_meta
+            except Exception as e:  # noqa: BLE001 - any failure of user code falls through to the next way
+                errors.append(f"{forward.__name__[1:]}: {type(e).__name__}: {e}")
+    shape = (1, *input_size)
+    raise TraceError(
+        f"{type(model).__name__}: the forward pass failed on a dummy input of shape {shape} "
+        f"({'; '.join(errors)}). Pass the size the model expects, e.g. input_size=(3, 64, 64)."
+    )
+
+
+# --------------------------------------------------------------------------------------------------- graph walk
+
+
+class _Walk:
+    """Autograd graph from the outputs back to the leaves, with forward (consumer) edges added."""
+
+    def __init__(self, roots: list, input_node):
+        self.nodes: dict[int, object] = {}
+        self.children: dict[int, list[int]] = {}
+        self.consumers: dict[int, list[int]] = {}
+        stack = list(roots)
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in self.nodes:
+                continue
+            self.nodes[id(node)] = node
+            kids = [f for f, _ in node.next_functions if f is not None]
+            self.children[id(node)] = [id(k) for k in kids]
+            for k in kids:
+                self.consumers.setdefault(id(k), []).append(id(node))
+            stack.extend(kids)
+        self.data = self._reaches(id(input_node)) if input_node is not None else set(self.nodes)
+
+    def _reaches(self, target: int) -> set[int]:
+        """Nodes that depend on the input: everything upstream (in forward terms) of the input's leaf."""
+        found, stack = {target}, [target]
+        while stack:
+            for parent in self.consumers.get(stack.pop(), ()):
+                if parent not in found:
+                    found.add(parent)
+                    stack.append(parent)
+        return found
+
+    def name(self, nid: int) -> str:
+        return type(self.nodes[nid]).__name__
+
+    def seq(self, nid: int) -> int:
+        return self.nodes[nid]._sequence_nr()
+
+    def is_merge(self, nid: int) -> bool:
+        if self.name(nid) not in _MERGES or nid not in self.data:
+            return False
+        return sum(1 for c in self.children[nid] if c in self.data) >= 2
+
+
+def _leaf_for(walk: _Walk, tensor_names: dict[int, str]) -> dict[str, int]:
+    """state_dict key -> id of its AccumulateGrad node."""
+    out = {}
+    for nid, node in walk.nodes.items():
+        var = getattr(node, "variable", None)
+        if var is not None and id(var) in tensor_names:
+            out[tensor_names[id(var)]] = nid
+    return out
+
+
+def _first_data_consumer(walk: _Walk, leaf: int) -> int | None:
+    """The earliest node on the data path that uses a parameter (a linear's weight goes through a transpose first)."""
+    best, stack, seen = None, list(walk.consumers.get(leaf, ())), set()
+    while stack:
+        nid = stack.pop()
+        if nid in seen:
+            continue
+        seen.add(nid)
+        if nid in walk.data:
+            if best is None or walk.seq(nid) < walk.seq(best):
+                best = nid
+        else:
+            stack.extend(walk.consumers.get(nid, ()))
+    return best
+
+
+def _activation_after(walk: _Walk, start: int, max_hops: int = 4) -> str:
+    frontier = [start]
+    for _ in range(max_hops):
+        nxt = []
+        for nid in frontier:
+            for c in walk.consumers.get(nid, ()):
+                name = walk.name(c)
+                if name in _ACTIVATIONS:
+                    return _ACTIVATIONS[name]
+                if name in _PASS_THROUGH and not walk.is_merge(c):
+                    nxt.append(c)
+        frontier = nxt
+    return "none"
+
+
+def _upstream(walk: _Walk, start: int) -> set[int]:
+    """Data nodes feeding `start`, back to (not through) the previous merges."""
+    found, stack = set(), [start]
+    while stack:
+        nid = stack.pop()
+        if nid in found or nid not in walk.data:
+            continue
+        found.add(nid)
+        if not walk.is_merge(nid):
+            stack.extend(walk.children[nid])
+    return found
+
+
+def _label_branches(walk: _Walk, merges: list[int]) -> dict[int, tuple[int, int]]:
+    """node -> (merge index, input index) for nodes on exactly one input path of their first downstream merge.
+
+    Nodes feeding several inputs of the merge (everything before the fork: a ViT's patch embedding, say) get input
+    index -1, the trunk of the block.
+    """
+    label: dict[int, tuple[int, int]] = {}
+    for m_idx, m in enumerate(merges):
+        inputs = [_upstream(walk, c) for c in walk.children[m] if c in walk.data]
+        for b_idx, nodes in enumerate(inputs):
+            others = set().union(*(n for j, n in enumerate(inputs) if j != b_idx))
+            for nid in nodes:
+                if nid not in label and not walk.is_merge(nid):
+                    label[nid] = (m_idx, b_idx if nid not in others else -1)
+    return label
+
+
+def trace(model: nn.Module, input_size: tuple[int, ...] | None = None) -> Graph:
+    """Trace `model` once and describe every parameter-holding layer (see the module docstring)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if not any(True for _ in model.parameters()):
+        raise ValueError(f"{type(model).__name__} has no parameters: there is nothing to transfer to or from.")
+    size = tuple(input_size) if input_size is not None else default_input_size(model)
+    units, aliases = collect_units(model)
+    out, x, tensor_names, meta = _run_forward(model, size)
+    roots = [t.grad_fn for t in _tensors_in(out) if t.grad_fn is not None]
+    if not roots:
+        raise TraceError(f"{type(model).__name__}: the output does not depend on any parameter.")
+    walk = _Walk(roots, getattr(x, "grad_fn", None) or _input_leaf(roots, x))
+    leaves = _leaf_for(walk, tensor_names)
+
+    reached, consumer = [], {}
+    for unit in units:
+        leaf = leaves.get(unit.signature) or next((leaves[k] for k in unit.tensors.values() if k in leaves), None)
+        node = _first_data_consumer(walk, leaf) if leaf is not None else None
+        if node is not None:
+            consumer[unit.name] = node
+            reached.append(unit)
+    reached.sort(key=lambda u: walk.seq(consumer[u.name]))
+    reached_keys = {k for u in reached for k in u.tensors.values()}
+    all_params = [n for n, _ in model.named_parameters()]
+    unreached = [n for n in all_params if n not in reached_keys]
+
+    merges = sorted((n for n in walk.nodes if walk.is_merge(n)), key=walk.seq)
+    blocks = _split_blocks(walk, reached, consumer, merges)
+    return Graph(reached, blocks, unreached, size, meta, aliases)
+
+
+def _input_leaf(roots, x):
+    """With a real forward pass the input is a leaf: find its AccumulateGrad node by identity."""
+    stack, seen = list(roots), set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if getattr(node, "variable", None) is x:
+            return node
+        stack.extend(f for f, _ in node.next_functions)
+    return None
+
+
+def _split_blocks(walk: _Walk, units: list[Unit], consumer: dict[str, int], merges: list[int]) -> list[Block]:
+    merge_seq = [walk.seq(m) for m in merges]
+    labels = _label_branches(walk, merges)
+    members: dict[int, list[int]] = {}
+    raw_branch: dict[int, int] = {}
+    for i, unit in enumerate(units):
+        node = consumer[unit.name]
+        unit.order = i
+        unit.block = bisect.bisect_left(merge_seq, walk.seq(node))
+        raw_branch[i] = labels.get(node, (unit.block, -1))[1]
+        unit.activation = _activation_after(walk, node)
+        members.setdefault(unit.block, []).append(i)
+
+    blocks = []
+    for new_idx, (b, idx) in enumerate(sorted(members.items())):
+        canonical = _canonical_branches([raw_branch[i] for i in idx])
+        for depth, i in enumerate(idx):
+            u = units[i]
+            u.block, u.depth, u.block_len, u.branch = new_idx, depth, len(idx), canonical[raw_branch[i]]
+        merge = merges[b] if b < len(merges) else None
+        blocks.append(Block(idx, walk.name(merge) if merge else "", _zero_unit(walk, merge, idx, units, raw_branch)))
+    return blocks
+
+
+def _canonical_branches(raw: list[int]) -> dict[int, int]:
+    """Number branches by how many layers they hold (main path 0, shortcut 1, ...; trunk -1), so the numbering does
+    not depend on whether a model's code writes `x + shortcut` or `shortcut + x`."""
+    counts: dict[int, int] = {}
+    for r in raw:
+        if r >= 0:
+            counts[r] = counts.get(r, 0) + 1
+    ranked = sorted(counts, key=lambda r: (-counts[r], r))
+    return {-1: -1, **{r: k for k, r in enumerate(ranked)}}
+
+
+def _zero_unit(walk: _Walk, merge, idx: list[int], units: list[Unit], raw_branch: dict[int, int]) -> int | None:
+    """The unit whose zeroing turns a residual block into an identity: the last layer of the one input path that
+    has layers, when the block ends in an add whose other input carries none (an identity shortcut)."""
+    if merge is None or walk.name(merge) not in ("AddBackward0", "AddBackward1"):
+        return None
+    n_inputs = sum(1 for c in walk.children[merge] if c in walk.data)
+    with_layers = {raw_branch[i] for i in idx if raw_branch[i] >= 0}
+    if n_inputs != 2 or len(with_layers) != 1:
+        return None
+    branch = with_layers.pop()
+    return max((i for i in idx if raw_branch[i] == branch), key=lambda i: units[i].order)

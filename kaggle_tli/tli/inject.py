@@ -1,0 +1,119 @@
+"""ComboInjection: reshape a teacher tensor into a student's shape (paper, section 3.2).
+
+    W = lam * center_crop(T) + (1 - lam) * resize(T)
+
+Both parts work on tensors of any rank, one dimension at a time.
+
+center_crop
+    Where the teacher is larger, its central slice is kept. Where the student is larger, the teacher sits in the
+    centre and the margin keeps the student's own initial values, with one exception: along a convolution kernel's
+    spatial dimensions the margin is zero, so a 3x3 kernel pasted into a 5x5 one (with "same" padding) computes
+    exactly what it computed before. Crop offsets depend only on the two sizes, so a layer's output channels and the
+    next layer's input channels are cut at the same place.
+
+resize
+    Separable linear interpolation (corners aligned) to grow a dimension, area averaging to shrink it. Along the
+    fan-in dimensions (a conv's input channels and kernel taps, a linear's input features) the result is scaled by
+    teacher size / student size, so a unit's response to a constant input is preserved, as in Net2Net's wider
+    transform: twice the inputs, half the weight each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _center_slices(src: int, dst: int) -> tuple[slice, slice]:
+    """(slice of the source, slice of the destination) that overlap when both are centred."""
+    if src >= dst:
+        start = (src - dst) // 2
+        return slice(start, start + dst), slice(0, dst)
+    start = (dst - src) // 2
+    return slice(0, src), slice(start, start + src)
+
+
+def center_crop(teacher: Tensor, like: Tensor, *, spatial_dims: Sequence[int] = ()) -> Tensor:
+    """`teacher` cut or pasted into the centre of a tensor shaped like `like` (see the module docstring)."""
+    pairs = [_center_slices(a, b) for a, b in zip(teacher.shape, like.shape, strict=True)]
+    src = tuple(p[0] for p in pairs)
+    dst = tuple(p[1] for p in pairs)
+    out = like.detach().clone()
+    if spatial_dims:
+        slab = tuple(dst[d] if d not in spatial_dims else slice(None) for d in range(like.dim()))
+        out[slab] = 0  # zero margin around the kernel: same function as the smaller kernel
+    out[dst] = teacher[src].to(out.dtype)
+    return out
+
+
+def crop_fraction(teacher_shape: Sequence[int], student_shape: Sequence[int]) -> float:
+    """Fraction of the student's elements that the crop part takes from the teacher."""
+    overlap = total = 1
+    for a, b in zip(teacher_shape, student_shape, strict=True):
+        overlap *= min(a, b)
+        total *= b
+    return overlap / total if total else 0.0
+
+
+def _resize_dim(x: Tensor, dim: int, size: int) -> Tensor:
+    n = x.shape[dim]
+    if n == size:
+        return x
+    moved = x.movedim(dim, -1)
+    flat = moved.reshape(-1, 1, n)
+    if size > n:
+        out = flat.expand(-1, -1, size) if n == 1 else F.interpolate(flat, size, mode="linear", align_corners=True)
+    else:
+        out = F.adaptive_avg_pool1d(flat, size)
+    return out.reshape(*moved.shape[:-1], size).movedim(-1, dim)
+
+
+def resize(teacher: Tensor, shape: Sequence[int], *, fan_in_dims: Sequence[int] = ()) -> Tensor:
+    """`teacher` interpolated to `shape`, one dimension at a time; fan-in dimensions rescaled (module docstring)."""
+    x = teacher.detach().float()
+    scale = 1.0
+    for dim, size in enumerate(shape):
+        if dim in fan_in_dims:
+            scale *= x.shape[dim] / size
+        x = _resize_dim(x, dim, size)
+    return x * scale if scale != 1.0 else x
+
+
+def combo_injection(
+    teacher: Tensor,
+    like: Tensor,
+    lam: float = 0.75,
+    *,
+    fan_in_dims: Sequence[int] = (),
+    spatial_dims: Sequence[int] = (),
+) -> tuple[Tensor, float]:
+    """ComboInjection of `teacher` into the shape of `like`; returns (tensor, fraction of elements from the teacher).
+
+    Same shape: an exact copy, whatever `lam` is. `lam=1` is a pure centre crop, `lam=0` a pure resize.
+    """
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    if tuple(teacher.shape) == tuple(like.shape):
+        return teacher.detach().to(like.dtype).clone(), 1.0
+    if teacher.dim() != like.dim():
+        raise ValueError(f"ranks differ: teacher {tuple(teacher.shape)} vs student {tuple(like.shape)}")
+    if lam == 1.0:
+        return center_crop(teacher, like, spatial_dims=spatial_dims), crop_fraction(teacher.shape, like.shape)
+    resized = resize(teacher, like.shape, fan_in_dims=fan_in_dims).to(like.dtype)
+    if lam == 0.0:
+        return resized, 1.0
+    cropped = center_crop(teacher, like, spatial_dims=spatial_dims)
+    return lam * cropped + (1.0 - lam) * resized, 1.0
+
+
+def mix(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """Weighted sum of already-injected candidates (paper eq. 2); weights come from a softmax and sum to 1."""
+    if len(tensors) == 1:
+        return tensors[0]
+    out = torch.zeros_like(tensors[0])
+    for t, w in zip(tensors, weights, strict=True):
+        out += w * t
+    return out

@@ -1,0 +1,234 @@
+"""Match student units to teacher units.
+
+Every (student, teacher) pair gets a score in [0, 1] computed as whole arrays: kind compatibility, real shape
+similarity per dimension, position in the network, depth inside the block, branch and the activation that follows.
+Pairs of incompatible rank never match.
+
+Assignment keeps order. Blocks (the stretches between merge nodes) are aligned first: a monotone map from student
+blocks to teacher blocks in which a teacher block may be *repeated* for consecutive student blocks (a deeper student:
+stage maps onto stage, and an extra block is seeded from its neighbour) or *skipped* (a shallower student). Inside each
+matched block pair, units are aligned one-to-one in order. Both levels are dynamic programs vectorised over one axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .graph import Graph, Unit
+
+KINDS = ("conv", "dwconv", "linear", "norm", "embedding", "other")
+
+# How well a teacher kind can seed a student kind (row: student, column: teacher). 0 = never.
+# A 1x1 conv and a linear are the same map; a depthwise conv is a conv with one input channel per group.
+_KIND_COMPAT = np.array(
+    [
+        # conv  dwconv linear norm  emb   other
+        [1.00, 0.50, 0.75, 0.00, 0.00, 0.00],  # conv
+        [0.50, 1.00, 0.00, 0.00, 0.00, 0.00],  # dwconv
+        [0.75, 0.00, 1.00, 0.00, 0.00, 0.00],  # linear
+        [0.00, 0.00, 0.00, 1.00, 0.00, 0.00],  # norm
+        [0.00, 0.00, 0.00, 0.00, 1.00, 0.00],  # embedding
+        [0.00, 0.00, 0.00, 0.00, 0.00, 1.00],  # other
+    ]
+)
+
+# Weights of the score's terms; they sum to 1 so identical units score exactly 1.0.
+WEIGHTS = {"kind": 0.15, "shape": 0.30, "position": 0.25, "depth": 0.10, "branch": 0.10, "activation": 0.10}
+
+REPEAT_DISCOUNT = 0.9  # a repeated teacher block is worth a little less than a fresh one, so fresh ones come first
+
+
+@dataclass
+class Features:
+    """Per-unit features of one graph, as arrays."""
+
+    kind: np.ndarray  # int, index into KINDS
+    dims: np.ndarray  # (n, R) float, shapes padded with 1 to a common rank, linear seen as a 1x1 conv
+    rank: np.ndarray  # int, rank after the linear -> conv view
+    position: np.ndarray  # relative execution order in [0, 1]
+    depth: np.ndarray  # relative depth inside the block in [0, 1]
+    branch: np.ndarray  # int
+    activation: np.ndarray  # object (strings)
+
+
+_MAX_RANK = 5
+
+
+def _dims(unit: Unit) -> tuple[int, ...]:
+    shape = unit.shape
+    if unit.kind == "linear" and len(shape) == 2:
+        shape = (*shape, 1, 1)  # a linear is a 1x1 conv: lets the two match
+    return shape
+
+
+def features(units: list[Unit]) -> Features:
+    n = len(units)
+    dims = np.ones((n, _MAX_RANK))
+    rank = np.zeros(n, dtype=int)
+    for i, u in enumerate(units):
+        d = _dims(u)[:_MAX_RANK]
+        dims[i, : len(d)] = d
+        rank[i] = len(_dims(u))
+    span = max(n - 1, 1)
+    return Features(
+        kind=np.array([KINDS.index(u.kind) for u in units], dtype=int),
+        dims=dims,
+        rank=rank,
+        position=np.arange(n) / span,
+        depth=np.array([u.depth / max(u.block_len - 1, 1) for u in units]),
+        branch=np.array([u.branch for u in units], dtype=int),
+        activation=np.array([u.activation for u in units], dtype=object),
+    )
+
+
+def score_matrix(s: Features, t: Features) -> np.ndarray:
+    """Scores of every (student, teacher) pair, shape (n_s, n_t); -1 where the pair may never match."""
+    kind = _KIND_COMPAT[s.kind[:, None], t.kind[None, :]]
+    # the share of elements the two tensors have in common: product over dimensions of min / max
+    shape = (np.minimum(s.dims[:, None, :], t.dims[None, :, :]) / np.maximum(s.dims[:, None, :], t.dims[None, :, :])).prod(-1)
+    terms = {
+        "kind": kind,
+        "shape": shape,
+        "position": 1 - np.abs(s.position[:, None] - t.position[None, :]),
+        "depth": 1 - np.abs(s.depth[:, None] - t.depth[None, :]),
+        "branch": (s.branch[:, None] == t.branch[None, :]).astype(float),
+        "activation": (s.activation[:, None] == t.activation[None, :]).astype(float),
+    }
+    total = sum(WEIGHTS[k] * terms[k] for k in WEIGHTS) / sum(WEIGHTS.values())
+    compatible = (kind > 0) & (s.rank[:, None] == t.rank[None, :])
+    return np.where(compatible, np.clip(total, 0.0, 1.0), -1.0)
+
+
+# --------------------------------------------------------------------------------------------------- alignment
+
+
+def align(scores: np.ndarray) -> tuple[list[tuple[int, int]], float]:
+    """One-to-one, order-preserving alignment maximising the summed score (Needleman-Wunsch, free gaps).
+
+    Row i of the table is one numpy pass: a cell is the better of "match (i, j)" and "skip student i", then a running
+    maximum along the row carries "skip teacher j".
+    """
+    n, m = scores.shape
+    if n == 0 or m == 0:
+        return [], 0.0
+    table = np.zeros((n + 1, m + 1))
+    for i in range(1, n + 1):
+        best = np.maximum(table[i - 1, 1:], table[i - 1, :-1] + scores[i - 1])
+        table[i, 1:] = np.maximum.accumulate(best)
+    pairs, i, j = [], n, m
+    while i > 0 and j > 0:
+        s = scores[i - 1, j - 1]
+        if s >= 0 and table[i, j] == table[i - 1, j - 1] + s:
+            pairs.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif table[i, j] == table[i, j - 1]:
+            j -= 1
+        else:
+            i -= 1
+    return pairs[::-1], float(table[n, m])
+
+
+@dataclass
+class BlockMap:
+    teacher: int | None  # teacher block, None = left at init
+    repeat: bool  # True when this student block re-uses the teacher block of the block before it
+
+
+def align_blocks(gain: np.ndarray, *, allow_repeat: bool = True) -> list[BlockMap]:
+    """Monotone map of student blocks onto teacher blocks maximising the summed gain.
+
+    A student block takes a fresh teacher block (later than the last one used), repeats the previous student block's
+    teacher block (worth REPEAT_DISCOUNT of its gain), or takes none. `fresh[p, q]`: best total with block p on q;
+    `best[p, q]`: best total for the first p blocks using teacher blocks up to q.
+    """
+    P, Q = gain.shape
+    neg = -np.inf
+    fresh = np.full((P + 1, Q + 1), neg)  # block p assigned to q, its last move fresh
+    on = np.full((P + 1, Q + 1), neg)  # block p assigned to q (fresh or repeat)
+    best = np.zeros((P + 1, Q + 1))
+    for p in range(1, P + 1):
+        g = gain[p - 1]
+        fresh[p, 1:] = best[p - 1, :-1] + g
+        on[p, 1:] = fresh[p, 1:]
+        if allow_repeat:
+            on[p, 1:] = np.maximum(on[p, 1:], on[p - 1, 1:] + REPEAT_DISCOUNT * g)
+        row = np.maximum(best[p - 1], on[p])
+        best[p] = np.maximum.accumulate(row)
+    return _trace_blocks(gain, fresh, on, best)
+
+
+def _trace_blocks(gain, fresh, on, best) -> list[BlockMap]:
+    P, Q = gain.shape
+    out: list[BlockMap] = [BlockMap(None, False) for _ in range(P)]
+    p, q, state = P, Q, "best"
+    while p > 0:
+        if state == "best":
+            if q > 0 and best[p, q] == best[p, q - 1]:
+                q -= 1
+            elif best[p, q] == best[p - 1, q]:
+                p -= 1  # block p left at init
+            else:
+                state = "on"
+        else:  # block p sits on teacher block q
+            is_fresh = on[p, q] == fresh[p, q]
+            out[p - 1] = BlockMap(q - 1, not is_fresh)
+            p, q, state = (p - 1, q - 1, "best") if is_fresh else (p - 1, q, "on")
+    return out
+
+
+@dataclass
+class Match:
+    """Where one student unit's weights come from."""
+
+    sources: list[int]  # teacher unit indices, best first
+    weights: list[float]  # mixing weights, sum to 1
+    scores: list[float]
+    repeat: bool = False  # seeded from a teacher block that an earlier student block already used
+
+
+@dataclass
+class Alignment:
+    matches: dict[int, Match]  # student unit index -> match (absent: left at init)
+    scores: np.ndarray  # the full (n_s, n_t) score matrix
+    block_map: list[BlockMap]
+    total: float  # summed score of one-to-one matches (repeats excluded): the basis of tli_score
+
+
+def match_graphs(student: Graph, teacher: Graph, *, top_k: int = 1, allow_repeat: bool = True) -> Alignment:
+    """Score every pair, align blocks then units, and attach top-k candidates with softmax weights."""
+    scores = score_matrix(features(student.units), features(teacher.units))
+    s_blocks = [b.units for b in student.blocks]
+    t_blocks = [b.units for b in teacher.blocks]
+    inner: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    gain = np.zeros((len(s_blocks), len(t_blocks)))
+    for p, s_idx in enumerate(s_blocks):
+        for q, t_idx in enumerate(t_blocks):
+            pairs, total = align(scores[np.ix_(s_idx, t_idx)])
+            inner[p, q] = [(s_idx[a], t_idx[b]) for a, b in pairs]
+            gain[p, q] = total
+    block_map = align_blocks(gain, allow_repeat=allow_repeat)
+
+    matches: dict[int, Match] = {}
+    total = 0.0
+    for p, bm in enumerate(block_map):
+        if bm.teacher is None:
+            continue
+        for s_i, t_j in inner[p, bm.teacher]:
+            matches[s_i] = _candidates(scores[s_i], t_j, top_k, bm.repeat)
+            if not bm.repeat:
+                total += scores[s_i, t_j]
+    return Alignment(matches, scores, block_map, total)
+
+
+def _candidates(row: np.ndarray, aligned: int, top_k: int, repeat: bool) -> Match:
+    """The aligned teacher unit first, then the next best compatible ones; softmax over scores (paper eq. 1)."""
+    sources = [aligned]
+    if top_k > 1:
+        order = [j for j in np.argsort(-row, kind="stable") if j != aligned and row[j] >= 0]
+        sources += order[: top_k - 1]
+    z = np.array([row[j] for j in sources])
+    w = np.exp(z - z.max())
+    w = w / w.sum()
+    return Match([int(j) for j in sources], [float(x) for x in w], [float(x) for x in z], repeat)

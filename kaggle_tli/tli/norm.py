@@ -1,0 +1,51 @@
+"""Re-estimate normalisation statistics after an injection.
+
+Injected weights no longer fit the running mean/var their BatchNorm layers carry (or were left with), so a freshly
+injected student evaluates at chance until training has refreshed them. A few forward passes in train mode, with
+momentum=None (a cumulative average), refit them without touching any weight. This needs data, so it lives outside
+`transfer()`; the pipeline (`kaggle_tli.iterate`) calls it with a few training batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+@torch.no_grad()
+def recalibrate_norms(model: nn.Module, batches: Iterable, *, max_batches: int = 8) -> int:
+    """Refit every BatchNorm's running statistics on up to `max_batches` batches; returns how many were used.
+
+    A batch is a tensor or a tuple/list whose first item is the input tensor. Weights, training flags and momenta
+    are left as they were.
+    """
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    was_training = {m: m.training for m in model.modules()}
+    momenta = {m: m.momentum for m in norms}
+    device = next(model.parameters()).device
+    used = 0
+    try:
+        model.eval()
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average over the batches seen
+            m.train()
+        for batch in batches:
+            if used >= max_batches:
+                break
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(x.to(device))
+            used += 1
+    finally:
+        for m, flag in was_training.items():
+            m.training = flag
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+    if used == 0:
+        raise ValueError("recalibrate_norms got no batches: pass an iterable of input tensors (e.g. a DataLoader)")
+    return used

@@ -1,0 +1,53 @@
+"""TLI score: how similar two architectures are, in [0, 1] (paper, Fig. 7). Never touches either model's weights."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+from torch import nn
+from tqdm.auto import tqdm
+
+from .graph import Graph, trace
+from .match import match_graphs
+
+
+def _score(a: Graph, b: Graph) -> float:
+    """Summed score of the one-to-one order-preserving alignment, over the larger unit count.
+
+    Identical architectures align on the diagonal with every pair scoring exactly 1.0, hence exactly 1.0.
+    """
+    n = max(len(a.units), len(b.units))
+    if n == 0:
+        return 0.0
+    total = match_graphs(a, b, allow_repeat=False).total
+    return float(min(1.0, total / n))
+
+
+def tli_score(a: nn.Module, b: nn.Module, *, input_size: tuple[int, ...] | None = None) -> float:
+    """Similarity of two architectures in [0, 1]: 1.0 for the same architecture, whatever the weights."""
+    return _score(trace(a, input_size), trace(b, input_size))
+
+
+def similarity_matrix(models: Mapping[str, nn.Module], *, input_size: tuple[int, ...] | None = None,
+                      progress: bool = True) -> pd.DataFrame:
+    """Pairwise TLI scores as a labelled, symmetric DataFrame (each model is traced once)."""
+    names = list(models)
+    graphs = {n: trace(models[n], input_size) for n in tqdm(names, desc="trace", disable=not progress)}
+    out = np.eye(len(names))
+    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+    for i, j in tqdm(pairs, desc="score", disable=not progress):
+        out[i, j] = out[j, i] = _score(graphs[names[i]], graphs[names[j]])
+    return pd.DataFrame(out, index=names, columns=names)
+
+
+def rank_teachers(student: nn.Module, candidates: Mapping[str, nn.Module] | list[nn.Module], *,
+                  input_size: tuple[int, ...] | None = None) -> pd.DataFrame:
+    """Candidate teachers ordered by TLI score against `student`, best first (paper: pick the most similar one)."""
+    if not isinstance(candidates, Mapping):
+        candidates = {f"{i}:{type(m).__name__}": m for i, m in enumerate(candidates)}
+    s_graph = trace(student, input_size)
+    rows = [{"teacher": name, "tli_score": _score(s_graph, trace(m, input_size))} for name, m in candidates.items()]
+    frame = pd.DataFrame(rows, columns=["teacher", "tli_score"])
+    return frame.sort_values("tli_score", ascending=False, kind="stable").reset_index(drop=True)
