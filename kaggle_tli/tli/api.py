@@ -218,7 +218,7 @@ def _inject_tensor(unit, local, key, s_tensors, found, choice, lam, skip) -> dic
     method = "copy" if same else ("mix" if len(candidates) > 1 else "combo")
     return _row(key, target, unit.kind, method, source="+".join(sources),
                 source_shape="+".join(str(tuple(c.shape)) for c in candidates), teacher=t_idx,
-                score=round(match.scores[0], 4), weights="+".join(f"{w:.3f}" for w in weights),
+                score=round(match.scores[0], 4), weights="+".join(f"{w:.4f}" for w in weights),
                 fraction=max(fractions))
 
 

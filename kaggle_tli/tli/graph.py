@@ -166,10 +166,10 @@ def default_input_size(model: nn.Module) -> tuple[int, ...]:
     """Input size (C, H, W) from timm's pretrained_cfg, corrected by the model's own image size and channels."""
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = tuple(cfg.get("input_size", _DEFAULT_INPUT_SIZE))
-    patch_embed = getattr(model, "patch_embed", None)
-    img_size = getattr(patch_embed, "img_size", None)
-    if img_size is not None and getattr(patch_embed, "strict_img_size", True):
-        size = (size[0], *tuple(img_size))  # a ViT built for another size asserts on any other
+    # a patch embedding built for one image size (ViT, Mixer, ...) asserts on any other
+    patch_embed = next((m for m in model.modules() if isinstance(getattr(m, "img_size", None), (tuple, list))), None)
+    if patch_embed is not None and getattr(patch_embed, "strict_img_size", True):
+        size = (size[0], *tuple(patch_embed.img_size))
     first_conv = next((m for m in model.modules() if isinstance(m, _CONV_TYPES)), None)
     if first_conv is not None and first_conv.in_channels != size[0]:
         size = (first_conv.in_channels, *size[1:])

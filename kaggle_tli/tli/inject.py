@@ -14,8 +14,9 @@ center_crop
 resize
     Separable linear interpolation (corners aligned) to grow a dimension, area averaging to shrink it. Along the
     fan-in dimensions (a conv's input channels and kernel taps, a linear's input features) the result is scaled by
-    teacher size / student size, so a unit's response to a constant input is preserved, as in Net2Net's wider
-    transform: twice the inputs, half the weight each.
+    teacher size / student size, as in Net2Net's wider transform (twice the inputs, half the weight each): a unit's
+    response to a constant input is kept for weights that vary smoothly along those dimensions (exactly when they
+    vary linearly).
 """
 
 from __future__ import annotations

@@ -1,0 +1,98 @@
+"""ComboInjection: W = lam * center_crop(T) + (1 - lam) * resize(T), for tensors of any rank."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kaggle_tli.tli.inject import center_crop, combo_injection, mix, resize
+
+
+def test_same_shape_is_an_exact_copy_for_any_lam():
+    t = torch.randn(8, 4, 3, 3)
+    for lam in (0.0, 0.75, 1.0):
+        out, frac = combo_injection(t, torch.zeros_like(t), lam)
+        assert torch.equal(out, t) and frac == 1.0, f"lam={lam} must copy a same-shaped tensor exactly"
+
+
+def test_lam_one_is_pure_crop_and_lam_zero_is_pure_resize():
+    t, like = torch.randn(8, 6), torch.randn(4, 10)
+    crop, frac = combo_injection(t, like, 1.0)
+    assert torch.equal(crop, center_crop(t, like)), "lam=1 must be the centre crop alone"
+    assert frac == pytest.approx(4 * 6 / 40), "the crop takes 24 of the student's 40 elements"
+    res, frac0 = combo_injection(t, like, 0.0)
+    assert torch.equal(res, resize(t, (4, 10))), "lam=0 must be the resize alone"
+    assert frac0 == 1.0
+    mixed, _ = combo_injection(t, like, 0.75)
+    assert torch.allclose(mixed, 0.75 * crop + 0.25 * res), "lam mixes the two parts linearly"
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3, 4])
+def test_growth_and_shrink_along_every_axis(rank):
+    base = (6,) * rank
+    t = torch.randn(base)
+    for axis, new in itertools.product(range(rank), (3, 9)):
+        shape = list(base)
+        shape[axis] = new
+        like = torch.randn(shape)
+        out, _ = combo_injection(t, like, 0.75)
+        assert tuple(out.shape) == tuple(shape), f"axis {axis} -> {new}"
+        assert torch.isfinite(out).all()
+        crop = center_crop(t, like)
+        if new < 6:  # shrinking: the crop is the teacher's centre
+            idx = [slice(None)] * rank
+            idx[axis] = slice(1, 4)
+            assert torch.equal(crop, t[tuple(idx)]), f"shrink along axis {axis} keeps the central slice"
+        else:  # growing: the teacher sits in the centre, the margin keeps the student's values
+            idx = [slice(None)] * rank
+            idx[axis] = slice(1, 7)
+            assert torch.equal(crop[tuple(idx)], t), f"grow along axis {axis} pastes the teacher in the centre"
+            margin = [slice(None)] * rank
+            margin[axis] = slice(0, 1)
+            assert torch.equal(crop[tuple(margin)], like[tuple(margin)]), "margin = the student's own init"
+
+
+def test_resize_interpolates_and_keeps_corners():
+    t = torch.tensor([0.0, 1.0, 2.0])
+    assert torch.allclose(resize(t, (5,)), torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0]))
+    assert torch.allclose(resize(torch.arange(4.0), (2,)), torch.tensor([0.5, 2.5])), "shrinking averages areas"
+
+
+def test_resize_on_fan_in_preserves_a_linear_units_response_to_constant_input():
+    # exact for weights that vary linearly along the fan-in (interpolation reproduces them and their mean)
+    w = torch.randn(5, 1) + torch.randn(5, 1) * torch.linspace(-1, 1, 4)
+    for width in (8, 2, 7):
+        resized = resize(w, (5, width), fan_in_dims=(1,))
+        assert torch.allclose(resized @ torch.ones(width), w @ torch.ones(4), atol=1e-5), f"width {width}"
+
+
+
+def test_grown_kernel_with_zero_margin_computes_the_same_convolution():
+    conv3 = torch.randn(8, 4, 3, 3)
+    conv5_init = torch.randn(8, 4, 5, 5)
+    conv5, frac = combo_injection(conv3, conv5_init, 1.0, fan_in_dims=(1, 2, 3), spatial_dims=(2, 3))
+    assert frac == pytest.approx(9 / 25)
+    assert torch.equal(conv5[:, :, 0], torch.zeros(8, 4, 5)), "the spatial margin of a grown kernel is zero"
+    x = torch.randn(2, 4, 12, 12)
+    assert torch.allclose(F.conv2d(x, conv3, padding=1), F.conv2d(x, conv5, padding=2), atol=1e-5)
+
+
+def test_grown_channels_keep_student_init_in_the_margin():
+    t = torch.randn(4, 4, 3, 3)
+    like = torch.randn(8, 4, 3, 3)
+    crop = center_crop(t, like, spatial_dims=(2, 3))
+    assert torch.equal(crop[2:6], t) and torch.equal(crop[:2], like[:2]) and torch.equal(crop[6:], like[6:])
+
+
+def test_mixing_weights_sum_to_one_and_mix_is_weighted_average():
+    a, b = torch.ones(3), torch.full((3,), 3.0)
+    assert torch.allclose(mix([a, b], [0.25, 0.75]), torch.full((3,), 2.5))
+    assert mix([a], [1.0]) is a
+
+
+def test_bad_lam_and_rank_mismatch_are_refused():
+    with pytest.raises(ValueError, match="lam"):
+        combo_injection(torch.ones(2), torch.ones(3), 1.5)
+    with pytest.raises(ValueError, match="ranks differ"):
+        combo_injection(torch.ones(2, 2), torch.ones(3), 0.5)

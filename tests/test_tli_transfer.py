@@ -1,0 +1,175 @@
+"""transfer(): identity on the same architecture, function kept for a deeper student, coverage across families,
+and the options (top-k, norm, head, several teachers); tli_score and friends."""
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from kaggle_tli.tli import rank_teachers, similarity_matrix, tli_score, transfer
+
+# family -> (timm name, extra kwargs, input size); small inputs keep this fast
+FAMILIES = {
+    "resnet": ("resnet18", {}, 32),
+    "resnext": ("resnext26ts", {}, 32),
+    "regnet": ("regnetx_002", {}, 32),
+    "efficientnet": ("efficientnet_b0", {}, 32),
+    "mobilenetv2": ("mobilenetv2_050", {}, 32),
+    "mobilenetv3": ("mobilenetv3_small_050", {}, 32),
+    "mnasnet": ("mnasnet_050", {}, 32),
+    "ghostnet": ("ghostnet_050", {}, 32),
+    "convnext": ("convnext_atto", {}, 32),
+    "vit": ("vit_tiny_patch16_224", {"img_size": 32}, 32),
+    "deit": ("deit_tiny_patch16_224", {"img_size": 32}, 32),
+    "mixer": ("mixer_s16_224", {"img_size": 32}, 32),
+    "densenet": ("densenet121", {}, 32),
+    "repvgg": ("repvgg_a0", {}, 32),
+    "levit": ("levit_128s", {}, 224),
+}
+
+
+def _model(name: str, seed: int, **kw) -> nn.Module:
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, num_classes=kw.pop("num_classes", 7), **kw).eval()
+    with torch.no_grad():  # non-trivial statistics and no zero-initialised heads: the copy must be complete
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def _logits(model: nn.Module, size: int) -> torch.Tensor:
+    torch.manual_seed(123)
+    with torch.no_grad():
+        return model(torch.randn(2, 3, size, size))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_same_architecture_gives_the_teachers_logits(family):
+    name, kw, size = FAMILIES[family]
+    teacher, student = _model(name, 0, **kw), _model(name, 1, **kw)
+    assert not torch.allclose(_logits(teacher, size), _logits(student, size)), "seeds must differ to prove anything"
+    report = transfer(teacher, student)
+    assert torch.allclose(_logits(teacher, size), _logits(student, size), atol=1e-6), f"{name}: logits differ"
+    assert report.score == 1.0 and report.coverage == 1.0, report.summary()
+    assert set(report.methods()) == {"copy"}, report.methods()
+
+
+def test_deeper_resnet_keeps_the_teachers_function():
+    teacher, student = _model("resnet18", 0), _model("resnet34", 1)
+    report = transfer(teacher, student)
+    assert torch.allclose(_logits(teacher, 64), _logits(student, 64), atol=1e-5), "resnet34 must start as resnet18"
+    assert report.coverage > 0.99, "extra blocks are seeded from their neighbours, not left at init"
+    zeroed = {r["student"] for r in report.rows if r["method"] == "zeroed"}
+    assert zeroed and all(".bn2." in k for k in zeroed), "only the residual's last norm is zeroed"
+
+
+CROSS_PAIRS = [
+    ("spnasnet_100", "mnasnet_100"),
+    ("tf_efficientnet_b0", "mnasnet_100"),
+    ("resnet18", "resnet34"),
+    ("resnet50", "resnet101"),
+    ("efficientnet_b0", "efficientnet_b2"),
+    ("mobilenetv3_large_100", "mobilenetv3_small_100"),
+    ("convnext_tiny", "convnext_small"),
+    ("vit_tiny_patch16_224", "vit_small_patch16_224"),
+    ("resnet18", "efficientnet_b0"),
+    ("regnety_004", "mobilenetv2_100"),
+]
+
+
+@pytest.mark.parametrize("teacher_name,student_name", CROSS_PAIRS)
+def test_across_architectures_coverage_and_a_finite_student(teacher_name, student_name):
+    kw = {"img_size": 64} if "vit" in teacher_name else {}
+    teacher, student = _model(teacher_name, 0, **kw), _model(student_name, 1, **kw)
+    report = transfer(teacher, student)
+    assert report.coverage > 0.5, report.summary()
+    assert torch.isfinite(_logits(student, 64)).all(), "the injected student must produce finite logits"
+    rows = report.to_frame()
+    params = {n for n, _ in student.named_parameters()}
+    assert params <= set(rows["student"]), "every student parameter has a row"
+
+
+def test_top_k_mixes_with_softmax_weights_that_sum_to_one():
+    teacher = _model("resnet18", 0)
+    aligned = {r["student"]: r["source"] for r in transfer(teacher, _model("resnet34", 1)).rows}
+    report = transfer(teacher, _model("resnet34", 1), top_k=3)
+    mixed = [r for r in report.rows if r["method"] == "mix"]
+    assert mixed, "top_k=3 must mix several sources"
+    for r in mixed:
+        weights = [float(w) for w in r["weights"].split("+")]
+        assert len(weights) == 3 and abs(sum(weights) - 1) < 1e-3, r
+        assert r["source"].split("+")[0] == aligned[r["student"]], "the aligned source comes first"
+
+
+def test_norm_transfer_off_leaves_norms_at_init():
+    teacher, student = _model("resnet18", 0), _model("resnet18", 1)
+    before = {k: v.clone() for k, v in student.state_dict().items() if "bn" in k or "downsample.1" in k}
+    report = transfer(teacher, student, transfer_norm=False)
+    after = student.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items()), "norm weights and statistics untouched"
+    assert torch.equal(after["conv1.weight"], teacher.state_dict()["conv1.weight"]), "convs still transfer"
+    assert all(r["reason"] == "norm transfer off" for r in report.rows if r["kind"] == "norm")
+
+
+def test_head_with_other_class_count_stays_at_init_unless_asked():
+    teacher = _model("resnet18", 0, num_classes=10)
+    student = _model("resnet18", 1, num_classes=3)
+    init = student.fc.weight.clone()
+    report = transfer(teacher, student)
+    assert torch.equal(student.fc.weight, init), "a 10-class head must not be squeezed into 3 classes by default"
+    assert any("class count" in r["reason"] for r in report.rows if r["student"] == "fc.weight")
+    transfer(teacher, student, transfer_head=True)
+    assert not torch.equal(student.fc.weight, init), "transfer_head=True fills it"
+
+
+def test_several_teachers_each_tensor_takes_its_best_source():
+    exact, other = _model("resnet18", 0), _model("mobilenetv3_small_050", 0)
+    student = _model("resnet18", 1)
+    report = transfer([other, exact], student)
+    assert torch.allclose(_logits(exact, 32), _logits(student, 32), atol=1e-6), "the identical teacher wins everywhere"
+    assert set(r["teacher"] for r in report.rows) == {1}
+
+
+def test_bad_input_is_refused_clearly():
+    model = _model("resnet18", 0)
+    with pytest.raises(ValueError, match="same object"):
+        transfer(model, model)
+    with pytest.raises(ValueError, match="lam"):
+        transfer(_model("resnet18", 1), model, lam=2)
+    with pytest.raises(TypeError, match="kaggle_tli.transfer"):
+        transfer("weights.safetensors", model)
+
+
+def test_report_formats(tmp_path):
+    report = transfer(_model("resnet18", 0), _model("resnet34", 1))
+    text = report.summary()
+    assert "coverage" in text and "zeroed" in text
+    path = tmp_path / "transfer.csv"
+    report.to_csv(path)
+    assert path.read_text().splitlines()[0].startswith("student,shape,kind,method,source")
+    assert "<table" in report._repr_html_()
+
+
+def test_tli_score_identity_ordering_and_no_side_effects():
+    a, b = _model("mnasnet_100", 0), _model("mnasnet_100", 1)
+    sp, tf = _model("spnasnet_100", 0), _model("tf_efficientnet_b0", 0)
+    states = [{k: v.clone() for k, v in m.state_dict().items()} for m in (a, b, sp, tf)]
+    assert tli_score(a, b) == 1.0
+    close, far = tli_score(sp, a), tli_score(tf, a)
+    assert 0 <= far < close < 1, f"paper Fig. 7 ordering: spnasnet {close:.3f} > tf_efficientnet_b0 {far:.3f}"
+    assert tli_score(a, sp) == pytest.approx(close), "the score is symmetric"
+    for m, state in zip((a, b, sp, tf), states):
+        assert all(torch.equal(m.state_dict()[k], v) for k, v in state.items()), "scoring changed a weight"
+
+
+def test_similarity_matrix_and_rank_teachers():
+    models = {n: _model(n, 0) for n in ("mnasnet_100", "spnasnet_100", "tf_efficientnet_b0")}
+    frame = similarity_matrix(models, progress=False)
+    assert list(frame.index) == list(models) and list(frame.columns) == list(models)
+    assert (frame.values.diagonal() == 1.0).all() and (frame.values == frame.values.T).all()
+    ranked = rank_teachers(_model("mnasnet_100", 1), models)
+    assert list(ranked["teacher"])[:2] == ["mnasnet_100", "spnasnet_100"], ranked
