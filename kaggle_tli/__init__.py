@@ -38,6 +38,9 @@ _EXPORTS: dict[str, str] = {
     "predict": "kaggle_tli.trainer",
     "iterate": "kaggle_tli.iterate",
     "Ledger": "kaggle_tli.ledger",
+    "LedgerError": "kaggle_tli.ledger",
+    "LedgerSchemaError": "kaggle_tli.ledger",
+    "LEDGER_COLUMNS": "kaggle_tli.ledger",
     # Kaggle
     "bundle": "kaggle_tli.kaggle",
     "load_bundle": "kaggle_tli.kaggle",
