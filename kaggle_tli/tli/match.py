@@ -210,16 +210,42 @@ def match_graphs(student: Graph, teacher: Graph, *, top_k: int = 1, allow_repeat
             gain[p, q] = total
     block_map = align_blocks(gain, allow_repeat=allow_repeat)
 
-    matches: dict[int, Match] = {}
-    total = 0.0
+    pairs: dict[int, tuple[int, bool]] = {}  # student unit -> (teacher unit, repeat)
     for p, bm in enumerate(block_map):
-        if bm.teacher is None:
-            continue
-        for s_i, t_j in inner[p, bm.teacher]:
-            matches[s_i] = _candidates(scores[s_i], t_j, top_k, bm.repeat)
-            if not bm.repeat:
-                total += scores[s_i, t_j]
-    return Alignment(matches, scores, block_map, total)
+        if bm.teacher is not None:
+            pairs.update({s_i: (t_j, bm.repeat) for s_i, t_j in inner[p, bm.teacher]})
+    pairs.update(_fill_gaps(scores, pairs))
+    matches = {i: _candidates(scores[i], j, top_k, rep) for i, (j, rep) in sorted(pairs.items())}
+    total = sum(scores[i, j] for i, (j, rep) in pairs.items() if not rep)
+    return Alignment(matches, scores, block_map, float(total))
+
+
+def _fill_gaps(scores: np.ndarray, pairs: dict[int, tuple[int, bool]]) -> dict[int, tuple[int, bool]]:
+    """Align the student units the block map left out with the teacher units between their matched neighbours.
+
+    Blocks are cut at merges, and families merge in different places (a squeeze-excite multiply splits an EfficientNet
+    block in two, a MnasNet block has none), so one student block may straddle several teacher blocks. The block map
+    pins the anchors; this fills the stretches between them, still in order and one-to-one.
+    """
+    n, m = scores.shape
+    anchors = sorted((i, j) for i, (j, rep) in pairs.items() if not rep)
+    bounds = [(-1, -1), *anchors, (n, m)]
+    filled = {}
+    for (i0, j0), (i1, j1) in zip(bounds, bounds[1:]):
+        gap_s = [i for i in range(i0 + 1, i1) if i not in pairs]
+        gap_t = list(range(j0 + 1, j1))
+        if gap_s and gap_t:
+            found, _ = align(scores[np.ix_(gap_s, gap_t)])
+            filled.update({gap_s[a]: (gap_t[b], False) for a, b in found})
+        # a layer the teacher has no counterpart for borrows the best compatible one around it (not counted in the
+        # score: the teacher tensor is used twice)
+        window = list(range(max(j0, 0), min(j1, m - 1) + 1))
+        for i in gap_s:
+            if i not in filled and window:
+                j = window[int(np.argmax(scores[i, window]))]
+                if scores[i, j] >= 0:
+                    filled[i] = (j, True)
+    return filled
 
 
 def _candidates(row: np.ndarray, aligned: int, top_k: int, repeat: bool) -> Match:

@@ -1,0 +1,367 @@
+"""The model registry: names, metadata, edits, specs that rebuild in a fresh interpreter, error messages.
+
+Budget: under 40 s on 2 cores (timm models built with pretrained=False, forward passes at 32 px, one
+224 px pass, one subprocess).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from kaggle_tli import registry as reg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def clean_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts from the registry as imported and leaves nothing behind."""
+    monkeypatch.setattr(reg, "_REGISTRY", dict(reg._REGISTRY))
+    monkeypatch.setattr(reg, "_HEADS", dict(reg._HEADS))
+
+
+def tiny_net(num_classes: int, width: int = 8, in_chans: int = 3) -> nn.Module:
+    """A factory small enough to build in microseconds."""
+    return nn.Sequential(
+        nn.Conv2d(in_chans, width, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, num_classes),
+    )
+
+
+def tiny_net_v2(num_classes: int, width: int = 8, in_chans: int = 3) -> nn.Module:
+    """Same signature, different body: a changed definition."""
+    return nn.Sequential(nn.Conv2d(in_chans, width, 5, padding=2), nn.Flatten(), nn.LazyLinear(num_classes))
+
+
+def run32(model: nn.Module, in_chans: int = 3, size: int = 32) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(torch.randn(2, in_chans, size, size))
+
+
+def kinds(model: nn.Module) -> Counter[str]:
+    return Counter(type(m).__name__ for m in model.modules())
+
+
+def shapes(model: nn.Module) -> list[tuple[str, list[int]]]:
+    return [(k, list(v.shape)) for k, v in model.state_dict().items()]
+
+
+# ------------------------------------------------------------------------------------------ registering
+def test_register_arch_builds_and_records_metadata() -> None:
+    reg.register_arch("tiny", parent="resnet18", description="a tiny net", kwargs={"width": 4})(tiny_net)
+    model = reg.create_model("tiny", 5)
+    assert run32(model).shape == (2, 5), "the factory's model should come back with 5 outputs"
+    assert model[0].out_channels == 4, "registered default kwargs must reach the factory"
+    assert reg.create_model("tiny", 5, width=6)[0].out_channels == 6, "the caller's kwargs win over defaults"
+
+    info = reg.arch_info("tiny")
+    assert (info.name, info.kind, info.parent, info.description) == (
+        "tiny",
+        "factory",
+        "resnet18",
+        "a tiny net",
+    )
+    assert dict(info.kwargs) == {"width": 4}
+    assert info.source_hash and info.source_hash.startswith("src:"), (
+        f"source hash missing: {info.source_hash}"
+    )
+    with pytest.raises(TypeError):
+        info.kwargs["width"] = 9  # type: ignore[index]  # the record is read-only
+    with pytest.raises(AttributeError):
+        info.name = "other"  # type: ignore[misc]
+    json.dumps(info.to_dict())
+
+
+def test_overwrite_warns_but_rerunning_the_same_cell_does_not() -> None:
+    reg.register_arch("tiny")(tiny_net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same definition again (a re-run notebook cell): silent
+        reg.register_arch("tiny")(tiny_net)
+    with pytest.warns(UserWarning, match="already registered"):
+        reg.register_arch("tiny")(tiny_net_v2)
+    assert reg.arch_info("tiny").qualname == "tiny_net_v2", "the new definition must replace the old"
+
+
+def test_unknown_name_suggests_close_names_and_how_to_register() -> None:
+    reg.register_arch("my_effnet")(tiny_net)
+    with pytest.raises(reg.UnknownArchError) as err:
+        reg.create_model("resnt18", 3)
+    msg = str(err.value)
+    assert "resnet18" in msg and "register_arch" in msg, msg
+    assert isinstance(err.value, KeyError) and isinstance(err.value, ValueError)
+    with pytest.raises(reg.UnknownArchError, match="my_effnet"):
+        reg.arch_spec("my_efnet", 3)
+
+
+def test_list_archs_patterns_and_natural_order() -> None:
+    for n in ("zz_net10", "zz_net2", "zz_net1", "yy_other"):
+        reg.register_arch(n)(tiny_net)
+    assert reg.list_archs("zz_net*") == ["zz_net1", "zz_net2", "zz_net10"], "natural sort: 2 before 10"
+    assert reg.list_archs(["zz_net1", "yy_*"]) == ["yy_other", "zz_net1"]
+    assert "resnet18" not in reg.list_archs("resnet*"), "timm names only when asked"
+    with_timm = reg.list_archs("resnet1*", include_timm=True)
+    assert "resnet18" in with_timm and with_timm.index("resnet18") < with_timm.index("resnet101")
+
+
+def test_timm_names_resolve_without_weights() -> None:
+    model = reg.create_model("resnet18", 7, in_chans=1)
+    assert model.conv1.in_channels == 1 and model.fc.out_features == 7
+    with pytest.raises(ValueError, match="pretrained_cfg_overlay"):
+        reg.create_model("resnet18", 7, pretrained=True)
+    with pytest.raises(ValueError, match="never downloads"):
+        reg.create_model("hf-hub:timm/resnet18.a1_in1k", 7)
+
+
+# ---------------------------------------------------------------------------------------------- failures
+def test_factory_that_raises_is_wrapped_with_its_name() -> None:
+    @reg.register_arch("broken")
+    def broken(num_classes: int, **kw: object) -> nn.Module:
+        raise ValueError("depth must be even")
+
+    with pytest.raises(reg.ArchBuildError) as err:
+        reg.create_model("broken", 3)
+    msg = str(err.value)
+    assert "factory for 'broken' failed" in msg and "depth must be even" in msg, msg
+    assert "fix the factory or its kwargs" in msg, msg
+    assert isinstance(err.value.__cause__, ValueError), "the original error must stay attached"
+
+
+def test_factory_that_returns_no_module() -> None:
+    reg.register_arch("not_a_model")(lambda num_classes, **kw: {"oops": num_classes})
+    with pytest.raises(TypeError, match="returned dict, not an nn.Module"):
+        reg.create_model("not_a_model", 3)
+
+
+def test_timm_kwarg_error_is_explained() -> None:
+    with pytest.raises(reg.ArchBuildError, match="timm could not build 'resnet18'.*fix the kwargs"):
+        reg.create_model("resnet18", 3, no_such_option=1)
+
+
+def test_edit_errors_say_what_to_fix() -> None:
+    with pytest.raises(reg.EditError, match=r"unknown activation 'swishh'.*valid names: .*silu"):
+        reg.swap_activation("swishh")
+    with pytest.raises(reg.EditError, match=r"matches no spatial conv.*layer1\.0\.conv1"):
+        reg.register_edit("bad", base="resnet18", edits=[reg.change_kernel_size(5, pattern="blocks.*")])
+    with pytest.raises(reg.EditError, match="even"):
+        reg.change_kernel_size(4)
+    with pytest.raises(reg.EditError, match="downsample"):  # the shortcut keeps stride 2: the add breaks
+        reg.register_edit("bad", base="resnet18", edits=[reg.change_stride(1, pattern="layer2.0.conv1")])
+    with pytest.raises(reg.EditError, match="not supported for 'vit_tiny_patch16_224'"):
+        reg.register_edit("bad", base="vit_tiny_patch16_224", edits=[reg.widen(2.0)])
+    with pytest.raises(reg.UnknownArchError):
+        reg.register_edit("bad", base="resnet_eighteen", edits=[reg.widen(2.0)])
+    assert "bad" not in reg.list_archs(), "a failed registration must not leave a name behind"
+
+
+# ------------------------------------------------------------------------------------------------- edits
+def test_swap_activation_replaces_every_activation_in_resnet() -> None:
+    reg.register_edit("r18_silu", base="resnet18", edits=[reg.swap_activation("silu")])
+    base, edited = reg.create_model("resnet18", 4), reg.create_model("r18_silu", 4)
+    assert kinds(base)["ReLU"] == 17 and kinds(edited)["ReLU"] == 0, f"ReLU left: {kinds(edited)['ReLU']}"
+    assert kinds(edited)["SiLU"] == 17
+    assert edited.layer1[0].act1.inplace, "an in-place ReLU becomes an in-place SiLU"
+    edited.train()
+    edited(torch.randn(2, 3, 32, 32)).sum().backward()  # in-place swap must keep autograd valid
+
+
+def test_swap_activation_reaches_fused_norm_act_and_keeps_gates() -> None:
+    reg.register_edit("mnv3_relu", base="mobilenetv3_small_100", edits=[reg.swap_activation("relu")])
+    base, edited = reg.create_model("mobilenetv3_small_100", 4), reg.create_model("mnv3_relu", 4)
+    assert type(base.bn1.act).__name__ == "Hardswish", (
+        "fixture assumption: the stem BatchNormAct2d fuses hardswish"
+    )
+    assert isinstance(edited.bn1.act, nn.ReLU), "the act inside timm's BatchNormAct2d must be swapped too"
+    assert kinds(edited)["Hardswish"] == 0
+    assert kinds(edited)["Hardsigmoid"] == kinds(base)["Hardsigmoid"] > 0, (
+        "SE gates are not activations to swap"
+    )
+    assert run32(edited).shape == (2, 4)
+
+
+def test_change_kernel_size_changes_kernel_and_padding_only_where_matched() -> None:
+    reg.register_edit("r18_k5", base="resnet18", edits=[reg.change_kernel_size(5, pattern="layer*.conv2")])
+    base, edited = reg.create_model("resnet18", 4), reg.create_model("r18_k5", 4)
+    conv = edited.layer3[1].conv2
+    assert conv.kernel_size == (5, 5) and conv.padding == (2, 2), f"got {conv}"
+    assert edited.layer3[1].conv1.kernel_size == (3, 3) and edited.conv1.kernel_size == (7, 7), (
+        "unmatched stay"
+    )
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert base.eval().forward_features(x).shape == edited.eval().forward_features(x).shape, (
+            "same padding"
+        )
+    assert run32(edited, size=224).shape == (2, 4), "the edit must also run at 224 px"
+
+
+def test_change_kernel_size_on_depthwise_convs_of_efficientnet() -> None:
+    reg.register_edit(
+        "eb0_k5", base="efficientnet_b0", edits=[reg.change_kernel_size(5, pattern="blocks.*.conv_dw")]
+    )
+    edited = reg.create_model("eb0_k5", 3)
+    dw = edited.blocks[1][0].conv_dw
+    assert dw.kernel_size == (5, 5) and dw.groups == dw.in_channels, "depthwise grouping must survive"
+    assert run32(edited).shape == (2, 3)
+
+
+def test_change_stride_keeps_resolution() -> None:
+    reg.register_edit("r18_s1", base="resnet18", edits=[reg.change_stride(1, pattern="maxpool")])
+    base, edited = reg.create_model("resnet18", 4).eval(), reg.create_model("r18_s1", 4).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert base.forward_features(x).shape[-1] == 1 and edited.forward_features(x).shape[-1] == 2
+    reg.register_edit("r18_l2", base="resnet18", edits=[reg.change_stride(1, pattern="layer2.0.*")])
+    assert reg.create_model("r18_l2", 4).layer2[0].downsample[0].stride == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("base", "edit", "probe"),
+    [
+        ("mobilenetv3_small_100", reg.widen(1.5), lambda m: m.conv_stem.out_channels),
+        ("efficientnet_b0", reg.deepen(1.5), lambda m: sum(len(s) for s in m.blocks)),
+        ("resnet18", reg.deepen(2.0), lambda m: len(m.layer1)),
+        ("resnet18", reg.widen(0.5), lambda m: -m.layer4[0].conv1.out_channels),  # narrower
+        ("regnetx_002", reg.widen(1.5), lambda m: m.s1.b1.conv1.conv.out_channels),
+    ],
+)
+def test_widen_and_deepen_use_timm_multipliers(base: str, edit: reg.Edit, probe) -> None:
+    reg.register_edit("scaled", base=base, edits=[edit])
+    before, after = probe(reg.create_model(base, 3)), probe(reg.create_model("scaled", 3))
+    assert after > before, f"{edit.describe()} on {base}: {before} -> {after}"
+    assert run32(reg.create_model("scaled", 3)).shape == (2, 3)
+
+
+def test_change_in_chans_and_the_stem_of_a_factory_without_it() -> None:
+    reg.register_edit("r18_gray", base="resnet18", edits=[reg.change_in_chans(1)])
+    model = reg.create_model("r18_gray", 4)
+    assert model.conv1.in_channels == 1 and run32(model, in_chans=1).shape == (2, 4)
+    assert reg.arch_spec("r18_gray", 4)["in_chans"] == 1, "the spec records the effective input channels"
+    assert reg.create_model("r18_gray", 4, in_chans=4).conv1.in_channels == 4, "an explicit in_chans wins"
+
+    reg.register_arch("rgb_only")(lambda num_classes: tiny_net(num_classes))
+    adapted = reg.create_model("rgb_only", 2, in_chans=1)
+    assert adapted[0].in_channels == 1 and run32(adapted, in_chans=1).shape == (2, 2)
+
+
+def test_replace_head_with_mlp_and_a_registered_head() -> None:
+    reg.register_edit("r18_mlp", base="resnet18", edits=[reg.replace_head("mlp", hidden=64, dropout=0.1)])
+    fc = reg.create_model("r18_mlp", 6).fc
+    linears = [m for m in fc.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 64), (64, 6)]
+
+    @reg.register_head("cosine")
+    def cosine(in_features: int, num_classes: int, scale: float = 1.0) -> nn.Module:
+        return nn.Sequential(nn.LayerNorm(in_features), nn.Linear(in_features, num_classes))
+
+    reg.register_edit(
+        "mnv3_cos", base="mobilenetv3_small_100", edits=[reg.replace_head("cosine", scale=10.0)]
+    )
+    model = reg.create_model("mnv3_cos", 3)
+    assert isinstance(model.classifier[0], nn.LayerNorm) and run32(model).shape == (2, 3)
+
+
+def test_edits_are_frozen_and_json_round_trip() -> None:
+    edits = [
+        reg.swap_activation("gelu", pattern="layer4.*"),
+        reg.change_kernel_size((5, 3)),
+        reg.change_stride(1, pattern="x"),
+        reg.widen(1.25),
+        reg.deepen(2),
+        reg.change_in_chans(1),
+        reg.replace_head("mlp", hidden=(32, 16), scale=2),
+    ]
+    for e in edits:
+        back = reg.edit_from_dict(json.loads(json.dumps(e.to_dict())))
+        assert back == e, f"{e} came back as {back}"
+        with pytest.raises(AttributeError):
+            e.pattern = "y"  # type: ignore[misc,attr-defined]
+
+
+# ------------------------------------------------------------------------------------------------- specs
+def test_spec_of_an_edit_rebuilds_in_a_fresh_interpreter(tmp_path: Path) -> None:
+    reg.register_edit(
+        "r18_tli",
+        base="resnet18",
+        edits=[reg.swap_activation("silu"), reg.change_kernel_size(5, pattern="layer*.conv2")],
+    )
+    reg.register_edit(
+        "r18_tli_wide", base="r18_tli", edits=[reg.change_in_chans(1), reg.replace_head("mlp", hidden=32)]
+    )
+    spec = reg.arch_spec("r18_tli_wide", 5, drop_rate=0.1)
+    here = reg.create_model_from_spec(spec)
+    assert shapes(here) == shapes(reg.create_model("r18_tli_wide", 5, drop_rate=0.1))
+
+    # a notebook factory lives in __main__: a fresh process without the cell cannot rebuild it
+    ns: dict[str, object] = {"__name__": "__main__", "nn": nn}
+    exec(
+        compile("def cell_net(num_classes, **kw):\n    return nn.Linear(4, num_classes)\n", "<cell>", "exec"),
+        ns,
+    )
+    reg.register_arch("cell_net")(ns["cell_net"])
+    (tmp_path / "edit.json").write_text(json.dumps(spec))
+    (tmp_path / "cell.json").write_text(json.dumps(reg.arch_spec("cell_net", 2)))
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from kaggle_tli import registry as reg
+        assert reg.list_archs() == [], "fresh process: nothing registered"
+        model = reg.create_model_from_spec(json.load(open({str(tmp_path / "edit.json")!r})))
+        out = {{"shapes": [(k, list(v.shape)) for k, v in model.state_dict().items()],
+                "acts": sorted({{type(m).__name__ for m in model.modules() if 'LU' in type(m).__name__}})}}
+        try:
+            reg.create_model_from_spec(json.load(open({str(tmp_path / "cell.json")!r})))
+        except reg.UnknownArchError as e:
+            out["cell_error"] = str(e)
+        print(json.dumps(out))
+        """
+    )
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [tuple(s) for s in out["shapes"]] == [tuple(s) for s in shapes(here)], "fresh rebuild differs"
+    assert out["acts"] == ["ReLU", "SiLU"], (
+        f"SiLU body and ReLU inside the MLP head expected, got {out['acts']}"
+    )
+    assert "register_arch('cell_net')" in out.get("cell_error", ""), out
+
+
+def test_spec_is_plain_json_and_checks_its_inputs() -> None:
+    spec = reg.arch_spec("resnet18", 3, drop_rate=0.2, pretrained=False)
+    assert json.loads(json.dumps(spec)) == spec
+    assert spec["num_classes"] == 3 and spec["in_chans"] == 3 and "pretrained" not in spec["kwargs"]
+    with pytest.raises(ValueError, match="not JSON-serialisable"):
+        reg.arch_spec("resnet18", 3, act_layer=nn.GELU)
+    with pytest.raises(ValueError, match="newer"):
+        reg.create_model_from_spec({**spec, "schema": reg.SPEC_SCHEMA + 1})
+    with pytest.raises(ValueError, match="num_classes"):
+        reg.create_model("resnet18", -1)
+
+
+def test_rebuilding_a_changed_factory_warns() -> None:
+    reg.register_arch("tiny")(tiny_net)
+    spec = reg.arch_spec("tiny", 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert shapes(reg.create_model_from_spec(spec)) == shapes(reg.create_model("tiny", 3))
+    with pytest.warns(UserWarning, match="already registered"):
+        reg.register_arch("tiny")(tiny_net_v2)
+    with pytest.warns(UserWarning, match="changed since this spec was written"):
+        reg.create_model_from_spec(spec)
