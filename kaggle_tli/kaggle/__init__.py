@@ -1,0 +1,40 @@
+"""Kaggle integration: weight bundles, publishing through the official client, kernel folders.
+
+Nothing here imports torch or the `kaggle` client at import time: the client is imported (with
+its output captured) only inside the functions that talk to Kaggle.
+"""
+
+from .bundle import build_wheel, bundle, load_bundle, locate_bundle, validate_bundle
+from .client import (
+    KaggleAuthError,
+    KaggleConflictError,
+    KaggleError,
+    KaggleNetworkError,
+    KaggleNotFoundError,
+    KaggleServerError,
+)
+from .kernels import push_kernel, render_kernel
+from .locate import BUNDLE_MARKER, COMPETITION_MARKERS, find_bundles, find_competition, find_inputs
+from .publish import publish
+
+__all__ = [
+    "BUNDLE_MARKER",
+    "COMPETITION_MARKERS",
+    "KaggleAuthError",
+    "KaggleConflictError",
+    "KaggleError",
+    "KaggleNetworkError",
+    "KaggleNotFoundError",
+    "KaggleServerError",
+    "build_wheel",
+    "bundle",
+    "find_bundles",
+    "find_competition",
+    "find_inputs",
+    "load_bundle",
+    "locate_bundle",
+    "publish",
+    "push_kernel",
+    "render_kernel",
+    "validate_bundle",
+]

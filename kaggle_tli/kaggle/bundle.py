@@ -1,0 +1,513 @@
+"""Weight bundles: a run directory packed as a ready-to-upload Kaggle dataset, and back.
+
+A bundle is a flat folder (the Kaggle client uploads only top-level files unless told to zip
+folders, and Kaggle's handling of uploaded archives varies, so everything sits at the top):
+
+    model.safetensors            + model_best / model_ema / fold<k> .safetensors when the run has them
+    run.json                     the run's record, unchanged
+    log.csv, oof.csv, ...        the run's other top-level files (state.pt, init.safetensors on request)
+    ledger.csv                   the ledger rows of the run's whole lineage, root first
+    kaggle_tli-<v>-py3-none-any.whl   this package, for `pip install --no-index --find-links <bundle>`
+    kaggle-tli-bundle.json       the marker notebooks search for under /kaggle/input
+    dataset-metadata.json        id, title, license: what `kaggle datasets create` needs
+
+Because it keeps the run directory's shape, `load_bundle` hands it straight to `load_run`: the
+bundle *is* a (read-only) run directory, usable as `prev_run` for `iterate`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .kernels import slugify as _slugify
+from .locate import BUNDLE_MARKER, find_bundles
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "kaggle-tli-bundle"
+BUNDLE_SCHEMA = 1
+DATASET_METADATA = "dataset-metadata.json"
+# run-directory files a bundle leaves behind unless `include_state=True`: the optimizer state and
+# the step-0 weights are large and not needed to continue (iterate and predict read the trained
+# weights only)
+_STATE_FILES = ("state.pt", "init.safetensors")
+_SKIP_SUFFIXES = (".tmp", ".lock", ".partial")
+# Kaggle's own limits (the client checks the same): slug and title 6-50 characters
+_SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{4,48})[a-z0-9]$")
+_OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+OWNER_PLACEHOLDER = "INSERT_OWNER_HERE"
+
+
+def bundle(
+    run: Any,
+    out_dir: str | Path,
+    *,
+    dataset: str | None = None,
+    title: str | None = None,
+    license: str = "CC0-1.0",
+    runs: str | Path | None = None,
+    include_state: bool = False,
+    wheel: str | Path | None = None,
+) -> Path:
+    """Pack `run` (a Run, a run directory, or a run id with `runs=`) into `out_dir` as a bundle.
+
+    `dataset` ("owner/slug") goes into dataset-metadata.json; without it the owner comes from
+    $KAGGLE_USERNAME (else a placeholder `publish(dataset=...)` must replace) and the slug from the
+    run id. `wheel` reuses an existing kaggle_tli wheel instead of building one. The bundle is built
+    next to `out_dir` and moved into place at the end, so a failure never leaves half a bundle.
+    """
+    run_dir, info = _resolve_run(run, runs)
+    run_id = str(info["id"])
+    dataset = dataset or _default_dataset(run_id)
+    title = title or _default_title(info)
+    metadata = dataset_metadata(dataset, title, license, allow_placeholder=True)
+    if not (run_dir / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"run {run_id} at {run_dir} has no model.safetensors: bundle a run that finished at least "
+            "one epoch (its weights are what the bundle carries)"
+        )
+    if info.get("status") not in (None, "done"):
+        warnings.warn(f"run {run_id} has status {info.get('status')!r}; bundling its last weights anyway", stacklevel=2)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    wheel_path = Path(wheel) if wheel is not None else build_wheel()
+    if not wheel_path.is_file() or wheel_path.suffix != ".whl":
+        raise FileNotFoundError(f"wheel {wheel_path} is not a .whl file: pass the kaggle_tli wheel, or wheel=None to build one")
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        copied = _copy_run_files(run_dir, staging, include_state)
+        lineage = _write_lineage(run_dir, run_id, info, staging / "ledger.csv")
+        shutil.copy2(wheel_path, staging / wheel_path.name)
+        marker = {
+            "format": BUNDLE_FORMAT,
+            "schema": BUNDLE_SCHEMA,
+            "run_id": run_id,
+            "parent_id": info.get("parent_id"),
+            "arch": _arch_name(info),
+            "num_classes": info.get("num_classes"),
+            "kaggle_tli_version": _package_version(),
+            "wheel": wheel_path.name,
+            "weights": sorted(n for n in copied if n.endswith(".safetensors")),
+            "lineage": [row.get("run_id") for row in lineage],
+            "dataset": dataset,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        _write_json(staging / BUNDLE_MARKER, marker)
+        metadata["description"] = _description(marker, info)
+        _write_json(staging / DATASET_METADATA, metadata)
+        _swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("bundled run %s into %s", run_id, out_dir)
+    return out_dir
+
+
+def load_bundle(path: str | Path, *, run_id: str | None = None, ledger: Any = None) -> Any:
+    """The `Run` stored in a bundle; works on read-only folders such as /kaggle/input.
+
+    `path` is the bundle itself or any folder above it (say "/kaggle/input": the marker file is
+    searched for, whatever the mount layout); with several bundles there, `run_id` picks one.
+    `ledger` (a path or a Ledger) receives the bundle's lineage rows, so a new run's lineage
+    continues across notebooks.
+    """
+    bundle_dir = locate_bundle(path, run_id=run_id)
+    validate_bundle(bundle_dir, for_upload=False)
+    from kaggle_tli.checkpoint import load_run
+
+    run = load_run(bundle_dir)
+    if ledger is not None:
+        from kaggle_tli.ledger import Ledger
+
+        target = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
+        target.import_rows(bundle_dir / "ledger.csv")
+    return run
+
+
+def locate_bundle(path: str | Path, *, run_id: str | None = None) -> Path:
+    """The bundle folder at or below `path` (for `run_id`, when given)."""
+    path = Path(path)
+    if (path / BUNDLE_MARKER).is_file():
+        candidates = [path]
+    else:
+        candidates = find_bundles(path)
+    if run_id is not None:
+        candidates = [c for c in candidates if _read_json(c / BUNDLE_MARKER).get("run_id") == run_id]
+    if len(candidates) == 1:
+        return candidates[0]
+    which = f"for run {run_id!r} " if run_id else ""
+    if not candidates:
+        raise FileNotFoundError(
+            f"no kaggle-tli bundle {which}at or below {path} (looked for {BUNDLE_MARKER}): attach the "
+            "weights dataset to the notebook (Add Input), or pass the bundle folder"
+        )
+    listing = ", ".join(f"{c} (run {_read_json(c / BUNDLE_MARKER).get('run_id')})" for c in candidates)
+    raise ValueError(f"several bundles {which}under {path}: {listing}; pass run_id= or the folder itself")
+
+
+def validate_bundle(path: str | Path, *, dataset: str | None = None, for_upload: bool = True) -> dict:
+    """Check a bundle before it is used or uploaded; return its dataset metadata (id replaced by `dataset`).
+
+    Upload checks (`for_upload`) add what Kaggle itself would refuse, so a publish fails here, before
+    any network traffic, rather than halfway through an upload.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"bundle folder {path} does not exist: build one with kaggle_tli.bundle(run, {str(path)!r})")
+    missing = [n for n in (BUNDLE_MARKER, "run.json", "model.safetensors", DATASET_METADATA) if not (path / n).is_file()]
+    if missing:
+        raise ValueError(f"{path} is not a complete kaggle-tli bundle: missing {', '.join(missing)}; rebuild it with bundle()")
+    marker = _read_json(path / BUNDLE_MARKER)
+    if marker.get("format") != BUNDLE_FORMAT or not isinstance(marker.get("schema"), int):
+        raise ValueError(f"{path / BUNDLE_MARKER} is not a kaggle-tli bundle marker: rebuild the bundle with bundle()")
+    if marker["schema"] > BUNDLE_SCHEMA:
+        raise ValueError(
+            f"bundle {path} has schema {marker['schema']}, newer than this kaggle_tli understands "
+            f"({BUNDLE_SCHEMA}): install the wheel shipped inside it (pip install --no-index --find-links {path} kaggle-tli)"
+        )
+    meta = _read_json(path / DATASET_METADATA)
+    if dataset is not None:
+        meta["id"] = dataset
+    if for_upload:
+        if not list(path.glob("kaggle_tli-*.whl")):
+            raise ValueError(f"bundle {path} carries no kaggle_tli wheel: offline notebooks could not install it; rebuild it with bundle()")
+        subdirs = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if subdirs:
+            raise ValueError(
+                f"bundle {path} has sub-folders {subdirs}, which the Kaggle client would silently skip: "
+                "move their files to the top level or remove them"
+            )
+        licenses = meta.get("licenses") or []
+        name = licenses[0].get("name") if len(licenses) == 1 and isinstance(licenses[0], dict) else None
+        dataset_metadata(meta.get("id"), meta.get("title"), name)
+    return meta
+
+
+def dataset_metadata(dataset: Any, title: Any, license: Any, *, allow_placeholder: bool = False) -> dict:
+    """A validated dataset-metadata.json body (id, title, exactly one license)."""
+    if not isinstance(dataset, str) or dataset.count("/") != 1:
+        raise ValueError(f"dataset must be 'owner/slug', got {dataset!r}")
+    owner, slug = dataset.split("/")
+    if owner == OWNER_PLACEHOLDER and not allow_placeholder:
+        raise ValueError(
+            f"dataset id {dataset!r} has no owner: pass dataset='<your kaggle user>/{slug}' (or set "
+            "KAGGLE_USERNAME before bundling)"
+        )
+    if not _OWNER_RE.match(owner):
+        raise ValueError(f"dataset owner {owner!r} is not a Kaggle user name (letters, digits, '-', '_')")
+    if not _SLUG_RE.match(slug):
+        raise ValueError(
+            f"dataset slug {slug!r} must be 6-50 characters of lowercase letters, digits and '-', "
+            f"starting and ending with a letter or digit (e.g. {_slugify(slug)[:50] or 'tli-weights'!r})"
+        )
+    if not isinstance(title, str) or not 6 <= len(title) <= 50:
+        raise ValueError(f"dataset title must be 6-50 characters, got {title!r}")
+    if not isinstance(license, str) or not license.strip():
+        raise ValueError(f"exactly one license name is needed (e.g. 'CC0-1.0', 'CC-BY-4.0', 'apache-2.0'), got {license!r}")
+    return {"title": title, "id": dataset, "licenses": [{"name": license}], "keywords": []}
+
+
+# ----------------------------------------------------------------------------- the wheel
+
+_wheel_cache: dict[str, Path] = {}
+
+
+def build_wheel(out_dir: str | Path | None = None) -> Path:
+    """A `py3-none-any` wheel of the running kaggle_tli.
+
+    From a source checkout (also an editable install): `pip wheel --no-deps --no-build-isolation`
+    of a clean copy of the source, so the checkout gets no build/ or egg-info litter. Without one
+    (kaggle_tli was itself installed from a wheel, as in an offline notebook): the installed files
+    are packed back into a wheel, so a notebook can bundle its own new run. Built once per process
+    and source state; `out_dir` gets a copy.
+    """
+    source = _source_root()
+    if source is not None:
+        key = "src:" + _source_digest(source)
+        maker = lambda d: _pip_wheel(source, d)  # noqa: E731
+    else:
+        dist = _installed_distribution()
+        if dist is None:
+            raise RuntimeError(
+                "cannot build a wheel of kaggle_tli: it is neither a source checkout (no pyproject.toml "
+                "next to the package) nor an installed distribution; install it with `pip install -e "
+                "/path/to/kaggle-tli` or `pip install kaggle_tli-*.whl`, or pass wheel=PATH to bundle()"
+            )
+        key = f"dist:{dist.version}:{dist.locate_file('')}"
+        maker = lambda d: _repack_installed(dist, d)  # noqa: E731
+    cached = _wheel_cache.get(key)
+    if cached is None or not cached.is_file():
+        tmp = tempfile.mkdtemp(prefix="kaggle-tli-wheel-")
+        atexit.register(shutil.rmtree, tmp, True)
+        cached = maker(Path(tmp))
+        _wheel_cache[key] = cached
+    if out_dir is None:
+        return cached
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy2(cached, out_dir / cached.name))
+
+
+def _source_root() -> Path | None:
+    import kaggle_tli
+
+    root = Path(kaggle_tli.__file__).resolve().parent.parent
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file() and re.search(r'(?m)^name\s*=\s*"kaggle[-_]tli"', pyproject.read_text()):
+        return root
+    return None
+
+
+# what a wheel build needs from the checkout (tests, runs, .venv stay behind)
+_SOURCE_FILES = ("pyproject.toml", "setup.py", "setup.cfg", "MANIFEST.in", "README.md", "LICENSE", "LICENSE.txt")
+_SOURCE_DIRS = ("kaggle_tli", "templates")
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+
+
+def _source_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for name in _SOURCE_FILES:
+        if (root / name).is_file():
+            h.update(name.encode() + b"\0" + (root / name).read_bytes())
+    for d in _SOURCE_DIRS:
+        for p in sorted((root / d).rglob("*")) if (root / d).is_dir() else []:
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
+                h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def _pip_wheel(root: Path, out_dir: Path) -> Path:
+    with tempfile.TemporaryDirectory(prefix="kaggle-tli-src-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for name in _SOURCE_FILES:
+            if (root / name).is_file():
+                shutil.copy2(root / name, src / name)
+        for d in _SOURCE_DIRS:
+            if (root / d).is_dir():
+                shutil.copytree(root / d, src / d, ignore=_IGNORE)
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+               "--disable-pip-version-check", "-q", "-w", str(out_dir), str(src)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(out_dir.glob("kaggle_tli-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(
+            f"building the kaggle_tli wheel from {root} failed (pip wheel exit {proc.returncode}); it needs "
+            f"pip and setuptools>=64 in this environment. pip said:\n{tail}"
+        )
+    return wheels[-1]
+
+
+def _installed_distribution() -> Any:
+    from importlib import metadata
+
+    for name in ("kaggle-tli", "kaggle_tli"):
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        # an editable install's files are a .pth, not the package: useless to repack
+        if any(str(f).startswith("kaggle_tli/") for f in dist.files or ()):
+            return dist
+    return None
+
+
+# installer bookkeeping that pip writes at install time and that no wheel carries
+_NOT_IN_WHEEL = {"INSTALLER", "REQUESTED", "RECORD", "direct_url.json"}
+
+
+def _repack_installed(dist: Any, out_dir: Path) -> Path:
+    """Pack an installed (non-editable) kaggle_tli back into a wheel, RECORD rebuilt with hashes."""
+    version = dist.version
+    info_dir = f"kaggle_tli-{version}.dist-info"
+    entries: list[tuple[str, Path]] = []
+    for f in dist.files or ():
+        rel = str(f).replace(os.sep, "/")
+        top, name = rel.split("/")[0], rel.rsplit("/", 1)[-1]
+        if top == "kaggle_tli" and "__pycache__" not in rel and not rel.endswith(".pyc"):
+            entries.append((rel, Path(dist.locate_file(f))))
+        elif top.endswith(".dist-info") and name not in _NOT_IN_WHEEL:
+            entries.append((f"{info_dir}/{rel.split('/', 1)[1]}", Path(dist.locate_file(f))))
+    path = out_dir / f"kaggle_tli-{version}-py3-none-any.whl"
+    record = []
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for arcname, src in sorted(entries):
+            data = src.read_bytes()
+            zf.writestr(arcname, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{arcname},sha256={digest},{len(data)}")
+        record.append(f"{info_dir}/RECORD,,")
+        zf.writestr(f"{info_dir}/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+def _package_version() -> str:
+    import kaggle_tli
+
+    return getattr(kaggle_tli, "__version__", "unknown")
+
+
+# ----------------------------------------------------------------------------- run side
+
+
+def _resolve_run(run: Any, runs: str | Path | None) -> tuple[Path, dict]:
+    """(run directory, run.json) for a Run, a run directory or a run id."""
+    if hasattr(run, "path") and hasattr(run, "info"):
+        return Path(run.path), dict(run.info)
+    if isinstance(run, str | os.PathLike) and (Path(run) / "run.json").is_file():
+        path = Path(run)
+        info = _read_json(path / "run.json")
+    elif isinstance(run, str | os.PathLike):
+        from kaggle_tli.checkpoint import load_run  # a run id: the runs folder resolves it
+
+        loaded = load_run(run, runs)
+        path, info = Path(loaded.path), dict(loaded.info)
+    else:
+        raise TypeError(f"run must be a Run, a run directory or a run id, got {type(run).__name__}")
+    if not info.get("id"):
+        raise ValueError(f"{path / 'run.json'} has no 'id': is this a kaggle_tli run directory?")
+    return path, info
+
+
+def _copy_run_files(run_dir: Path, dest: Path, include_state: bool) -> list[str]:
+    """Copy the run's top-level files (weights, run.json, csv logs); sub-folders would not upload."""
+    copied = []
+    reserved = {BUNDLE_MARKER, DATASET_METADATA, "ledger.csv"}  # written by bundle() itself
+    for p in sorted(run_dir.iterdir()):
+        name = p.name
+        if not p.is_file() or name.startswith(".") or name.endswith(_SKIP_SUFFIXES) or name in reserved:
+            continue
+        if name in _STATE_FILES and not include_state:
+            continue
+        if name.endswith(".whl"):  # a bundle re-bundled: its old wheel gives way to the current one
+            continue
+        shutil.copy2(p, dest / name)
+        copied.append(name)
+    return copied
+
+
+def _write_lineage(run_dir: Path, run_id: str, info: dict, dest: Path) -> list[dict]:
+    """Write the ledger rows of the run's lineage (root first) to `dest`; return them."""
+    from kaggle_tli.ledger import LEDGER_COLUMNS, Ledger
+
+    rows: list[dict] = []
+    # the runs folder's ledger, then the run's own (a run loaded from a bundle carries one)
+    for source in (run_dir.parent / "ledger.csv", run_dir / "ledger.csv"):
+        if source.is_file():
+            try:
+                rows = Ledger(source).lineage(run_id)
+            except KeyError:
+                rows = []
+            if rows:
+                break
+    if not rows:
+        warnings.warn(
+            f"no ledger row for run {run_id} next to {run_dir}: the bundle's ledger.csv holds no lineage",
+            stacklevel=3,
+        )
+    # written through Ledger itself so the file has exactly the format Ledger reads back
+    with tempfile.TemporaryDirectory(prefix="kaggle-tli-ledger-") as tmp:
+        ledger = Ledger(Path(tmp) / "ledger.csv")
+        columns = set(LEDGER_COLUMNS)
+        for row in reversed(rows):
+            ledger.append({k: v for k, v in row.items() if k in columns})
+        if (Path(tmp) / "ledger.csv").is_file():
+            shutil.copy2(Path(tmp) / "ledger.csv", dest)
+        else:
+            _write_empty_ledger(dest)
+    return rows
+
+
+def _write_empty_ledger(dest: Path) -> None:
+    from kaggle_tli.ledger import LEDGER_COLUMNS
+
+    dest.write_text(",".join(LEDGER_COLUMNS) + "\n")
+
+
+def _arch_name(info: dict) -> str | None:
+    arch = info.get("arch")
+    if isinstance(arch, dict):
+        return arch.get("name") or arch.get("arch") or arch.get("model")
+    return arch
+
+
+def _default_dataset(run_id: str) -> str:
+    owner = os.environ.get("KAGGLE_USERNAME") or OWNER_PLACEHOLDER
+    slug = _slugify(f"tli-{run_id}")[:50].strip("-")
+    return f"{owner}/{slug}"
+
+
+def _default_title(info: dict) -> str:
+    return f"TLI weights {_arch_name(info) or info['id']}"[:50].strip()
+
+
+def _description(marker: dict, info: dict) -> str:
+    metrics = info.get("metrics") or {}
+    lines = [
+        f"Weights of kaggle-tli run `{marker['run_id']}` (arch `{marker['arch']}`).",
+        "",
+        f"- lineage (newest first): {' <- '.join(str(r) for r in marker['lineage']) or marker['run_id']}",
+        *(f"- {k}: {v}" for k, v in metrics.items() if isinstance(v, int | float | str)),
+        "",
+        "Offline use in a notebook:",
+        "",
+        "```",
+        "import glob, os, subprocess, sys",
+        f"bundle = os.path.dirname(glob.glob('/kaggle/input/**/{BUNDLE_MARKER}', recursive=True)[0])",
+        "subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--no-deps', '--find-links', bundle, 'kaggle-tli'], check=True)",
+        "import kaggle_tli as kt",
+        "run = kt.load_bundle(bundle)",
+        "```",
+    ]
+    return "\n".join(lines)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace a folder that is not a bundle: bundle() must never eat someone's files."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"out_dir {out_dir} is a file: pass a folder path")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / BUNDLE_MARKER).is_file():
+        raise FileExistsError(
+            f"out_dir {out_dir} exists, is not empty and is not a kaggle-tli bundle: pass an empty or new folder"
+        )
+
+
+def _swap_into_place(staging: Path, out_dir: Path) -> None:
+    """Move the finished bundle to `out_dir`, replacing an older bundle there only at the very end."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    os.chmod(out_dir, 0o755)  # mkdtemp made it 0o700
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from e
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

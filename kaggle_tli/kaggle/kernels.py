@@ -1,0 +1,223 @@
+"""Render parameterised notebook templates into ready-to-push Kaggle kernel folders, and push them.
+
+A template is a Jupyter notebook with one code cell tagged `parameters` (papermill's convention).
+Rendering keeps that cell as the defaults and inserts an `injected-parameters` cell after it with
+the chosen values, exactly as papermill would, so the same notebook runs under papermill in tests
+and as-is on Kaggle. Next to it goes `kernel-metadata.json` with every field written explicitly:
+in particular `enable_internet: false`, because the client's default is true and code
+competitions reject notebooks with internet on.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import client
+
+KERNEL_METADATA = "kernel-metadata.json"
+T4_X2 = "NvidiaTeslaT4"  # Kaggle's GPU shape (2 x T4); the P100 is retired
+_PARAMETERS_TAG = "parameters"
+_INJECTED_TAG = "injected-parameters"
+_KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+_ID_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def render_kernel(
+    template: str | Path,
+    *,
+    competition: str | None,
+    weights: str | Sequence[str] | None,
+    gpu: bool = False,
+    out_dir: str | Path,
+    owner: str | None = None,
+    title: str | None = None,
+    private: bool = True,
+    parameters: dict[str, Any] | None = None,
+    kernel_sources: Sequence[str] = (),
+    model_sources: Sequence[str] = (),
+) -> Path:
+    """Write `<out_dir>/<template>.ipynb` and `<out_dir>/kernel-metadata.json`; return `out_dir`.
+
+    `template` is a notebook path or a template name ("teacher", "iterate", "inference").
+    `competition` (a slug) and `weights` (one or more "owner/slug" datasets) are attached as inputs
+    and, when the template declares parameters of those names, injected into the notebook; so is
+    every entry of `parameters`, which must name parameters the template declares. The kernel id is
+    `<owner>/<slug of title>`; `owner` defaults to $KAGGLE_USERNAME, then to the first weights owner.
+    """
+    src = resolve_template(template)
+    nb = _read_notebook(src)
+    weights_list = [weights] if isinstance(weights, str) else list(weights or [])
+    for ref in weights_list:
+        _check_ref(ref, "weights dataset")
+    for ref in kernel_sources:
+        _check_ref(ref, "kernel source")
+    if competition is not None and not _ID_PART.match(competition):
+        raise ValueError(f"competition must be a Kaggle competition slug such as 'digit-recognizer', got {competition!r}")
+
+    declared = _declared_parameters(nb, src)
+    values = {k: v for k, v in (("competition", competition), ("weights", weights)) if k in declared}
+    unknown = sorted(set(parameters or {}) - declared)
+    if unknown:
+        raise ValueError(f"template {src.name} has no parameter(s) {unknown}; it declares {sorted(declared)}")
+    values.update(parameters or {})
+    _inject(nb, values)
+
+    title = title or _default_title(competition, src.stem)
+    slug = _check_title(title)
+    owner = owner or os.environ.get("KAGGLE_USERNAME") or (weights_list[0].split("/")[0] if weights_list else None)
+    if not owner or not _ID_PART.match(owner):
+        raise ValueError(f"kernel owner {owner!r} is not a Kaggle user name: pass owner= or set KAGGLE_USERNAME")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    code_file = f"{src.stem}.ipynb"
+    metadata = {
+        "id": f"{owner}/{slug}",
+        "title": title,
+        "code_file": code_file,
+        "language": "python",
+        "kernel_type": "notebook",
+        "is_private": bool(private),
+        "enable_gpu": bool(gpu),
+        "enable_tpu": False,
+        "enable_internet": False,  # written explicitly: the client defaults it to true
+        "dataset_sources": weights_list,
+        "competition_sources": [competition] if competition else [],
+        "kernel_sources": list(kernel_sources),
+        "model_sources": list(model_sources),
+    }
+    if gpu:
+        metadata["machine_shape"] = T4_X2
+    (out_dir / code_file).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    (out_dir / KERNEL_METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+    return out_dir
+
+
+def push_kernel(folder: str | Path, *, retries: int = 3) -> dict:
+    """Push a rendered kernel folder to Kaggle (a new version, run there); return ref, url, version."""
+    folder = Path(folder)
+    meta_path = folder / KERNEL_METADATA
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{folder} has no {KERNEL_METADATA}: render it first with render_kernel(...)")
+    meta = json.loads(meta_path.read_text())
+    if not (folder / str(meta.get("code_file", ""))).is_file():
+        raise FileNotFoundError(f"{folder} lacks its code_file {meta.get('code_file')!r}: render the kernel again")
+    _check_title(meta.get("title", ""))
+    api = client.authenticate()
+    what = f"pushing notebook {meta.get('id')}"
+    result = client.call(what, api.kernels_push, str(folder), retries=retries)
+    client.check_response(result, what)
+    return {"ref": result.ref, "url": result.url, "version": result.version_number, "id": meta.get("id")}
+
+
+def resolve_template(template: str | Path) -> Path:
+    """A template path as given, or the bundled template of that name."""
+    path = Path(template)
+    if path.suffix == ".ipynb" or os.sep in str(template):
+        if not path.is_file():
+            raise FileNotFoundError(f"template notebook {path} does not exist")
+        return path
+    dirs = template_dirs()
+    for d in dirs:
+        if (d / f"{template}.ipynb").is_file():
+            return d / f"{template}.ipynb"
+    known = sorted({p.stem for d in dirs for p in d.glob("*.ipynb")})
+    raise ValueError(f"unknown template {template!r}: known templates are {known}, or pass a path to a .ipynb file")
+
+
+def template_dirs() -> list[Path]:
+    """Where named templates live: the checkout's templates/, then the installed package's."""
+    package = Path(__file__).resolve().parent.parent
+    return [d for d in (package.parent / "templates", package / "templates") if d.is_dir()]
+
+
+def slugify(text: str) -> str:
+    """Kaggle's slug of a title (same result as python-slugify for ASCII titles)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _read_notebook(path: Path) -> dict:
+    try:
+        nb = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"template {path} is not a readable notebook: {e}") from e
+    if nb.get("nbformat") != 4 or not isinstance(nb.get("cells"), list):
+        raise ValueError(f"template {path} is not an nbformat-4 notebook")
+    return nb
+
+
+def _source(cell: dict) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def _tags(cell: dict) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def _declared_parameters(nb: dict, path: Path) -> set[str]:
+    cells = [c for c in nb["cells"] if c.get("cell_type") == "code" and _PARAMETERS_TAG in _tags(c)]
+    if len(cells) != 1:
+        raise ValueError(
+            f"template {path} needs exactly one code cell tagged {_PARAMETERS_TAG!r} (papermill's convention), "
+            f"found {len(cells)}"
+        )
+    names = set()
+    for node in ast.parse(_source(cells[0])).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def _inject(nb: dict, values: dict[str, Any]) -> None:
+    """Insert the injected-parameters cell after the parameters cell; clear every output."""
+    nb["cells"] = [c for c in nb["cells"] if _INJECTED_TAG not in _tags(c)]  # re-rendering replaces it
+    lines = ["# Parameters"]
+    for name, value in values.items():
+        text = repr(value)
+        try:
+            ok = ast.literal_eval(text) == value
+        except (ValueError, SyntaxError):
+            ok = False
+        if not ok:
+            raise TypeError(f"parameter {name}={value!r} is not a plain Python literal (str, number, bool, None, list, dict)")
+        lines.append(f"{name} = {text}")
+    index = next(i for i, c in enumerate(nb["cells"]) if _PARAMETERS_TAG in _tags(c))
+    cell = {"cell_type": "code", "execution_count": None, "metadata": {"tags": [_INJECTED_TAG]},
+            "outputs": [], "source": "\n".join(lines) + "\n"}
+    nb["cells"].insert(index + 1, cell)
+    for c in nb["cells"]:
+        if c.get("cell_type") == "code":
+            c["outputs"], c["execution_count"] = [], None
+    nb.setdefault("metadata", {})["kernelspec"] = dict(_KERNELSPEC)
+    nb["metadata"].setdefault("language_info", {"name": "python"})
+
+
+def _default_title(competition: str | None, stem: str) -> str:
+    words = re.split(r"[-_\s]+", f"{competition or 'kaggle-tli'} {stem}")
+    title = " ".join(w.capitalize() for w in words if w)
+    while len(title) > 50:  # Kaggle's limit; drop whole words from the end
+        title = title.rsplit(" ", 1)[0]
+    return title
+
+
+def _check_title(title: str) -> str:
+    """The slug of a valid title; titles are ASCII so that our slug equals Kaggle's."""
+    if not isinstance(title, str) or not 5 <= len(title) <= 50 or not title.isascii():
+        raise ValueError(f"kernel title must be 5-50 ASCII characters, got {title!r}")
+    slug = slugify(title)
+    if len(slug) < 5:
+        raise ValueError(f"kernel title {title!r} gives the too-short slug {slug!r}: use more letters or digits")
+    return slug
+
+
+def _check_ref(ref: Any, what: str) -> None:
+    parts = ref.split("/") if isinstance(ref, str) else []
+    if len(parts) != 2 or not all(_ID_PART.match(p) for p in parts):
+        raise ValueError(f"{what} must be 'owner/slug', got {ref!r}")
