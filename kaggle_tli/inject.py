@@ -1,0 +1,99 @@
+"""Stage 3: TLI from runs and weight files.
+
+The engine (`kaggle_tli.tli`) takes two modules. This layer turns what a Kaggle user actually has (a run, a run id, a
+run directory on a read-only input path, a `.safetensors` file written by kaggle-tli) into modules, builds the new
+architecture through the registry, and injects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import nn
+
+from .checkpoint import Run, load_run, load_weights, weights_metadata
+from .registry import arch_spec, create_model, create_model_from_spec
+from .tli import TransferReport
+from .tli import transfer as _engine_transfer
+
+TeacherLike = nn.Module | Run | str | Path
+
+
+def load_teacher(source: TeacherLike, *, which: str = "last", runs: str | Path | None = None) -> nn.Module:
+    """A teacher model from a module, a `Run`, a run id or directory, or a kaggle-tli `.safetensors` file."""
+    if isinstance(source, nn.Module):
+        return source
+    if isinstance(source, Run):
+        return source.build_model(which)
+    path = Path(source).expanduser()
+    if path.suffix == ".safetensors":
+        return _model_from_weights(path)
+    return load_run(source, runs=runs).build_model(which)
+
+
+def _model_from_weights(path: Path) -> nn.Module:
+    """A model rebuilt from the architecture recorded in a weights file's metadata (kaggle-tli writes it)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {str(path)!r}")
+    try:
+        meta = weights_metadata(path)
+    except Exception as e:  # safetensors raises its own error types for a damaged header
+        raise ValueError(f"{str(path)!r} is not a readable safetensors file ({e}); it may be truncated") from e
+    run_dir = path.parent
+    if (run_dir / "run.json").is_file():  # a file inside a run directory: the run knows its architecture
+        model = create_model_from_spec(load_run(run_dir).arch)
+    elif meta.get("arch") and meta.get("num_classes"):
+        model = create_model(meta["arch"], num_classes=int(meta["num_classes"]))
+    else:
+        raise ValueError(
+            f"{str(path)!r} does not say which architecture its weights belong to (no run.json beside it, no 'arch' "
+            "in its metadata). Build the model yourself, load the weights into it, and pass the module."
+        )
+    model.load_state_dict(load_weights(path), strict=True)
+    return model
+
+
+def transfer(
+    teacher: TeacherLike | Sequence[TeacherLike],
+    student: nn.Module,
+    *,
+    lam: float = 0.75,
+    top_k: int = 1,
+    transfer_norm: bool = True,
+    transfer_head: bool = False,
+    input_size: tuple[int, ...] | None = None,
+    which: str = "last",
+) -> TransferReport:
+    """Inject a teacher's weights into `student` in place; see `kaggle_tli.tli.transfer` for the options.
+
+    `teacher` may be a module, a `Run`, a run id or run directory, a `.safetensors` file written by kaggle-tli, or a
+    list of these (several teachers: each student tensor takes its best source). `which` picks the run's "last",
+    "best" or "ema" weights.
+    """
+    many = isinstance(teacher, (list, tuple))
+    teachers = [load_teacher(t, which=which) for t in (teacher if many else [teacher])]
+    return _engine_transfer(teachers if many else teachers[0], student, lam=lam, top_k=top_k,
+                            transfer_norm=transfer_norm, transfer_head=transfer_head, input_size=input_size)
+
+
+def inject(
+    prev_run: Run | str | Path,
+    new_arch: str,
+    *,
+    num_classes: int | None = None,
+    which: str = "last",
+    runs: str | Path | None = None,
+    **transfer_options,
+) -> tuple[nn.Module, TransferReport, dict]:
+    """Stage 3: build `new_arch` from the registry and inject `prev_run`'s weights into it.
+
+    Returns (student, report, arch spec of the student). The class count defaults to the previous run's.
+    """
+    run = load_run(prev_run, runs=runs)
+    teacher = run.build_model(which)
+    classes = run.num_classes if num_classes is None else num_classes
+    spec = arch_spec(new_arch, num_classes=classes)
+    student = create_model_from_spec(spec)
+    report = _engine_transfer(teacher, student, **transfer_options)
+    return student, report, spec
