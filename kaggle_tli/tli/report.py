@@ -53,6 +53,13 @@ class TransferReport:
             Path(path).write_text(text)
         return text
 
+    @classmethod
+    def from_csv(cls, path: str | Path, *, score: float, coverage: float, settings: dict | None = None
+                 ) -> TransferReport:
+        """A report read back from `to_csv` output (the score and coverage are stored beside it, in run.json)."""
+        frame = pd.read_csv(path, keep_default_na=False)
+        return cls(rows=frame.to_dict("records"), score=score, coverage=coverage, settings=dict(settings or {}))
+
     def methods(self) -> Counter:
         return Counter(r["method"] for r in self.rows)
 

@@ -1,0 +1,121 @@
+"""`iterate(prev_run, new_arch)`: stages 3 and 4 in one call, the loop a Kaggle competitor runs all day.
+
+Take the last good run, build the edited architecture from the registry, inject the run's weights with TLI, refit the
+BatchNorm statistics on a few training batches, train, and record the new run in the ledger with its parent, TLI score
+and coverage. `init="kaiming"` does the same without the injection, for a side-by-side comparison.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import Run, load_run
+from .data import KaggleData, rebuild_data
+from .ledger import Ledger
+from .registry import arch_spec, create_model_from_spec
+from .resume import resume
+from .tli import TransferReport, recalibrate_norms
+from .tli import transfer as tli_transfer
+
+INITS = ("tli", "kaiming")
+
+
+def iterate(
+    prev_run: Run | str | Path,
+    new_arch: str,
+    data: KaggleData | None = None,
+    *,
+    init: str = "tli",
+    which: str = "last",
+    lam: float = 0.75,
+    top_k: int = 1,
+    transfer_norm: bool = True,
+    recalibrate: bool = True,
+    recalibrate_batches: int = 8,
+    runs: str | Path | None = None,
+    notes: str = "",
+    **train_cfg: Any,
+) -> Run:
+    """Train `new_arch` starting from what `prev_run` learned; returns the new run (its `.report` says what TLI did).
+
+    prev_run: a `Run`, a run id (looked up in `runs`), or a run directory, read-only ones (Kaggle inputs) included.
+    data: the competition data; default: rebuilt from the description in prev_run's run.json.
+    init: "tli" (inject prev_run's `which` weights: "last", "best" or "ema") or "kaiming" (timm's default init).
+    lam, top_k, transfer_norm: TLI options (see `kaggle_tli.transfer`).
+    recalibrate: refit BatchNorm running statistics on `recalibrate_batches` training batches before training,
+        so the student's evaluation is meaningful from step 0.
+    train_cfg: any `TrainConfig` field; the rest is inherited from prev_run's config.
+    """
+    if init not in INITS:
+        raise ValueError(f"init={init!r}: use 'tli' (inject the previous run's weights) or 'kaiming' (from scratch)")
+    prev = load_run(prev_run, runs=runs)
+    data = _data_for(prev, data)
+    out_dir = _runs_dir(prev, runs)
+    _continue_lineage(prev, out_dir)
+
+    spec = arch_spec(new_arch, num_classes=prev.num_classes, in_chans=data.in_chans)
+    student = create_model_from_spec(spec)
+    report = None
+    if init == "tli":
+        report = tli_transfer(prev.build_model(which), student, lam=lam, top_k=top_k, transfer_norm=transfer_norm)
+    if recalibrate:
+        fold = int(train_cfg.get("fold", prev.config.get("fold", prev.primary_fold)))
+        batches = (x for x, _ in data.train_loader(fold, batch_size=64, augment=False))
+        recalibrate_norms(student, batches, max_batches=recalibrate_batches)
+
+    extra: dict[str, Any] = {"notes": notes, "recalibrated": recalibrate, "which": which}
+    files = {}
+    if report is not None:
+        extra.update(tli_score=round(report.score, 4), coverage=round(report.coverage, 4), tli=report.settings)
+        files["transfer.csv"] = report.to_csv()
+    new = resume(student, data, arch=spec, parent=prev, stage="inject", init=init, extra=extra, files=files,
+                 runs=out_dir, **train_cfg)
+    new.report = report
+    return new
+
+
+def _data_for(prev: Run, data: KaggleData | None) -> KaggleData:
+    if data is not None:
+        return data
+    spec = prev.info.get("data")
+    if not spec:
+        raise ValueError(f"run {prev.id!r} does not describe its data; pass data=kt.ImageCsvData(...) to iterate")
+    try:
+        return rebuild_data(spec)
+    except (FileNotFoundError, OSError) as e:
+        raise FileNotFoundError(
+            f"run {prev.id!r} trained on {spec.get('root')!r}, which is not here ({e}). Pass the competition data: "
+            "iterate(prev_run, arch, data=kt.ImageCsvData('/kaggle/input/<competition>', ...))"
+        ) from e
+
+
+def _runs_dir(prev: Run, runs: str | Path | None) -> Path:
+    """Where the new run goes: `runs`, else beside prev_run when that folder is writable, else ./runs."""
+    if runs is not None:
+        return Path(runs).expanduser()
+    parent = prev.path.parent
+    return parent if os.access(parent, os.W_OK) else Path("runs")
+
+
+def _continue_lineage(prev: Run, out_dir: Path) -> None:
+    """A prev_run from elsewhere (an attached dataset, another runs folder) brings its ledger rows along, so the
+    lineage in out_dir's ledger reaches back to the root."""
+    target = Ledger(out_dir)
+    if target.get(prev.id) is not None:
+        return
+    for candidate in (prev.path / "ledger.csv", prev.path.parent / "ledger.csv"):
+        if candidate.is_file() and candidate.resolve() != target.path.resolve():
+            target.import_rows(candidate)
+            return
+
+
+def load_report(run: Run) -> TransferReport | None:
+    """The TLI report of an injected run, read back from its transfer.csv (None for runs that were not injected)."""
+    path = run.path / "transfer.csv"
+    if not path.is_file():
+        return None
+    extra = run.info.get("extra", {})
+    return TransferReport.from_csv(path, score=extra.get("tli_score", float("nan")),
+                                   coverage=extra.get("coverage", float("nan")), settings=extra.get("tli", {}))

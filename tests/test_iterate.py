@@ -1,0 +1,114 @@
+"""iterate(): stages 3 + 4 end to end on a tiny competition, lineage in the ledger, TLI vs Kaiming at step 0."""
+
+import pandas as pd
+import pytest
+import torch
+
+from kaggle_tli import registry
+from kaggle_tli.data import ImageCsvData
+from kaggle_tli.finetune import finetune
+from kaggle_tli.iterate import iterate, load_report
+from kaggle_tli.ledger import Ledger
+
+FAST = dict(batch_size=16, lr=3e-3, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def teacher(make_image_competition, tmp_path_factory):
+    root = make_image_competition(tmp_path_factory.mktemp("comp"), digits=(0, 1, 2, 3), per_class=30)
+    data = ImageCsvData(root, image_size=32, folds=3)
+    runs = tmp_path_factory.mktemp("runs")
+    run = finetune("resnet10t", data, runs=runs, epochs=4, **FAST)
+    if not registry.is_arch("resnet10t_silu_test"):
+        registry.register_edit("resnet10t_silu_test", base="resnet10t", edits=[registry.swap_activation("silu")])
+    return run, data, runs
+
+
+def _start_metric(run) -> float:
+    return run.metrics["start_metric"][str(run.primary_fold)]
+
+
+def test_iterate_with_tli_beats_kaiming_at_the_first_step_and_keeps_lineage(teacher):
+    run, data, runs = teacher
+    assert run.metrics["cv"] > 0.6, f"the teacher must have learned something (cv {run.metrics['cv']:.2f})"
+    common = dict(max_steps=2, eval_at_start=True, notes="test")
+    tli = iterate(run, "resnet10t_silu_test", data, **common)
+    scratch = iterate(run, "resnet10t_silu_test", data, init="kaiming", **common)
+
+    assert _start_metric(tli) > _start_metric(scratch) + 0.2, (
+        f"TLI student starts at {_start_metric(tli):.2f}, Kaiming at {_start_metric(scratch):.2f}"
+    )
+    assert tli.report is not None and tli.report.coverage > 0.9
+    assert (tli.path / "transfer.csv").is_file() and not (scratch.path / "transfer.csv").exists()
+    reloaded = load_report(tli)
+    assert len(reloaded.rows) == len(tli.report.rows) and reloaded.coverage == pytest.approx(tli.report.coverage, abs=1e-3)
+
+    ledger = Ledger(runs)
+    lineage = [r["run_id"] for r in ledger.lineage(tli.id)]
+    assert lineage == [tli.id, run.id], lineage
+    row = ledger.get(tli.id)
+    assert (row["stage"], row["init"], row["arch"], row["parent_arch"]) == ("inject", "tli", "resnet10t_silu_test",
+                                                                             "resnet10t")
+    assert 0 < row["tli_score"] <= 1 and row["coverage"] > 0.9 and row["status"] == "done"
+    assert ledger.get(scratch.id)["init"] == "kaiming" and ledger.get(scratch.id)["tli_score"] is None
+
+
+def test_iterate_from_a_run_id_and_a_chain_of_runs(teacher):
+    run, data, runs = teacher
+    first = iterate(run.id, "resnet10t_silu_test", data, runs=runs, max_steps=1)
+    second = iterate(first, "resnet14t", data, max_steps=1)
+    lineage = [r["run_id"] for r in Ledger(runs).lineage(second.id)]
+    assert lineage == [second.id, first.id, run.id]
+    log = pd.read_csv(second.path / "log.csv")
+    assert log["loss"].notna().all()
+
+
+def test_iterate_rebuilds_data_from_the_run(teacher):
+    run, _, runs = teacher
+    child = iterate(run, "resnet10t", max_steps=1)
+    assert child.parent_id == run.id and child.status == "done"
+
+
+def test_bad_input_is_explained(teacher, tmp_path):
+    run, data, _ = teacher
+    with pytest.raises(registry.UnknownArchError, match="resnet10"):
+        iterate(run, "resnet10tt", data)
+    with pytest.raises(ValueError, match="init="):
+        iterate(run, "resnet10t", data, init="xavier")
+    with pytest.raises(FileNotFoundError, match="no run"):
+        iterate(tmp_path / "nope", "resnet10t", data)
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    (empty / "run.json").write_text((run.path / "run.json").read_text())
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        iterate(empty, "resnet10t", data)
+
+
+def test_failing_factory_other_classes_and_newer_ledger_are_explained(teacher, make_image_competition, tmp_path):
+    run, data, runs = teacher
+
+    @registry.register_arch("broken_factory_test")
+    def broken(num_classes, **kw):
+        raise RuntimeError("kernel size must be odd")
+
+    with pytest.raises(registry.ArchBuildError, match="broken_factory_test.*kernel size must be odd"):
+        iterate(run, "broken_factory_test", data)
+
+    other = ImageCsvData(make_image_competition(tmp_path / "other", digits=(5, 6), per_class=10), image_size=32)
+    with pytest.raises(ValueError, match="classes"):
+        iterate(run, "resnet10t", other)
+
+    newer = tmp_path / "newer-runs"
+    newer.mkdir()
+    header = (runs / "ledger.csv").read_text().splitlines()[0]
+    (newer / "ledger.csv").write_text(header + "\n" + ",".join(["x"] * (header.count(",")) + ["99"]) + "\n")
+    with pytest.raises(Exception, match="schema 99"):
+        iterate(run, "resnet10t", data, runs=newer)
