@@ -50,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     "resume": "kaggle_tli.resume",
     "predict": "kaggle_tli.trainer",
     "iterate": "kaggle_tli.iterate",
+    "load_report": "kaggle_tli.iterate",
     "Ledger": "kaggle_tli.ledger",
     "LedgerError": "kaggle_tli.ledger",
     "LedgerSchemaError": "kaggle_tli.ledger",
@@ -58,6 +59,12 @@ _EXPORTS: dict[str, str] = {
     "bundle": "kaggle_tli.kaggle",
     "load_bundle": "kaggle_tli.kaggle",
     "publish": "kaggle_tli.kaggle",
+    "render_kernel": "kaggle_tli.kaggle",
+    "push_kernel": "kaggle_tli.kaggle",
+    "find_inputs": "kaggle_tli.kaggle",
+    "find_bundles": "kaggle_tli.kaggle",
+    "find_competition": "kaggle_tli.kaggle",
+    "KaggleError": "kaggle_tli.kaggle",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
