@@ -1,0 +1,172 @@
+"""Stage 4: train on from existing weights (a TLI-injected student, a finished run, or an interrupted one).
+
+What `resume(x, data, **cfg)` does depends on `x`:
+
+* an `nn.Module` (typically the student TLI just injected): a **new run** from its weights. `arch`
+  (name or `arch_spec` dict) is required, since the run must be able to rebuild the model; `parent`
+  (a Run, id or path) is optional and, when given, supplies the config defaults and the fold split.
+* a **finished** run (Run, id or path with status "done"): a **new child run** whose parent is that
+  run. Each fold starts from the parent's last weights of the same fold when the parent trained it,
+  else from the parent's primary-fold weights. Fresh optimizer and schedule.
+* an **unfinished** run (status "interrupted" or "failed", or "running" but no longer held by any
+  process, e.g. after a SIGKILL or a dead Kaggle session): the **same run continues** from its last
+  `state.pt`, exactly (see trainer.py). Only runtime options may change (`time_budget_s`,
+  `num_workers`, `checkpoint_every_steps`, `device`, `num_processes`, `progress`). A read-only run
+  directory (an attached Kaggle dataset) is first copied into `runs`.
+
+A module is one set of weights, so every fold of the new run starts from it: when the run trains
+several folds (`train_folds`) from a student injected from the primary-fold teacher, the other
+folds' validation rows were seen by that teacher and their out-of-fold scores are optimistic.
+
+A new run inherits its parent's `TrainConfig` (same fold, batch size, lr, metric...), with `cfg`
+overriding single fields, and always uses the parent's `folds.csv`, so its validation rows are rows
+the parent never trained on. `extra` goes to run.json["extra"] and its ledger columns (tli_score,
+coverage, notes) to the ledger row; `files` are written into the run directory before training
+(iterate passes the TLI report as transfer.csv).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kaggle_tli.checkpoint import Run, load_run, load_weights, weights_name
+from kaggle_tli.data import KaggleData
+from kaggle_tli.finetune import check_data, check_spec_classes
+from kaggle_tli.trainer import StageRequest, TrainConfig, continue_run, fold_plan, start_run
+
+_STAGES = ("finetune", "inject", "resume")
+_INITS = ("tli", "kaiming", "pretrained", "resume")
+
+
+def resume(
+    run_or_model: Run | str | Path | nn.Module,
+    data: KaggleData,
+    *,
+    arch: str | dict | None = None,
+    parent: Run | str | Path | None = None,
+    stage: str = "resume",
+    init: str = "resume",
+    extra: dict | None = None,
+    files: dict[str, str | bytes] | None = None,
+    runs: str | Path | None = None,
+    **cfg: Any,
+) -> Run:
+    """Train on from a module, a finished run (new child run) or an unfinished run (continued in place)."""
+    check_data(data)
+    if stage not in _STAGES or init not in _INITS:
+        raise ValueError(f"stage={stage!r} / init={init!r}: stage is one of {_STAGES}, init one of {_INITS}")
+    if isinstance(run_or_model, nn.Module):
+        return _from_module(run_or_model, data, arch, parent, stage, init, extra, files, runs, cfg)
+    run = load_run(run_or_model, runs)
+    if run.status != "done":
+        given = {"arch": arch, "parent": parent, "extra": extra, "files": files}
+        if any(v is not None for v in given.values()) or stage != "resume" or init != "resume":
+            raise ValueError(
+                f"run {run.id!r} is unfinished ({run.status!r}) and is continued as it is; arch/parent/extra/files/"
+                "stage/init apply to new runs only"
+            )
+        return continue_run(_writable(run, runs), data, cfg)
+    return _from_run(run, data, arch, stage, init, extra, files, runs, cfg)
+
+
+def _from_module(
+    model: nn.Module, data: KaggleData, arch: str | dict | None, parent: Any, stage: str, init: str,
+    extra: dict | None, files: dict | None, runs: Any, cfg: dict,
+) -> Run:
+    from kaggle_tli.registry import arch_spec
+
+    if arch is None:
+        raise TypeError("resume(model, ...) needs arch=<name or arch_spec dict> so the run can rebuild the model")
+    spec = arch if isinstance(arch, dict) else arch_spec(arch, data.num_classes, in_chans=data.in_chans)
+    check_spec_classes(spec, data)
+    parent_run = load_run(parent, runs) if parent is not None else None
+    config, data = _config_and_split(parent_run, data, cfg)
+    state = _matching_state(model, spec)
+    request = StageRequest(
+        stage=stage, init=init, spec=spec, data=data, cfg=config, runs=_runs_dir(runs, parent_run),
+        init_state=state, parent=parent_run, extra=dict(extra or {}), files=dict(files or {}),
+    )
+    return start_run(request)
+
+
+def _from_run(
+    run: Run, data: KaggleData, arch: str | dict | None, stage: str, init: str, extra: dict | None,
+    files: dict | None, runs: Any, cfg: dict,
+) -> Run:
+    name = arch.get("name") if isinstance(arch, dict) else arch
+    if name is not None and name != run.arch.get("name"):
+        raise ValueError(
+            f"run {run.id!r} holds {run.arch.get('name')!r} weights, not {name!r}; to move them into another "
+            "architecture, inject first (kaggle_tli.transfer) and pass the student model here"
+        )
+    check_spec_classes(run.arch, data)
+    config, data = _config_and_split(run, data, cfg)
+    primary = fold_plan(config, data.folds)[0]
+    source = primary if primary in run.trained_folds else run.primary_fold
+    init_files = {k: str(run.path / weights_name("last", k, run.primary_fold)) for k in run.trained_folds}
+    request = StageRequest(
+        stage=stage, init=init, spec=run.arch, data=data, cfg=config, runs=_runs_dir(runs, run),
+        init_state=load_weights(run.weights_path("last", source)), parent=run, init_files=init_files,
+        extra=dict(extra or {}), files=dict(files or {}),
+    )
+    return start_run(request)
+
+
+def _config_and_split(parent: Run | None, data: KaggleData, cfg: dict) -> tuple[TrainConfig, KaggleData]:
+    """The parent's config with `cfg` on top, and the parent's fold split (when it saved one)."""
+    if parent is None:
+        config = TrainConfig.from_kwargs(**cfg)
+    else:
+        config = TrainConfig.from_dict({**parent.config, "pretrained": False}).replace(**cfg)
+        if (parent.path / "folds.csv").is_file():
+            data = data.with_folds(parent.path / "folds.csv")
+        if list(parent.class_names) != list(data.class_names):
+            raise ValueError(
+                f"the data's classes {data.class_names[:10]} differ from parent run {parent.id!r}'s "
+                f"{parent.class_names[:10]}"
+            )
+    fold_plan(config, data.folds)
+    return config, data
+
+
+def _matching_state(model: nn.Module, spec: dict) -> dict[str, torch.Tensor]:
+    """The module's weights, checked to load strictly into the architecture `spec` rebuilds."""
+    from kaggle_tli.registry import create_model_from_spec
+
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    try:
+        create_model_from_spec(spec).load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"the model passed to resume() does not match arch {spec.get('name')!r}: {str(e).splitlines()[0]} "
+            "Pass the arch the model was built with (create_model(name, ...) -> arch=name)."
+        ) from e
+    return state
+
+
+def _runs_dir(runs: str | Path | None, parent: Run | None) -> Path:
+    if runs is not None:
+        return Path(runs).expanduser()
+    return parent.path.parent if parent is not None and os.access(parent.path.parent, os.W_OK) else Path("runs")
+
+
+def _writable(run: Run, runs: str | Path | None) -> Run:
+    """An unfinished run in a read-only folder (a Kaggle input) is copied into `runs` to continue there."""
+    if os.access(run.path, os.W_OK):
+        return run
+    target = Path(runs or "runs").expanduser() / run.id
+    if not target.exists():
+        shutil.copytree(run.path, target, ignore=shutil.ignore_patterns(".lock", ".*.tmp"))
+        ledger = run.path.parent / "ledger.csv"
+        if ledger.is_file():
+            from kaggle_tli.ledger import Ledger
+
+            Ledger(target.parent).import_rows(ledger)
+    return load_run(target)
+

@@ -1,0 +1,139 @@
+"""Run-directory files: atomic writes, safetensors weights, safe state loading, finding runs.
+
+Budget: < 5 s (no training).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from kaggle_tli.checkpoint import (
+    Run,
+    UnsafeCheckpointError,
+    atomic_write_json,
+    atomic_write_text,
+    load_run,
+    load_state,
+    load_weights,
+    save_state,
+    save_weights,
+    weights_metadata,
+    weights_name,
+)
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    target = tmp_path / "run.json"
+    atomic_write_text(target, "old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old", "a failed write must leave the previous content intact"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"], "no temporary file may be left behind"
+
+
+def test_atomic_json_roundtrip_with_numpy_scalars(tmp_path):
+    import json
+
+    import numpy as np
+
+    atomic_write_json(tmp_path / "a.json", {"cv": np.float32(0.5), "steps": np.int64(3), "p": tmp_path})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"cv": 0.5, "steps": 3, "p": str(tmp_path)}
+
+
+def test_weights_roundtrip_with_tied_tensors_and_metadata(tmp_path):
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 4)
+            self.b.weight = self.a.weight  # shared storage: safetensors refuses aliases unless copied
+
+    model = Tied()
+    save_weights(model.state_dict(), tmp_path / "m.safetensors", {"arch": "tied", "num_classes": 4})
+    loaded = load_weights(tmp_path / "m.safetensors")
+    assert set(loaded) == set(model.state_dict())
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    assert weights_metadata(tmp_path / "m.safetensors") == {"arch": "tied", "num_classes": "4"}
+
+
+def test_truncated_weights_are_a_clear_error(tmp_path):
+    save_weights({"w": torch.ones(100)}, tmp_path / "m.safetensors")
+    data = (tmp_path / "m.safetensors").read_bytes()
+    (tmp_path / "m.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        load_weights(tmp_path / "m.safetensors")
+
+
+def test_state_roundtrip_holds_rng_and_optimizer(tmp_path):
+    model = nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "step": 7, "python": (3, (1, 2), None)}
+    save_state(state, tmp_path / "state.pt")
+    back = load_state(tmp_path / "state.pt")
+    assert back["step"] == 7 and torch.equal(back["rng"], state["rng"])
+    assert torch.equal(back["optimizer"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+class _Payload:
+    """Unpickling this object would create a marker file: the way a malicious checkpoint runs code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "state.pt", "wb") as f:
+        pickle.dump({"step": 1, "evil": _Payload(marker)}, f, protocol=2)
+    torch.save({"step": 1, "evil": _Payload(marker)}, tmp_path / "state2.pt")
+    for name in ("state.pt", "state2.pt"):
+        with pytest.raises(UnsafeCheckpointError, match="refusing to load") as err:
+            load_state(tmp_path / name)
+        assert isinstance(err.value, pickle.UnpicklingError)
+    assert not marker.exists(), "the payload must never execute"
+
+
+def _fake_run(folder: Path, run_id: str) -> Path:
+    path = folder / run_id
+    path.mkdir(parents=True)
+    atomic_write_json(path / "run.json", {"schema": 1, "id": run_id, "arch": {"name": "x"}, "num_classes": 2,
+                                          "status": "done", "folds": {"0": {"status": "done"}}})
+    return path
+
+
+def test_load_run_by_path_file_or_id_and_helpful_error(tmp_path):
+    runs = tmp_path / "runs"
+    path = _fake_run(runs, "20260101-000000-x-abcd")
+    assert load_run(path).id == "20260101-000000-x-abcd"
+    assert load_run(path / "run.json").id == "20260101-000000-x-abcd"
+    assert load_run("20260101-000000-x-abcd", runs=runs).path == path.resolve()
+    with pytest.raises(FileNotFoundError, match="20260101-000000-x-abcd"):
+        load_run("20260101-000000-x-abcf", runs=runs)  # one character off: the close id is suggested
+
+
+def test_weights_names_and_missing_weights(tmp_path):
+    assert weights_name("last", 0, 0) == "model.safetensors"
+    assert weights_name("best", 2, 0) == "fold2_best.safetensors"
+    assert weights_name("ema", None, 1) == "model_ema.safetensors"
+    run = Run(path=_fake_run(tmp_path, "r1"), info=load_run(tmp_path / "r1").info)
+    assert run.trained_folds == [0]
+    with pytest.raises(FileNotFoundError, match="no model_best.safetensors"):
+        run.weights_path("best")
+    with pytest.raises(ValueError, match="which="):
+        weights_name("final")

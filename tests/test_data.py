@@ -1,0 +1,190 @@
+"""Data: finding files in Kaggle's shapes, folds, transforms, and errors raised before any training.
+
+Budget: < 15 s on 2 cores (no model is trained here).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kaggle_tli.data import DataError, EpochBatchSampler, ImageCsvData, PixelCsvData, rebuild_data
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+
+
+def test_image_competition_is_read_with_sorted_classes_and_stratified_folds(image_competition):
+    data = ImageCsvData(image_competition, image_size=32, folds=4, seed=7)
+    assert data.class_names == ["one", "two", "zero"], "class names must be the sorted original labels"
+    assert len(data) == 60 and data.num_classes == 3 and data.in_chans == 3
+    counts = pd.crosstab(data.frame["fold"], data.frame["label"])
+    assert (counts == 5).all().all(), f"every fold must hold 5 of each class (stratified):\n{counts}"
+    names = np.array(data.class_names)[data.frame["target"]]
+    assert (names == data.frame["label"]).all(), "target must index class_names"
+    again = ImageCsvData(image_competition, image_size=32, folds=4, seed=7)
+    assert (again.frame["fold"] == data.frame["fold"]).all(), "the same seed must give the same split"
+    other = ImageCsvData(image_competition, image_size=32, folds=4, seed=8)
+    assert not (other.frame["fold"] == data.frame["fold"]).all(), "another seed should give another split"
+    sample = pd.read_csv(image_competition / "sample_submission.csv")
+    assert data.test_ids == sample["id"].tolist(), "test ids come from the sample submission, in its order"
+    x, y = data.test_dataset()[0]
+    assert x.shape == (3, 32, 32) and y == -1
+
+
+def test_ids_with_extension_in_an_images_folder_as_jpg(make_image_competition, tmp_path):
+    root = make_image_competition(tmp_path / "c", id_with_ext=True, image_dir="images", ext=".jpg", test_dir="test_images")
+    data = ImageCsvData(root, image_size=32)
+    assert data.image_dir == root / "images", "the image folder must be auto-detected among the usual names"
+    assert data.frame["path"].str.endswith(".jpg").all()
+    assert len(data.test_ids) == 15 and all(Path(p).is_file() for p in data.test_paths)
+
+
+def test_test_folder_listing_without_sample_submission(image_competition, tmp_path):
+    root = _copy(image_competition, tmp_path / "c")
+    (root / "sample_submission.csv").unlink()
+    data = ImageCsvData(root, image_size=32)
+    assert data.test_ids == sorted(p.stem for p in (root / "test").iterdir()), "test ids from the test folder"
+    assert data.sample_submission is None
+
+
+def test_group_folds_keep_a_group_in_one_fold(image_competition, tmp_path):
+    root = _copy(image_competition, tmp_path / "c")
+    table = pd.read_csv(root / "train.csv")
+    table["patient"] = [f"p{i // 2}" for i in range(len(table))]  # pairs of images share a patient
+    table.to_csv(root / "train.csv", index=False)
+    data = ImageCsvData(root, image_size=32, group_col="patient", folds=3)
+    folds_per_group = data.frame.assign(g=table["patient"]).groupby("g")["fold"].nunique()
+    assert (folds_per_group == 1).all(), "StratifiedGroupKFold must never split a group across folds"
+
+
+def test_pixel_csv_digit_recognizer_shape(pixel_competition):
+    data = PixelCsvData(pixel_competition, image_size=32)
+    assert data.image_shape == (28, 28, 1) and data.in_chans == 1
+    assert data.class_names == list(range(10)) and len(data) == 100
+    assert data.test_ids == list(range(1, 21)), "ImageId of the sample submission, 1-based"
+    x, y = data.dataset(np.arange(4), train=False)[2]
+    assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and 0 <= y < 10
+    assert rebuild_data(data.spec()).class_names == data.class_names, "spec() must rebuild the same data"
+
+
+def test_user_albumentations_pipeline_is_used(image_competition):
+    mine = A.Compose([A.Resize(16, 16), A.Normalize()])
+    data = ImageCsvData(image_competition, image_size=32, train_transform=mine, valid_transform=mine)
+    x, _ = data.dataset(np.arange(3), train=True)[0]
+    assert x.shape == (3, 16, 16), "the user's Compose must replace the default pipeline"
+
+
+# ----------------------------------------------------------------------------------- determinism
+
+
+def test_augmentation_depends_only_on_the_batch_seed(image_competition):
+    data = ImageCsvData(image_competition, image_size=32)
+    ds_a, ds_b = data.dataset(np.arange(10), train=True), data.dataset(np.arange(10), train=True)
+    keys = [(i, 1234) for i in range(4)]
+    a = torch.stack([x for x, _ in ds_a.__getitems__(keys)])
+    ds_b.__getitems__([(i, 99) for i in range(4)])  # another batch in between changes nothing
+    b = torch.stack([x for x, _ in ds_b.__getitems__(keys)])
+    assert torch.equal(a, b), "the same (index, seed) keys must give identical augmented tensors"
+    c = torch.stack([x for x, _ in ds_a.__getitems__([(i, 4321) for i in range(4)])])
+    assert not torch.equal(a, c), "another seed must give another augmentation"
+
+
+def test_epoch_batch_sampler_resumes_and_shards():
+    full = list(EpochBatchSampler(np.arange(20), 4, seed=3, epoch=2))
+    tail = list(EpochBatchSampler(np.arange(20), 4, seed=3, epoch=2, start_batch=2))
+    assert tail == full[2:], "start_batch must continue the same epoch order"
+    assert list(EpochBatchSampler(np.arange(20), 4, seed=3, epoch=3)) != full, "each epoch reshuffles"
+    r0 = list(EpochBatchSampler(np.arange(20), 2, seed=3, epoch=2, rank=0, world=2))
+    r1 = list(EpochBatchSampler(np.arange(20), 2, seed=3, epoch=2, rank=1, world=2))
+    assert len(r0) == len(r1) == 5
+    merged = [[i for i, _ in a] + [i for i, _ in b] for a, b in zip(r0, r1, strict=True)]
+    assert merged == [[i for i, _ in batch] for batch in full], "two ranks split each global batch"
+
+
+def test_with_folds_reuses_a_saved_split(image_competition, tmp_path):
+    data = ImageCsvData(image_competition, image_size=32, seed=1)
+    data.folds_frame().to_csv(tmp_path / "folds.csv", index=False)
+    other = ImageCsvData(image_competition, image_size=32, seed=2).with_folds(tmp_path / "folds.csv")
+    assert (other.frame["fold"] == data.frame["fold"]).all(), "with_folds must restore the saved split"
+
+
+# ------------------------------------------------------------------------------------ bad inputs
+
+
+def test_misnamed_column_lists_columns_and_suggests_the_closest(image_competition):
+    with pytest.raises(DataError) as err:
+        ImageCsvData(image_competition, label_col="labels")
+    message = str(err.value)
+    assert "'labels'" in message and "['id', 'label']" in message and "label_col='label'" in message, message
+
+
+def test_missing_images_are_counted_and_named(image_competition, tmp_path):
+    root = _copy(image_competition, tmp_path / "c")
+    for name in ("tr0003.png", "tr0010.png", "tr0042.png"):
+        (root / "train" / name).unlink()
+    with pytest.raises(DataError) as err:
+        ImageCsvData(root)
+    message = str(err.value)
+    assert "3 of 60" in message and "'tr0003'" in message and "image_dir=" in message, message
+
+
+def test_unreadable_image_is_reported(image_competition, tmp_path):
+    root = _copy(image_competition, tmp_path / "c")
+    (root / "train" / "tr0005.png").write_bytes(b"this is not a png")
+    with pytest.raises(DataError, match=r"1 training image\(s\) cannot be read .*tr0005\.png"):
+        ImageCsvData(root)
+
+
+def test_truncated_image_is_found_by_a_full_decode(image_competition, tmp_path):
+    root = _copy(image_competition, tmp_path / "c")
+    path = root / "train" / "tr0007.png"
+    path.write_bytes(path.read_bytes()[:40])  # a valid PNG signature, pixels cut off
+    with pytest.raises(DataError, match="tr0007"):
+        ImageCsvData(root, check_images="decode")
+
+
+def test_class_smaller_than_folds(image_competition, tmp_path):
+    root = _copy(image_competition, tmp_path / "c")
+    table = pd.read_csv(root / "train.csv")
+    table.loc[:1, "label"] = "rare"  # two members, five folds
+    table.to_csv(root / "train.csv", index=False)
+    with pytest.raises(DataError) as err:
+        ImageCsvData(root, folds=5)
+    message = str(err.value)
+    assert "'rare' (2)" in message and "folds=2" in message, message
+
+
+@pytest.mark.parametrize("content, expected", [("", "is empty"), ("id,label\n", "no rows")])
+def test_empty_csv(image_competition, tmp_path, content, expected):
+    root = _copy(image_competition, tmp_path / "c")
+    (root / "train.csv").write_text(content)
+    with pytest.raises(DataError, match=expected):
+        ImageCsvData(root)
+
+
+def test_missing_csv_and_folder(image_competition, tmp_path):
+    with pytest.raises(DataError, match="train.csv"):
+        ImageCsvData(image_competition, csv="trian.csv")
+    with pytest.raises(FileNotFoundError, match="does not exist") as err:
+        ImageCsvData(tmp_path / "nowhere")
+    assert isinstance(err.value, DataError), "a missing folder is a DataError and a FileNotFoundError"
+
+
+def test_pixel_columns_that_are_not_square(pixel_competition, tmp_path):
+    root = _copy(pixel_competition, tmp_path / "p")
+    table = pd.read_csv(root / "train.csv").drop(columns=["pixel0"])
+    table.to_csv(root / "train.csv", index=False)
+    with pytest.raises(DataError, match="783 pixel columns.*image_shape"):
+        PixelCsvData(root)
