@@ -7,6 +7,8 @@ and do not pull in torch until a name that needs it is used.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -42,6 +44,12 @@ _EXPORTS: dict[str, str] = {
     "UnknownArchError": "kaggle_tli.registry",
     # data, training, runs
     "ImageCsvData": "kaggle_tli.data",
+    "DataError": "kaggle_tli.data",
+    "seed_everything": "kaggle_tli.trainer",
+    "Metric": "kaggle_tli.trainer",
+    "UnsafeCheckpointError": "kaggle_tli.checkpoint",
+    "save_weights": "kaggle_tli.checkpoint",
+    "load_weights": "kaggle_tli.checkpoint",
     "PixelCsvData": "kaggle_tli.data",
     "TrainConfig": "kaggle_tli.trainer",
     "Run": "kaggle_tli.checkpoint",
@@ -81,3 +89,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return __all__
+
+
+class _Package(types.ModuleType):
+    """`kaggle_tli.finetune` is a function that lives in the submodule `kaggle_tli.finetune` (likewise resume,
+    iterate, inject). Importing such a submodule would make the import system overwrite the package attribute with
+    the module; this keeps the public function in its place (the module stays in sys.modules)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}" and name in _EXPORTS:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
