@@ -45,6 +45,7 @@ _EXPORTS: dict[str, str] = {
     # data, training, runs
     "ImageCsvData": "kaggle_tli.data",
     "DataError": "kaggle_tli.data",
+    "rebuild_data": "kaggle_tli.data",
     "seed_everything": "kaggle_tli.trainer",
     "Metric": "kaggle_tli.trainer",
     "UnsafeCheckpointError": "kaggle_tli.checkpoint",
@@ -73,6 +74,7 @@ _EXPORTS: dict[str, str] = {
     "find_bundles": "kaggle_tli.kaggle",
     "find_competition": "kaggle_tli.kaggle",
     "KaggleError": "kaggle_tli.kaggle",
+    "find_credentials": "kaggle_tli.kaggle",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -12,6 +12,7 @@ from .client import (
     KaggleNetworkError,
     KaggleNotFoundError,
     KaggleServerError,
+    find_credentials,
 )
 from .kernels import push_kernel, render_kernel
 from .locate import BUNDLE_MARKER, COMPETITION_MARKERS, find_bundles, find_competition, find_inputs
@@ -30,6 +31,7 @@ __all__ = [
     "bundle",
     "find_bundles",
     "find_competition",
+    "find_credentials",
     "find_inputs",
     "load_bundle",
     "locate_bundle",

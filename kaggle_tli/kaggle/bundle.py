@@ -120,15 +120,17 @@ def bundle(
     return out_dir
 
 
-def load_bundle(path: str | Path, *, run_id: str | None = None, ledger: Any = None) -> Any:
+def load_bundle(
+    path: str | Path, *, run_id: str | None = None, dataset: str | None = None, ledger: Any = None
+) -> Any:
     """The `Run` stored in a bundle; works on read-only folders such as /kaggle/input.
 
     `path` is the bundle itself or any folder above it (say "/kaggle/input": the marker file is
-    searched for, whatever the mount layout); with several bundles there, `run_id` picks one.
-    `ledger` (a path or a Ledger) receives the bundle's lineage rows, so a new run's lineage
-    continues across notebooks.
+    searched for, whatever the mount layout); with several bundles there, `dataset` ("owner/slug")
+    and `run_id` pick one. `ledger` (a path or a Ledger) receives the bundle's lineage rows, so a
+    new run's lineage continues across notebooks.
     """
-    bundle_dir = locate_bundle(path, run_id=run_id)
+    bundle_dir = locate_bundle(path, run_id=run_id, dataset=dataset)
     validate_bundle(bundle_dir, for_upload=False)
     from kaggle_tli.checkpoint import load_run
 
@@ -141,25 +143,35 @@ def load_bundle(path: str | Path, *, run_id: str | None = None, ledger: Any = No
     return run
 
 
-def locate_bundle(path: str | Path, *, run_id: str | None = None) -> Path:
-    """The bundle folder at or below `path` (for `run_id`, when given)."""
+def locate_bundle(path: str | Path, *, run_id: str | None = None, dataset: str | None = None) -> Path:
+    """The bundle folder at or below `path` (of dataset `dataset` and for run `run_id`, when given).
+
+    A bundle belongs to `dataset` when its marker says so or when it is mounted under the dataset's
+    slug (Kaggle mounts `owner/slug` as `.../slug`, whatever id the bundle was built with).
+    """
     path = Path(path)
+    if dataset is not None and (not isinstance(dataset, str) or dataset.count("/") != 1):
+        raise ValueError(f"dataset must be 'owner/slug', got {dataset!r}")
     if (path / BUNDLE_MARKER).is_file():
         candidates = [path]
     else:
         candidates = find_bundles(path)
+    if dataset is not None:
+        slug = dataset.split("/")[1]
+        candidates = [c for c in candidates
+                      if _read_json(c / BUNDLE_MARKER).get("dataset") == dataset or slug in c.relative_to(path).parts]
     if run_id is not None:
         candidates = [c for c in candidates if _read_json(c / BUNDLE_MARKER).get("run_id") == run_id]
     if len(candidates) == 1:
         return candidates[0]
-    which = f"for run {run_id!r} " if run_id else ""
+    which = "".join(f"{w} " for w in (dataset and f"of dataset {dataset!r}", run_id and f"for run {run_id!r}") if w)
     if not candidates:
         raise FileNotFoundError(
             f"no kaggle-tli bundle {which}at or below {path} (looked for {BUNDLE_MARKER}): attach the "
             "weights dataset to the notebook (Add Input), or pass the bundle folder"
         )
     listing = ", ".join(f"{c} (run {_read_json(c / BUNDLE_MARKER).get('run_id')})" for c in candidates)
-    raise ValueError(f"several bundles {which}under {path}: {listing}; pass run_id= or the folder itself")
+    raise ValueError(f"several bundles {which}under {path}: {listing}; pass dataset=, run_id= or the folder itself")
 
 
 def validate_bundle(path: str | Path, *, dataset: str | None = None, for_upload: bool = True) -> dict:

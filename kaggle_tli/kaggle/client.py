@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,47 @@ class KaggleNetworkError(KaggleError):
 
 class KaggleNotFoundError(KaggleError):
     """404: no such dataset or notebook (or one you cannot see)."""
+
+
+def find_credentials(*, kaggle_secrets: bool = True) -> str | None:
+    """Where the client would find Kaggle credentials (a short description), or None when it would find none.
+
+    Only variables and files are looked at (no `import kaggle`, no network), so a notebook can skip
+    publishing cleanly, and say why, instead of failing inside an upload. In a Kaggle notebook, with
+    `kaggle_secrets`, KAGGLE_USERNAME and KAGGLE_KEY stored under Add-ons > Secrets are first copied
+    into the environment, where the client reads them.
+    """
+    if kaggle_secrets:
+        _secrets_to_environ()
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return "$KAGGLE_API_TOKEN"
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return "$KAGGLE_USERNAME and $KAGGLE_KEY"
+    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+    for name in ("access_token", "kaggle.json"):
+        if (config_dir / name).is_file():
+            return str(config_dir / name)
+    return None
+
+
+def _secrets_to_environ() -> None:
+    """Copy KAGGLE_USERNAME / KAGGLE_KEY from Kaggle's notebook secrets into os.environ (Kaggle only)."""
+    names = [n for n in ("KAGGLE_USERNAME", "KAGGLE_KEY") if not os.environ.get(n)]
+    if not names:
+        return
+    try:
+        from kaggle_secrets import UserSecretsClient  # exists only inside Kaggle notebooks
+    except ImportError:
+        return
+    secrets = UserSecretsClient()
+    for name in names:
+        try:
+            value = secrets.get_secret(name)
+        except Exception as e:  # kaggle_secrets documents no error type; a missing secret just means "none here"
+            log.info("Kaggle secret %s is not available: %s", name, e)
+            continue
+        if value:
+            os.environ[name] = value
 
 
 def import_client() -> Any:

@@ -11,6 +11,7 @@ competitions reject notebooks with internet on.
 from __future__ import annotations
 
 import ast
+import importlib.resources
 import json
 import os
 import re
@@ -132,9 +133,21 @@ def resolve_template(template: str | Path) -> Path:
 
 
 def template_dirs() -> list[Path]:
-    """Where named templates live: the checkout's templates/, then the installed package's."""
-    package = Path(__file__).resolve().parent.parent
-    return [d for d in (package.parent / "templates", package / "templates") if d.is_dir()]
+    """Where named templates live: the source checkout's `templates/` (what a developer edits), then the
+    `kaggle_tli.templates` package that pyproject maps onto that folder, so wheels and editable installs
+    carry the same notebooks."""
+    dirs = []
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "templates").is_dir():
+        dirs.append(root / "templates")
+    try:
+        packaged = importlib.resources.files("kaggle_tli.templates")
+    except ModuleNotFoundError:  # an install made before templates were packaged
+        packaged = None
+    # a Traversable inside a zip has no folder to glob; installs from wheels and editable installs do
+    if isinstance(packaged, Path) and packaged.is_dir() and all(packaged.resolve() != d.resolve() for d in dirs):
+        dirs.append(packaged)
+    return dirs
 
 
 def slugify(text: str) -> str:
@@ -191,6 +204,8 @@ def _inject(nb: dict, values: dict[str, Any]) -> None:
     index = next(i for i, c in enumerate(nb["cells"]) if _PARAMETERS_TAG in _tags(c))
     cell = {"cell_type": "code", "execution_count": None, "metadata": {"tags": [_INJECTED_TAG]},
             "outputs": [], "source": "\n".join(lines) + "\n"}
+    if nb.get("nbformat_minor", 0) >= 5:  # nbformat 4.5 cells have ids; a fixed one keeps renders diffable
+        cell["id"] = _INJECTED_TAG
     nb["cells"].insert(index + 1, cell)
     for c in nb["cells"]:
         if c.get("cell_type") == "code":
