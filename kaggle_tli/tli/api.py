@@ -61,8 +61,12 @@ def transfer(
         for i, unit in enumerate(s_graph.units):
             skip = _skip_reason(unit, choices.get(i), transfer_norm, unit.name in head)
             for local, key in unit.tensors.items():
-                row = _inject_tensor(unit, local, key, s_tensors, found, choices.get(i), lam, skip)
-                if i in zeroed and local in ("weight", "bias", "") and not skip:
+                if skip:
+                    rows.append(_row(key, s_tensors[key], unit.kind, "init", reason=skip))
+                    continue
+                t_idx, match = choices[i]
+                row = _inject_tensor(unit, local, key, s_tensors[key], found[t_idx], t_idx, match, lam)
+                if i in zeroed and local in ("weight", "bias", ""):
                     s_tensors[key].zero_()
                     row.update(method="zeroed", fraction=0.0, reason=_ZEROED)
                 rows.append(row)
@@ -183,43 +187,42 @@ def _as_rank(t: Tensor, rank: int) -> Tensor:
     return t
 
 
-def _inject_tensor(unit, local, key, s_tensors, found, choice, lam, skip) -> dict:
-    target = s_tensors[key]
-    if skip:
-        return _row(key, target, unit.kind, "init", reason=skip)
-    t_idx, match = choice
-    teacher = found[t_idx]
-    sources, weights, candidates = [], [], []
-    for j, w in zip(match.sources, match.weights, strict=True):
-        t_key = teacher.graph.units[j].tensors.get(local)
-        if t_key is not None:
-            sources.append(t_key)
-            weights.append(w)
-            candidates.append(teacher.tensors[t_key])
-    if not candidates:
+def _inject_tensor(unit: Unit, local: str, key: str, target: Tensor, teacher: _Teacher, t_idx: int, match: Match,
+                   lam: float) -> dict:
+    """Write one student tensor from its match's source(s); returns its report row."""
+    sources = [(teacher.graph.units[j].tensors.get(local), w) for j, w in zip(match.sources, match.weights,
+                                                                             strict=True)]
+    sources = [(k, w) for k, w in sources if k is not None]
+    if not sources:
         return _row(key, target, unit.kind, "init", reason=f"teacher layer has no '{local}'")
-    if not target.is_floating_point():  # num_batches_tracked: a counter, copied from the best source
-        target.copy_(candidates[0].reshape(target.shape) if candidates[0].numel() == target.numel() else target)
-        return _row(key, target, unit.kind, "copy", source=sources[0], teacher=t_idx, score=match.scores[0],
-                    fraction=1.0)
-    total_w = sum(weights)
-    weights = [w / total_w for w in weights]
-    rank = max(target.dim(), max(c.dim() for c in candidates))
+    keys = [k for k, _ in sources]
+    tensors = [teacher.tensors[k] for k in keys]
+    total = sum(w for _, w in sources)
+    weights = [w / total for _, w in sources]
+    common = dict(source="+".join(keys), source_shape="+".join(str(tuple(t.shape)) for t in tensors),
+                  teacher=t_idx, score=round(match.scores[0], 4))
+    if not target.is_floating_point():  # num_batches_tracked: a counter, taken from the best source
+        if tensors[0].numel() == target.numel():
+            target.copy_(tensors[0].reshape(target.shape))
+        return _row(key, target, unit.kind, "copy", fraction=1.0, **common)
+    values, fraction = _reshaped(unit, local, target, tensors, weights, lam)
+    target.copy_(values)
+    same = len(tensors) == 1 and tuple(tensors[0].shape) == tuple(target.shape)
+    method = "copy" if same else ("mix" if len(tensors) > 1 else "combo")
+    return _row(key, target, unit.kind, method, weights="+".join(f"{w:.4f}" for w in weights), fraction=fraction,
+                **common)
+
+
+def _reshaped(unit: Unit, local: str, target: Tensor, tensors: list[Tensor], weights: list[float],
+              lam: float) -> tuple[Tensor, float]:
+    """The teacher tensor(s) ComboInjected into `target`'s shape and mixed; and the share written from them."""
+    rank = max(target.dim(), *(t.dim() for t in tensors))
     like = _as_rank(target, rank)
     fan_in, spatial = _geometry(unit, local, rank)
-    injected, fractions = [], []
-    for c in candidates:
-        out, frac = combo_injection(_as_rank(c, rank), like, lam, fan_in_dims=fan_in, spatial_dims=spatial)
-        injected.append(out)
-        fractions.append(frac)
-    result = mix(injected, weights)
-    target.copy_(result.reshape(target.shape))
-    same = len(candidates) == 1 and tuple(candidates[0].shape) == tuple(target.shape)
-    method = "copy" if same else ("mix" if len(candidates) > 1 else "combo")
-    return _row(key, target, unit.kind, method, source="+".join(sources),
-                source_shape="+".join(str(tuple(c.shape)) for c in candidates), teacher=t_idx,
-                score=round(match.scores[0], 4), weights="+".join(f"{w:.4f}" for w in weights),
-                fraction=max(fractions))
+    injected = [combo_injection(_as_rank(t, rank), like, lam, fan_in_dims=fan_in, spatial_dims=spatial)
+                for t in tensors]
+    values = mix([v for v, _ in injected], weights)
+    return values.reshape(target.shape), max(f for _, f in injected)
 
 
 def _identity_units(graph: Graph, found: list[_Teacher], choices: dict) -> set[int]:

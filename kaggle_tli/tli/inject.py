@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -59,17 +58,30 @@ def crop_fraction(teacher_shape: Sequence[int], student_shape: Sequence[int]) ->
     return overlap / total if total else 0.0
 
 
+def _resize_matrix(n: int, size: int) -> Tensor:
+    """(size, n) matrix that resizes a length-n axis: linear interpolation with aligned corners to grow, area
+    averaging (adaptive average pooling's windows) to shrink. One matmul per axis: fast on many small tensors."""
+    m = torch.zeros(size, n)
+    if size > n:
+        if n == 1:
+            return m + 1.0
+        pos = torch.arange(size, dtype=torch.float64) * (n - 1) / (size - 1)
+        lo = pos.floor().long().clamp(max=n - 2)
+        frac = (pos - lo).float()
+        m[torch.arange(size), lo] = 1 - frac
+        m[torch.arange(size), lo + 1] += frac
+        return m
+    for j in range(size):
+        start, end = (j * n) // size, -((-(j + 1) * n) // size)
+        m[j, start:end] = 1.0 / (end - start)
+    return m
+
+
 def _resize_dim(x: Tensor, dim: int, size: int) -> Tensor:
     n = x.shape[dim]
     if n == size:
         return x
-    moved = x.movedim(dim, -1)
-    flat = moved.reshape(-1, 1, n)
-    if size > n:
-        out = flat.expand(-1, -1, size) if n == 1 else F.interpolate(flat, size, mode="linear", align_corners=True)
-    else:
-        out = F.adaptive_avg_pool1d(flat, size)
-    return out.reshape(*moved.shape[:-1], size).movedim(-1, dim)
+    return torch.tensordot(_resize_matrix(n, size), x, dims=([1], [dim])).movedim(0, dim)
 
 
 def resize(teacher: Tensor, shape: Sequence[int], *, fan_in_dims: Sequence[int] = ()) -> Tensor:

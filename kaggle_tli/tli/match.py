@@ -211,13 +211,23 @@ def match_graphs(student: Graph, teacher: Graph, *, top_k: int = 1, allow_repeat
     block_map = align_blocks(gain, allow_repeat=allow_repeat)
 
     pairs: dict[int, tuple[int, bool]] = {}  # student unit -> (teacher unit, repeat)
+    sure: set[int] = set()
     for p, bm in enumerate(block_map):
         if bm.teacher is not None:
             pairs.update({s_i: (t_j, bm.repeat) for s_i, t_j in inner[p, bm.teacher]})
+            if _same_structure(student, teacher, p, bm.teacher):
+                sure.update(s_i for s_i, _ in inner[p, bm.teacher])
     pairs.update(_fill_gaps(scores, pairs))
-    matches = {i: _candidates(scores[i], j, top_k, rep) for i, (j, rep) in sorted(pairs.items())}
+    matches = {i: _candidates(scores[i], j, 1 if i in sure else top_k, rep) for i, (j, rep) in sorted(pairs.items())}
     total = sum(scores[i, j] for i, (j, rep) in pairs.items() if not rep)
     return Alignment(matches, scores, block_map, float(total))
+
+
+def _same_structure(student: Graph, teacher: Graph, p: int, q: int) -> bool:
+    """Blocks with the same sequence of layer kinds: their aligned layers are sure matches (paper 3.3 mixes top-k
+    candidates only where "we do not have a sure match"), whatever the widths or kernel sizes."""
+    kinds = [[g.units[i].kind for i in g.blocks[b].units] for g, b in ((student, p), (teacher, q))]
+    return kinds[0] == kinds[1]
 
 
 def _fill_gaps(scores: np.ndarray, pairs: dict[int, tuple[int, bool]]) -> dict[int, tuple[int, bool]]:
