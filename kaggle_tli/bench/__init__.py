@@ -1,0 +1,8 @@
+"""Benchmarks anyone can rerun: each writes its results as CSV, a markdown table and a PNG into one folder.
+
+    transfer     transfer.py     time and coverage per teacher -> student pair, and the Fig. 7 similarity matrix
+    convergence  convergence.py  accuracy per step of students from each initialisation (paper Fig. 4)
+    norm         norm.py         efficientnet_b0 -> b1 -> b2 with and without BatchNorm transfer (paper Fig. 5)
+    overhead     overhead.py     time per step of kaggle-tli's training loop against a bare PyTorch loop
+    quick        quick.py        the quick version of each, one after the other (`make bench`)
+"""

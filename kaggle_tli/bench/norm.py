@@ -1,0 +1,124 @@
+"""Norm benchmark (paper, Fig. 5): is transferring BatchNorm worth it along a chain of growing models?
+
+efficientnet_b0 is trained from scratch; its weights are injected into efficientnet_b1, which is trained; b1's go into
+b2, which is trained. The chain runs once with normalisation layers transferred and once with them left at init,
+each both in the paper's setting (no data touched after injection) and with kaggle-tli's default BatchNorm
+re-estimation on a few training batches. Same data, same order, same seeds everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import convergence as cv
+
+CHAIN = ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2")
+VARIANTS = {  # label -> (transfer_norm, recalibrate)
+    "norm": (True, False),
+    "no norm": (False, False),
+    "norm+recal": (True, True),
+    "no norm+recal": (False, True),
+}
+
+
+def run_chain(data: cv.ArrayData, *, steps: int, seeds: Sequence[int], eval_every: int, threads: int,
+              chain: Sequence[str] = CHAIN) -> pd.DataFrame:
+    """Accuracy curves of every model in the chain, for every variant and seed (long format)."""
+    from kaggle_tli.tli import transfer
+
+    torch.set_num_threads(threads)
+    rows = []
+    for seed in seeds:
+        first = cv.build(chain[0], data.num_classes, seed)
+        curve = cv.train(first, data, steps=steps, seed=seed, eval_every=eval_every, progress=True, desc=chain[0])
+        rows += [dict(variant=v, model=chain[0], stage=0, seed=seed, step=s, accuracy=a)
+                 for v in VARIANTS for s, a in curve]
+        for variant, (transfer_norm, recal) in VARIANTS.items():
+            teacher = first
+            for stage, arch in enumerate(chain[1:], 1):
+                student = cv.build(arch, data.num_classes, seed + stage)
+                transfer(teacher, student, transfer_norm=transfer_norm, input_size=(3, 32, 32))
+                if recal:
+                    cv.recalibrate(student, data, seed=seed)
+                curve = cv.train(student, data, steps=steps, seed=seed + stage, eval_every=eval_every,
+                                 progress=True, desc=f"{arch} {variant}")
+                rows += [dict(variant=variant, model=arch, stage=stage, seed=seed, step=s, accuracy=a)
+                         for s, a in curve]
+                teacher = student
+    return pd.DataFrame(rows)
+
+
+def summarise(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per model and variant: mean accuracy at the first, middle and last evaluation."""
+    out = []
+    for (model, variant), g in curves.groupby(["model", "variant"], sort=False):
+        mean = g.groupby("step")["accuracy"].mean()
+        steps = list(mean.index)
+        out.append({"model": model, "variant": variant, "acc_step0": mean.iloc[0],
+                    "acc_mid": mean.loc[steps[len(steps) // 2]], "acc_final": mean.iloc[-1]})
+    return pd.DataFrame(out)
+
+
+def plot(curves: pd.DataFrame, path: Path) -> Path:
+    """The chain laid end to end, one line per variant (the paper's Fig. 5)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    span = curves["step"].max()
+    for variant, g in curves.groupby("variant", sort=False):
+        mean = g.assign(x=g["stage"] * span + g["step"]).groupby("x")["accuracy"].mean()
+        ax.plot(mean.index, mean.values, label=variant, lw=2 if "recal" in variant else 1.2,
+                ls="-" if variant.startswith("norm") else "--")
+    for stage, model in enumerate(dict.fromkeys(curves.sort_values("stage")["model"])):
+        ax.axvline(stage * span, color="grey", lw=0.6)
+        ax.text(stage * span + span * 0.02, 0.03, model, fontsize=8)
+    ax.set(xlabel="training step along the chain", ylabel="held-out accuracy", ylim=(0, 1),
+           title="TLI along efficientnet_b0 -> b1 -> b2, with and without BatchNorm transfer")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kaggle-tli bench norm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="a Kaggle-shaped competition folder instead of Fashion-MNIST")
+    parser.add_argument("--out", default="bench_out/norm")
+    parser.add_argument("--steps", type=int, default=200, help="training steps per model (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="60 steps, 1 seed")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        data = cv.load_folder(args.data) if args.data else cv.load_fashion_mnist()
+    except FileNotFoundError as e:
+        parser.exit(2, f"error: {e}\n")
+    steps, seeds = (60, (0,)) if args.quick else (args.steps, tuple(range(args.seeds)))
+    start = time.perf_counter()
+    curves = run_chain(data, steps=steps, seeds=seeds, eval_every=max(steps // 8, 1), threads=args.threads)
+    curves.to_csv(out / "norm_curves.csv", index=False)
+    table = summarise(curves)
+    table.to_csv(out / "norm.csv", index=False)
+    (out / "norm.md").write_text(table.to_markdown(index=False, floatfmt=".3f"))
+    plot(curves, out / "norm.png")
+    print(table.to_markdown(index=False, floatfmt=".3f"))
+    print(f"\n{time.perf_counter() - start:.0f} s; results in {out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
