@@ -1,0 +1,56 @@
+"""The command line: help everywhere, thin handlers over the API, user errors as one line and exit code 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from kaggle_tli.cli import build_parser, main
+
+COMMANDS = ["finetune", "iterate", "inject", "score", "ledger", "predict", "archs", "demo", "bench", "bundle",
+            "publish", "kernel"]
+
+
+def test_help_everywhere(capsys):
+    for command in [[], *([c] for c in COMMANDS), ["kernel", "init"]]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--help"])
+        assert exit_info.value.code == 0, command
+        assert "usage: kaggle-tli" in capsys.readouterr().out
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, kaggle_tli.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False", "kaggle-tli --help must answer without importing torch"
+
+
+def test_score_two_architectures_and_heatmap(tmp_path, capsys):
+    assert main(["score", "resnet10t", "resnet14t", "--num-classes", "10", "-o", str(tmp_path / "h.png")]) == 0
+    out = capsys.readouterr().out
+    assert "resnet10t" in out and "resnet14t" in out
+    assert (tmp_path / "h.png").stat().st_size > 5000
+
+
+def test_unknown_architecture_is_one_line_and_exit_code_2(capsys):
+    assert main(["score", "resnet10t", "resnett18"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "resnet18" in err and "Traceback" not in err
+
+
+def test_ledger_on_an_empty_folder_and_archs(tmp_path, capsys):
+    assert main(["ledger", "--runs", str(tmp_path)]) == 0
+    assert "no runs yet" in capsys.readouterr().out
+    assert main(["archs", "resnet1*", "--timm"]) == 0
+    assert "resnet18" in capsys.readouterr().out.split()
+
+
+def test_train_options_and_set_parse_into_a_config():
+    from kaggle_tli.cli import _train_config
+
+    args = build_parser().parse_args(["finetune", "resnet18", "--data", "d", "--epochs", "2", "--set", "ema=true",
+                                      "--set", "optimizer=adam", "--set", "train_folds=[0,1]"])
+    assert _train_config(args) == {"epochs": 2, "ema": True, "optimizer": "adam", "train_folds": [0, 1]}
+    args = build_parser().parse_args(["finetune", "resnet18", "--data", "d", "--set", "oops"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        _train_config(args)
