@@ -320,7 +320,7 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("TLI")
     g.add_argument("--which", choices=("last", "best", "ema"), default="last", help="which weights of the run")
     g.add_argument("--lam", type=float, default=0.75, help="ComboInjection: crop share (default: %(default)s)")
-    g.add_argument("--top-k", type=int, default=1, help="mix the k best teacher tensors (default: %(default)s)")
+    g.add_argument("--top-k", type=int, default=3, help="mix the k best teacher tensors where no block matches for sure (default: %(default)s)")
     g.add_argument("--no-norm", action="store_true", help="leave normalisation layers at init")
 
 

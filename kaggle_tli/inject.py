@@ -59,7 +59,7 @@ def transfer(
     student: nn.Module,
     *,
     lam: float = 0.75,
-    top_k: int = 1,
+    top_k: int = 3,
     transfer_norm: bool = True,
     transfer_head: bool = False,
     input_size: tuple[int, ...] | None = None,

@@ -30,7 +30,7 @@ def iterate(
     init: str = "tli",
     which: str = "last",
     lam: float = 0.75,
-    top_k: int = 1,
+    top_k: int = 3,
     transfer_norm: bool = True,
     recalibrate: bool = True,
     recalibrate_batches: int = 8,

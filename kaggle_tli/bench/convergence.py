@@ -180,17 +180,47 @@ def _tli(**kw) -> Callable[[nn.Module, nn.Module], dict]:
     return init
 
 
-METHODS: dict[str, Callable[[nn.Module, nn.Module], dict]] = {
-    "kaiming": lambda s, t: {},
-    "xavier": _xavier,
-    "same_name": _same_name,
-    "tli": _tli(),
-    "tli_lam0": _tli(lam=0.0),
-    "tli_lam1": _tli(lam=1.0),
-    "tli_top3": _tli(top_k=3),
-    "tli_nonorm": _tli(transfer_norm=False),
+@dataclass(frozen=True)
+class Method:
+    """How a student starts: an init function (student, teacher) -> info, then optionally refitted BatchNorm."""
+
+    init: Callable[[nn.Module, nn.Module], dict]
+    recal: bool = False
+
+
+# `tli` is what `kaggle_tli.iterate` does by default: transfer() with its defaults, then BatchNorm refitted on a few
+# training batches. The variants change one thing each.
+METHODS: dict[str, Method] = {
+    "kaiming": Method(lambda s, t: {}),
+    "kaiming+recal": Method(lambda s, t: {}, recal=True),
+    "xavier": Method(_xavier),
+    "same_name": Method(_same_name),
+    "same_name+recal": Method(_same_name, recal=True),
+    "tli": Method(_tli(), recal=True),
+    "tli no recal": Method(_tli()),
+    "tli top_k=1": Method(_tli(top_k=1), recal=True),
+    "tli lam=0": Method(_tli(lam=0.0), recal=True),
+    "tli lam=1": Method(_tli(lam=1.0), recal=True),
+    "tli no norm": Method(_tli(transfer_norm=False), recal=True),
 }
 QUICK_METHODS = ("kaiming", "same_name", "tli")
+
+
+def _iatransfer(student: nn.Module, teacher: nn.Module) -> dict:
+    """The authors' follow-up toolkit as a baseline, when it is importable (it is not a dependency)."""
+    from iatransfer.toolkit import IAT
+
+    IAT()(teacher, student)
+    return {}
+
+
+def baseline_methods() -> dict[str, Method]:
+    """External baselines found in this environment (pip install iatransfer==1.0.3 in a scratch venv)."""
+    try:
+        import iatransfer.toolkit  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means the baseline is not available
+        return {}
+    return {"iatransfer": Method(_iatransfer), "iatransfer+recal": Method(_iatransfer, recal=True)}
 
 
 def recalibrate(model: nn.Module, data: ArrayData, *, batches: int = 8, batch_size: int = 64, seed: int = 0) -> None:
@@ -261,7 +291,6 @@ class Config:
     teacher_steps: int = 600
     seeds: Sequence[int] = (0, 1, 2)
     methods: Sequence[str] = tuple(METHODS)
-    recal: Sequence[bool] = (False, True)
     students: Sequence[Student] = DEFAULT_STUDENTS
     eval_every: int = 25
     lr: float = 1e-3
@@ -269,7 +298,7 @@ class Config:
     recal_batches: int = 8
     threads: int = 2
     cache: Path | None = Path("bench_out/cache")
-    extra_methods: dict = field(default_factory=dict)  # name -> init fn, e.g. an external baseline
+    extra_methods: dict[str, Method] = field(default_factory=dict)  # e.g. baseline_methods()
 
 
 def run(data: ArrayData, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -284,25 +313,23 @@ def run(data: ArrayData, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
             if key not in teachers:
                 teachers[key] = get_teacher(st.teacher, data, steps=cfg.teacher_steps, seed=seed, cache=cfg.cache)
             teacher, t_acc = teachers[key]
-            for method, init in methods.items():
-                for recal in cfg.recal:
-                    rows += _one_run(data, cfg, st, teacher, t_acc, method, init, recal, seed)
+            for name, method in methods.items():
+                rows += _one_run(data, cfg, st, teacher, t_acc, name, method, seed)
     curves = pd.DataFrame(rows)
     t_frame = pd.DataFrame([{"teacher": a, "seed": s, "accuracy": acc} for (a, s), (_, acc) in teachers.items()])
     return curves, t_frame
 
 
-def _one_run(data, cfg, st: Student, teacher, t_acc, method, init, recal, seed) -> list[dict]:
+def _one_run(data, cfg, st: Student, teacher, t_acc, name: str, method: Method, seed: int) -> list[dict]:
     student = build(st.arch, data.num_classes, seed + 1000)
     start = time.perf_counter()
-    info = init(student, teacher)
-    if recal:
+    info = method.init(student, teacher)
+    if method.recal:
         recalibrate(student, data, batches=cfg.recal_batches, batch_size=cfg.batch_size, seed=seed)
     init_s = time.perf_counter() - start
-    label = method + ("+recal" if recal else "")
     curve = train(student, data, steps=cfg.steps, seed=seed, lr=cfg.lr, batch_size=cfg.batch_size,
-                  eval_every=cfg.eval_every, progress=True, desc=f"{st.arch} {label} s{seed}")
-    return [dict(student=st.name, arch=st.arch, teacher=st.teacher, teacher_acc=t_acc, method=label, seed=seed,
+                  eval_every=cfg.eval_every, progress=True, desc=f"{st.arch} {name} s{seed}")
+    return [dict(student=st.name, arch=st.arch, teacher=st.teacher, teacher_acc=t_acc, method=name, seed=seed,
                  step=step, accuracy=acc, init_s=init_s, **info) for step, acc in curve]
 
 
@@ -353,7 +380,7 @@ def plot(curves: pd.DataFrame, path: Path) -> Path:
         for method, g in group.groupby("method", sort=False):
             stats = g.groupby("step")["accuracy"].agg(["mean", "std"]).fillna(0)
             style = "-" if method.startswith("tli") else "--"
-            width = 2.2 if method in ("tli+recal", "tli") else 1.2
+            width = 2.4 if method == "tli" else 1.2
             ax.plot(stats.index, stats["mean"], style, lw=width, label=method)
             ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.12)
         ax.axhline(group["teacher_acc"].mean(), color="k", lw=0.8, ls=":", label="teacher")
@@ -386,7 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as e:
         parser.exit(2, f"error: {e}\n")
     cfg = Config(steps=args.steps, teacher_steps=args.teacher_steps, seeds=tuple(range(args.seeds)),
-                 methods=args.methods, threads=args.threads, cache=out.parent / "cache")
+                 methods=args.methods, threads=args.threads, cache=out.parent / "cache",
+                 extra_methods=baseline_methods())
     if args.quick:
         cfg = Config(steps=100, teacher_steps=300, seeds=(0,), methods=QUICK_METHODS, students=DEFAULT_STUDENTS[:2],
                      threads=args.threads, cache=out.parent / "cache")

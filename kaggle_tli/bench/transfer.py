@@ -233,7 +233,7 @@ def write_pairs(frame: pd.DataFrame, out_dir: str | Path, *, repeats: int, threa
     """`transfer.csv` (every column), `transfer.md` (the human table and how it was made), `transfer.png`."""
     notes = [
         f"Ours: median of {repeats} `transfer()` calls per pair, each on a fresh student, after {warmup} untimed "
-        f"warm-up call(s); model creation excluded; default settings (lam=0.75, top_k=1, norms transferred). "
+        f"warm-up call(s); model creation excluded; default settings (lam=0.75, top_k=3, norms transferred). "
         f"{_environment(threads)}; 1-minute load average {frame['load_1m'].min():.1f}-{frame['load_1m'].max():.1f} "
         f"at each pair's start (this run adds up to {threads}; more means other processes competed for the cores "
         "and the times are inflated).",

@@ -28,7 +28,7 @@ def transfer(
     student: nn.Module,
     *,
     lam: float = 0.75,
-    top_k: int = 1,
+    top_k: int = 3,
     transfer_norm: bool = True,
     transfer_head: bool = False,
     input_size: tuple[int, ...] | None = None,
@@ -38,7 +38,10 @@ def transfer(
 
     teacher: a model, or several (each student tensor then takes its best-scoring source).
     lam: ComboInjection strength, `lam * center_crop + (1 - lam) * resize` (paper: 0.75).
-    top_k: mix the k best-scoring teacher tensors with softmax weights (paper eq. 1-2); 1 = the aligned match only.
+    top_k: where a match is not sure (the student block and its teacher block differ in layer structure, e.g.
+        across families), mix the k best-scoring teacher tensors with softmax weights over their scores (paper
+        eq. 1-2). Sure matches always use the aligned tensor alone, so same-family edits are unaffected. 1 = never
+        mix. The default 3 won the convergence benchmark across families (docs/benchmarks.md).
     transfer_norm: False leaves normalisation layers at their init (the paper's BatchNorm ablation).
     transfer_head: also fill a classifier whose class count differs from the teacher's (default: leave it at init).
     input_size: (C, H, W) for the dummy forward pass; default from timm's pretrained_cfg.
