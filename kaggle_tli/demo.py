@@ -104,14 +104,16 @@ def run_demo(out: str | Path = "demo_out", *, quick: bool = False) -> dict:
     runs = out / "runs"
     common = dict(batch_size=64, lr=2e-3, progress=True)
 
-    teacher = finetune("resnet18", data, runs=runs, epochs=1 if quick else 3, **common)
+    teacher = finetune("resnet18", data, runs=runs, epochs=1 if quick else 5, **common)
     print(f"[2/5] stage 1, teacher {teacher.id}: validation accuracy {teacher.metrics['cv']:.3f}")
 
     arch = register_demo_arch()
     print(f"[3/5] stage 2, registered {arch!r}: SiLU activations, 5x5 kernels in layer1")
 
-    steps = 6 if quick else 30
-    side = dict(max_steps=steps, eval_every_steps=max(steps // 6, 1), eval_at_start=True, epochs=10, **common)
+    steps = 6 if quick else 40
+    # a gentle start: a fresh optimizer's first full-size steps would shake the injected weights
+    side = dict(max_steps=steps, eval_every_steps=max(steps // 8, 1), eval_at_start=True, epochs=10,
+                warmup_steps=steps // 4, **{**common, "lr": 1e-3})
     tli = iterate(teacher, arch, data, notes="demo: TLI", **side)
     scratch = iterate(teacher, arch, data, init="kaiming", notes="demo: Kaiming baseline", **side)
     print(f"[4/5] stages 3+4: {tli.report.summary().splitlines()[0]}")
