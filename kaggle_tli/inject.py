@@ -7,6 +7,7 @@ architecture through the registry, and injects.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def _model_from_weights(path: Path) -> nn.Module:
     run_dir = path.parent
     if (run_dir / "run.json").is_file():  # a file inside a run directory: the run knows its architecture
         model = create_model_from_spec(load_run(run_dir).arch)
+    elif meta.get("arch_spec"):  # written by `kaggle-tli inject`: the full recipe, edits included
+        model = create_model_from_spec(json.loads(meta["arch_spec"]))
     elif meta.get("arch") and meta.get("num_classes"):
         model = create_model(meta["arch"], num_classes=int(meta["num_classes"]))
     else:
@@ -50,7 +53,13 @@ def _model_from_weights(path: Path) -> nn.Module:
             f"{str(path)!r} does not say which architecture its weights belong to (no run.json beside it, no 'arch' "
             "in its metadata). Build the model yourself, load the weights into it, and pass the module."
         )
-    model.load_state_dict(load_weights(path), strict=True)
+    try:
+        model.load_state_dict(load_weights(path), strict=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{str(path)!r} does not fit the architecture recorded with it ({type(model).__name__}): "
+            f"{str(e).splitlines()[0]}. Was the file edited or copied from another run?"
+        ) from e
     return model
 
 
@@ -91,9 +100,13 @@ def inject(
     Returns (student, report, arch spec of the student). The class count defaults to the previous run's.
     """
     run = load_run(prev_run, runs=runs)
-    teacher = run.build_model(which)
-    classes = run.num_classes if num_classes is None else num_classes
-    spec = arch_spec(new_arch, num_classes=classes)
+    spec = student_spec(run, new_arch, num_classes=num_classes)
     student = create_model_from_spec(spec)
-    report = _engine_transfer(teacher, student, **transfer_options)
+    report = _engine_transfer(run.build_model(which), student, **transfer_options)
     return student, report, spec
+
+
+def student_spec(run: Run, new_arch: str, *, num_classes: int | None = None) -> dict:
+    """The registry spec of `new_arch` for `run`'s task: its class count and input channels."""
+    classes = run.num_classes if num_classes is None else num_classes
+    return arch_spec(new_arch, num_classes=classes, in_chans=int(run.arch.get("in_chans") or 3))

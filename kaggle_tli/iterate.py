@@ -13,11 +13,11 @@ from typing import Any
 
 from .checkpoint import Run, load_run
 from .data import KaggleData, rebuild_data
+from .inject import inject, student_spec
 from .ledger import Ledger
-from .registry import arch_spec, create_model_from_spec
+from .registry import create_model_from_spec
 from .resume import resume
 from .tli import TransferReport, recalibrate_norms
-from .tli import transfer as tli_transfer
 
 INITS = ("tli", "kaiming")
 
@@ -55,15 +55,15 @@ def iterate(
     out_dir = _runs_dir(prev, runs)
     _continue_lineage(prev, out_dir)
 
-    spec = arch_spec(new_arch, num_classes=prev.num_classes, in_chans=data.in_chans)
-    student = create_model_from_spec(spec)
     report = None
     if init == "tli":
-        report = tli_transfer(prev.build_model(which), student, lam=lam, top_k=top_k, transfer_norm=transfer_norm)
+        student, report, spec = inject(prev, new_arch, which=which, lam=lam, top_k=top_k, transfer_norm=transfer_norm)
+    else:
+        spec = student_spec(prev, new_arch)
+        student = create_model_from_spec(spec)
     if recalibrate:
         fold = int(train_cfg.get("fold", prev.config.get("fold", prev.primary_fold)))
-        batches = (x for x, _ in data.train_loader(fold, batch_size=64, augment=False))
-        recalibrate_norms(student, batches, max_batches=recalibrate_batches)
+        recalibrate_norms(student, _training_images(data, fold), max_batches=recalibrate_batches)
 
     extra: dict[str, Any] = {"notes": notes, "recalibrated": recalibrate, "which": which}
     files = {}
@@ -76,19 +76,34 @@ def iterate(
     return new
 
 
+def _training_images(data: KaggleData, fold: int):
+    """Un-augmented training batches of `fold` (never its validation rows), for refitting BatchNorm statistics."""
+    for x, _ in data.train_loader(fold, batch_size=64, augment=False):
+        if len(x) > 1:  # a BatchNorm in train mode cannot normalise a batch of one
+            yield x
+
+
 def _data_for(prev: Run, data: KaggleData | None) -> KaggleData:
-    if data is not None:
-        return data
-    spec = prev.info.get("data")
-    if not spec:
-        raise ValueError(f"run {prev.id!r} does not describe its data; pass data=kt.ImageCsvData(...) to iterate")
-    try:
-        return rebuild_data(spec)
-    except (FileNotFoundError, OSError) as e:
-        raise FileNotFoundError(
-            f"run {prev.id!r} trained on {spec.get('root')!r}, which is not here ({e}). Pass the competition data: "
-            "iterate(prev_run, arch, data=kt.ImageCsvData('/kaggle/input/<competition>', ...))"
-        ) from e
+    """The competition data on prev_run's fold split (so the student never validates on rows its teacher trained
+    on), checked to have prev_run's classes before any weight is moved."""
+    if data is None:
+        spec = prev.info.get("data")
+        if not spec:
+            raise ValueError(f"run {prev.id!r} does not describe its data; pass data=kt.ImageCsvData(...) to iterate")
+        try:
+            data = rebuild_data(spec)
+        except (FileNotFoundError, OSError) as e:
+            raise FileNotFoundError(
+                f"run {prev.id!r} trained on {spec.get('root')!r}, which is not here ({e}). Pass the competition "
+                "data: iterate(prev_run, arch, data=kt.ImageCsvData('/kaggle/input/<competition>', ...))"
+            ) from e
+    if list(data.class_names) != list(prev.class_names):
+        raise ValueError(
+            f"the data's classes {list(data.class_names)[:10]} are not run {prev.id!r}'s {prev.class_names[:10]}: "
+            "iterate continues a run on the same task. Pass the competition data that run trained on."
+        )
+    folds = prev.path / "folds.csv"
+    return data.with_folds(folds) if folds.is_file() else data
 
 
 def _runs_dir(prev: Run, runs: str | Path | None) -> Path:
@@ -100,14 +115,14 @@ def _runs_dir(prev: Run, runs: str | Path | None) -> Path:
 
 
 def _continue_lineage(prev: Run, out_dir: Path) -> None:
-    """A prev_run from elsewhere (an attached dataset, another runs folder) brings its ledger rows along, so the
-    lineage in out_dir's ledger reaches back to the root."""
+    """A prev_run from elsewhere (an attached dataset, another runs folder) brings its lineage's ledger rows along,
+    so the lineage in out_dir's ledger reaches back to the root."""
     target = Ledger(out_dir)
     if target.get(prev.id) is not None:
         return
     for candidate in (prev.path / "ledger.csv", prev.path.parent / "ledger.csv"):
-        if candidate.is_file() and candidate.resolve() != target.path.resolve():
-            target.import_rows(candidate)
+        if candidate.is_file() and candidate.resolve() != target.path.resolve() and Ledger(candidate).get(prev.id):
+            target.import_rows(candidate, lineage_of=prev.id)
             return
 
 

@@ -753,11 +753,12 @@ class Ledger:
         self.update(run_id, status=status, finished_at=finished, **fields)
         return self.get(run_id) or row
 
-    def import_rows(self, source: str | os.PathLike[str] | Ledger) -> int:
+    def import_rows(self, source: str | os.PathLike[str] | Ledger, *, lineage_of: str | None = None) -> int:
         """Copy the runs of another ledger (e.g. an attached Kaggle dataset) that this one lacks.
 
         The source is only read, never locked or written, so a read-only input works. Rows whose
-        run_id is already here are skipped. Returns the number of rows added.
+        run_id is already here are skipped. `lineage_of`: copy only that run and its ancestors.
+        Returns the number of rows added.
         """
         source = source if isinstance(source, Ledger) else Ledger(source)
         if not source.path.is_file():
@@ -766,8 +767,9 @@ class Ledger:
             )
         if self.path.exists() and os.path.samefile(source.path, self.path):
             return 0
+        rows = source.lineage(lineage_of) if lineage_of is not None else source.rows()
         incoming = []
-        for row in source.rows():
+        for row in rows:
             try:
                 incoming.append(_encode_row(row))
             except ValueError as e:

@@ -112,3 +112,42 @@ def test_failing_factory_other_classes_and_newer_ledger_are_explained(teacher, m
     (newer / "ledger.csv").write_text(header + "\n" + ",".join(["x"] * (header.count(",")) + ["99"]) + "\n")
     with pytest.raises(Exception, match="schema 99"):
         iterate(run, "resnet10t", data, runs=newer)
+
+
+def test_killed_iterate_leaves_a_whole_row_marked_running(teacher, tmp_path):
+    """SIGKILL in the middle of stage 4: the ledger still parses, the run's row says running, the lineage reaches
+    the teacher in another runs folder (its rows were imported)."""
+    import csv
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run, data, _ = teacher
+    out = tmp_path / "runs"
+    script = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from kaggle_tli.data import ImageCsvData\n"
+        "from kaggle_tli.iterate import iterate\n"
+        f"data = ImageCsvData({str(data.root)!r}, image_size=32, folds=3)\n"
+        f"iterate({str(run.path)!r}, 'resnet10t', data, runs={str(out)!r}, epochs=1000, progress=False)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(out.glob("*-resnet10t-*/log.csv")):
+            assert proc.poll() is None, "iterate died before training"
+            time.sleep(0.2)
+        assert list(out.glob("*-resnet10t-*/log.csv")), "training never started"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    ledger = Ledger(out)
+    rows = {r["run_id"]: r for r in ledger.rows()}
+    assert not ledger.problems, ledger.problems
+    killed = next(r for r in rows.values() if r["stage"] == "inject")
+    assert killed["status"] in ("running", "interrupted")
+    assert [r["run_id"] for r in ledger.lineage(killed["run_id"])] == [killed["run_id"], run.id]
+    with open(ledger.path, newline="") as f:
+        widths = {len(line) for line in csv.reader(f)}
+    assert len(widths) == 1, f"a torn line: rows of {widths} fields"

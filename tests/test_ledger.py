@@ -458,3 +458,13 @@ def test_the_ledger_does_not_import_torch():
     out, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
     assert out.strip() == "False", "kaggle_tli.ledger must stay light: light tools use it without torch"
+
+
+def test_import_only_a_runs_lineage(tmp_path):
+    source = Ledger(tmp_path / "a")
+    source.append({"run_id": "root", "stage": "finetune", "status": "done"})
+    source.append({"run_id": "child", "parent_run_id": "root", "stage": "inject", "status": "done"})
+    source.append({"run_id": "other", "stage": "finetune", "status": "done"})
+    target = Ledger(tmp_path / "b")
+    assert target.import_rows(source, lineage_of="child") == 2
+    assert sorted(r["run_id"] for r in target.rows()) == ["child", "root"], "unrelated runs stay out"

@@ -170,7 +170,7 @@ def test_tli_score_identity_ordering_and_no_side_effects():
     close, far = tli_score(sp, a), tli_score(tf, a)
     assert 0 <= far < close < 1, f"paper Fig. 7 ordering: spnasnet {close:.3f} > tf_efficientnet_b0 {far:.3f}"
     assert tli_score(a, sp) == pytest.approx(close), "the score is symmetric"
-    for m, state in zip((a, b, sp, tf), states):
+    for m, state in zip((a, b, sp, tf), states, strict=True):
         assert all(torch.equal(m.state_dict()[k], v) for k, v in state.items()), "scoring changed a weight"
 
 
@@ -181,3 +181,22 @@ def test_similarity_matrix_and_rank_teachers():
     assert (frame.values.diagonal() == 1.0).all() and (frame.values == frame.values.T).all()
     ranked = rank_teachers(_model("mnasnet_100", 1), models)
     assert list(ranked["teacher"])[:2] == ["mnasnet_100", "spnasnet_100"], ranked
+
+
+def test_head_protection_reads_the_traced_logits_for_any_model():
+    def net(classes):
+        torch.manual_seed(classes)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes))
+
+    teacher, student = net(10), net(3)
+    head = student[4].weight.clone()
+    report = transfer(teacher, student, input_size=(3, 16, 16))
+    assert torch.equal(student[4].weight, head), "a plain nn.Module's 3-class head must not take a 10-class head"
+    assert torch.equal(student[0].weight, teacher[0].weight)
+    assert any("class count" in r["reason"] for r in report.rows if r["student"] == "4.weight")
+
+
+def test_report_score_is_the_tli_score():
+    teacher, student = _model("resnet18", 0), _model("resnet34", 1)
+    expected = tli_score(teacher, student)
+    assert transfer(teacher, student).score == pytest.approx(expected)

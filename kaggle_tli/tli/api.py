@@ -13,6 +13,7 @@ from .graph import Graph, Unit, trace
 from .inject import combo_injection, mix
 from .match import Alignment, Match, match_graphs
 from .report import TransferReport
+from .score import graph_score
 
 
 @dataclass
@@ -57,7 +58,8 @@ def transfer(
 
     choices = {i: c for i in range(len(s_graph.units)) if (c := _best_teacher(found, i)) is not None}
     zeroed = _identity_units(s_graph, found, choices)
-    head = _head_units(student, s_graph) if _heads_differ(student, teachers) and not transfer_head else set()
+    differ = _heads_differ(s_graph, [t.graph for t in found])
+    head = _head_units(student, s_graph) if differ and not transfer_head else set()
     s_tensors = _tensors(student)
     rows = []
     with torch.no_grad():
@@ -82,7 +84,7 @@ def transfer(
     covered = sum(r["fraction"] * r["numel"] for r in counted)
     return TransferReport(
         rows=rows,
-        score=max(_graph_score(s_graph, t.graph, t.alignment) for t in found),
+        score=max(graph_score(s_graph, t.graph) for t in found),
         coverage=covered / total if total else 0.0,
         settings=dict(lam=lam, top_k=top_k, transfer_norm=transfer_norm, transfer_head=transfer_head,
                       teachers=len(found)),
@@ -138,14 +140,11 @@ def _head_units(model: nn.Module, graph: Graph) -> set[str]:
     return {graph.units[-1].name} if graph.units else set()
 
 
-def _num_outputs(model: nn.Module) -> int | None:
-    n = getattr(model, "num_classes", None)
-    return int(n) if isinstance(n, int) else None
-
-
-def _heads_differ(student: nn.Module, teachers: list[nn.Module]) -> bool:
-    s = _num_outputs(student)
-    return any(_num_outputs(t) != s for t in teachers)
+def _heads_differ(student: Graph, teachers: list[Graph]) -> bool:
+    """Do the models predict a different number of outputs (classes)? Read off the traced logits, so it works for
+    any model, not only timm's (which also say `num_classes`)."""
+    width = student.output_shape[-1:]
+    return any(t.output_shape[-1:] != width for t in teachers)
 
 
 def _best_teacher(found: list[_Teacher], i: int) -> tuple[int, Match] | None:
@@ -240,6 +239,3 @@ def _identity_units(graph: Graph, found: list[_Teacher], choices: dict) -> set[i
     return out
 
 
-def _graph_score(student: Graph, teacher: Graph, alignment: Alignment) -> float:
-    n = max(len(student.units), len(teacher.units))
-    return float(min(1.0, alignment.total / n)) if n else 0.0

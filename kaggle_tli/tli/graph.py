@@ -106,6 +106,7 @@ class Graph:
     input_size: tuple[int, ...]
     meta: bool  # traced on the meta device (no arithmetic, nothing touched)
     aliases: dict[str, str] = field(default_factory=dict)  # tied parameter name -> the name it shares storage with
+    output_shape: tuple[int, ...] = ()  # of the first output tensor, batch of 1 (logits: (1, num_classes))
 
     def __len__(self) -> int:
         return len(self.units)
@@ -149,7 +150,7 @@ def collect_units(model: nn.Module) -> tuple[list[Unit], dict[str, str]]:
             continue  # buffers alone (or only tied copies) make no unit
         kind = _module_kind(module)
         if kind is not None and "weight" in fresh:
-            shape = tuple(getattr(module, "weight").shape)
+            shape = tuple(module.weight.shape)
             units.append(Unit(mod_name, kind, shape, fresh))
             continue
         for local, key in fresh.items():  # lone parameters of a custom module
@@ -195,7 +196,8 @@ def _forward_meta(model: nn.Module, input_size: tuple[int, ...]):
     """Forward on meta copies: records the graph, computes nothing, leaves the model untouched."""
     tensors = {n: torch.empty_like(p, device="meta").requires_grad_(True) for n, p in model.named_parameters()}
     tensors.update({n: torch.empty_like(b, device="meta") for n, b in model.named_buffers()})
-    x = torch.empty((1, *input_size), device="meta", requires_grad=True)
+    dtype = next(iter(tensors.values())).dtype
+    x = torch.empty((1, *input_size), device="meta", dtype=dtype, requires_grad=True)
     out = functional_call(model, tensors, (x,), tie_weights=True, strict=False)
     return out, x, {id(t): n for n, t in tensors.items()}
 
@@ -205,8 +207,8 @@ def _forward_real(model: nn.Module, input_size: tuple[int, ...]):
     params = dict(model.named_parameters())
     for p in params.values():
         p.requires_grad_(True)  # frozen parameters must still appear in the graph
-    device = next(iter(params.values())).device
-    x = torch.zeros((1, *input_size), device=device, requires_grad=True)
+    first = next(iter(params.values()))
+    x = torch.zeros((1, *input_size), device=first.device, dtype=first.dtype, requires_grad=True)
     out = model(x)
     return out, x, {id(p): n for n, p in params.items()}
 
@@ -249,7 +251,8 @@ def _run_forward(model: nn.Module, input_size: tuple[int, ...]):
     shape = (1, *input_size)
     raise TraceError(
         f"{type(model).__name__}: the forward pass failed on a dummy input of shape {shape} "
-        f"({'; '.join(errors)}). Pass the size the model expects, e.g. input_size=(3, 64, 64)."
+        f"({'; '.join(errors)}). Pass the size of one input without the batch dimension, e.g. "
+        f"input_size={tuple(input_size[:1]) + (64,) * (len(input_size) - 1)}."
     )
 
 
@@ -378,7 +381,8 @@ def trace(model: nn.Module, input_size: tuple[int, ...] | None = None) -> Graph:
     size = tuple(input_size) if input_size is not None else default_input_size(model)
     units, aliases = collect_units(model)
     out, x, tensor_names, meta = _run_forward(model, size)
-    roots = [t.grad_fn for t in _tensors_in(out) if t.grad_fn is not None]
+    outputs = list(_tensors_in(out))
+    roots = [t.grad_fn for t in outputs if t.grad_fn is not None]
     if not roots:
         raise TraceError(f"{type(model).__name__}: the output does not depend on any parameter.")
     walk = _Walk(roots, getattr(x, "grad_fn", None) or _input_leaf(roots, x))
@@ -398,7 +402,7 @@ def trace(model: nn.Module, input_size: tuple[int, ...] | None = None) -> Graph:
 
     merges = sorted((n for n in walk.nodes if walk.is_merge(n)), key=walk.seq)
     blocks = _split_blocks(walk, reached, consumer, merges)
-    return Graph(reached, blocks, unreached, size, meta, aliases)
+    return Graph(reached, blocks, unreached, size, meta, aliases, tuple(outputs[0].shape))
 
 
 def _input_leaf(roots, x):

@@ -61,7 +61,7 @@ def crop_fraction(teacher_shape: Sequence[int], student_shape: Sequence[int]) ->
 def _resize_matrix(n: int, size: int) -> Tensor:
     """(size, n) matrix that resizes a length-n axis: linear interpolation with aligned corners to grow, area
     averaging (adaptive average pooling's windows) to shrink. One matmul per axis: fast on many small tensors."""
-    m = torch.zeros(size, n)
+    m = torch.zeros(size, n, dtype=torch.float32)
     if size > n:
         if n == 1:
             return m + 1.0
@@ -81,7 +81,8 @@ def _resize_dim(x: Tensor, dim: int, size: int) -> Tensor:
     n = x.shape[dim]
     if n == size:
         return x
-    return torch.tensordot(_resize_matrix(n, size), x, dims=([1], [dim])).movedim(0, dim)
+    matrix = _resize_matrix(n, size).to(device=x.device, dtype=x.dtype)
+    return torch.tensordot(matrix, x, dims=([1], [dim])).movedim(0, dim)
 
 
 def resize(teacher: Tensor, shape: Sequence[int], *, fan_in_dims: Sequence[int] = ()) -> Tensor:
@@ -103,12 +104,16 @@ def combo_injection(
     fan_in_dims: Sequence[int] = (),
     spatial_dims: Sequence[int] = (),
 ) -> tuple[Tensor, float]:
-    """ComboInjection of `teacher` into the shape of `like`; returns (tensor, fraction of elements from the teacher).
+    """ComboInjection of `teacher` into the shape of `like`; returns (tensor, fraction of its elements computed from
+    the teacher).
 
-    Same shape: an exact copy, whatever `lam` is. `lam=1` is a pure centre crop, `lam=0` a pure resize.
+    Same shape: an exact copy, whatever `lam` is. `lam=1` is a pure centre crop (the fraction is the overlap; the
+    margin keeps the student's init), `lam=0` a pure resize. With 0 < lam < 1 the resize reaches every element, so
+    the fraction is 1, although a margin element carries only `1 - lam` of teacher signal.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
+    teacher = teacher.detach().to(like.device)  # teacher and student may live on different devices
     if tuple(teacher.shape) == tuple(like.shape):
         return teacher.detach().to(like.dtype).clone(), 1.0
     if teacher.dim() != like.dim():

@@ -13,6 +13,7 @@ matched block pair, units are aligned one-to-one in order. Both levels are dynam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -241,7 +242,7 @@ def _fill_gaps(scores: np.ndarray, pairs: dict[int, tuple[int, bool]]) -> dict[i
     anchors = sorted((i, j) for i, (j, rep) in pairs.items() if not rep)
     bounds = [(-1, -1), *anchors, (n, m)]
     filled = {}
-    for (i0, j0), (i1, j1) in zip(bounds, bounds[1:]):
+    for (i0, j0), (i1, j1) in pairwise(bounds):
         gap_s = [i for i in range(i0 + 1, i1) if i not in pairs]
         gap_t = list(range(j0 + 1, j1))
         if gap_s and gap_t:

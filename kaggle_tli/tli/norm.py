@@ -8,6 +8,7 @@ momentum=None (a cumulative average), refit them without touching any weight. Th
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 import torch
@@ -20,13 +21,14 @@ def recalibrate_norms(model: nn.Module, batches: Iterable, *, max_batches: int =
     """Refit every BatchNorm's running statistics on up to `max_batches` batches; returns how many were used.
 
     A batch is a tensor or a tuple/list whose first item is the input tensor. Weights, training flags and momenta
-    are left as they were.
+    are left as they were; if no batch comes, or a forward pass fails, the old statistics are put back.
     """
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not norms:
         return 0
     was_training = {m: m.training for m in model.modules()}
-    momenta = {m: m.momentum for m in norms}
+    saved = {m: (m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in norms}
     device = next(model.parameters()).device
     used = 0
     try:
@@ -44,8 +46,12 @@ def recalibrate_norms(model: nn.Module, batches: Iterable, *, max_batches: int =
     finally:
         for m, flag in was_training.items():
             m.training = flag
-        for m, momentum in momenta.items():
+        for m, (momentum, mean, var, count) in saved.items():
             m.momentum = momentum
+            if used == 0 or sys.exc_info()[0] is not None:
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
     if used == 0:
         raise ValueError("recalibrate_norms got no batches: pass an iterable of input tensors (e.g. a DataLoader)")
     return used

@@ -13,7 +13,7 @@ from .graph import Graph, trace
 from .match import match_graphs
 
 
-def _score(a: Graph, b: Graph) -> float:
+def graph_score(a: Graph, b: Graph) -> float:
     """Summed score of the one-to-one order-preserving alignment, over the larger unit count.
 
     Identical architectures align on the diagonal with every pair scoring exactly 1.0, hence exactly 1.0.
@@ -27,7 +27,7 @@ def _score(a: Graph, b: Graph) -> float:
 
 def tli_score(a: nn.Module, b: nn.Module, *, input_size: tuple[int, ...] | None = None) -> float:
     """Similarity of two architectures in [0, 1]: 1.0 for the same architecture, whatever the weights."""
-    return _score(trace(a, input_size), trace(b, input_size))
+    return graph_score(trace(a, input_size), trace(b, input_size))
 
 
 def similarity_matrix(models: Mapping[str, nn.Module], *, input_size: tuple[int, ...] | None = None,
@@ -38,7 +38,7 @@ def similarity_matrix(models: Mapping[str, nn.Module], *, input_size: tuple[int,
     out = np.eye(len(names))
     pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
     for i, j in tqdm(pairs, desc="score", disable=not progress):
-        out[i, j] = out[j, i] = _score(graphs[names[i]], graphs[names[j]])
+        out[i, j] = out[j, i] = graph_score(graphs[names[i]], graphs[names[j]])
     return pd.DataFrame(out, index=names, columns=names)
 
 
@@ -48,6 +48,6 @@ def rank_teachers(student: nn.Module, candidates: Mapping[str, nn.Module] | list
     if not isinstance(candidates, Mapping):
         candidates = {f"{i}:{type(m).__name__}": m for i, m in enumerate(candidates)}
     s_graph = trace(student, input_size)
-    rows = [{"teacher": name, "tli_score": _score(s_graph, trace(m, input_size))} for name, m in candidates.items()]
+    rows = [{"teacher": name, "tli_score": graph_score(s_graph, trace(m, input_size))} for name, m in candidates.items()]
     frame = pd.DataFrame(rows, columns=["teacher", "tli_score"])
     return frame.sort_values("tli_score", ascending=False, kind="stable").reset_index(drop=True)
