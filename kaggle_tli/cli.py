@@ -184,7 +184,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
-    module = importlib.import_module(f"kaggle_tli.bench.{BENCHES[args.which]}")
+    module = importlib.import_module(f"kaggle_tli.bench.{args.which}")
     return int(module.main(args.rest) or 0)
 
 
@@ -214,8 +214,7 @@ def cmd_kernel_init(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = {"transfer": "transfer", "convergence": "convergence", "norm": "norm", "overhead": "overhead",
-           "quick": "quick"}
+BENCHES = ("transfer", "convergence", "norm", "teachers", "overhead", "quick")
 
 
 # --------------------------------------------------------------------------------------------------- parser
@@ -280,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer steps (a smoke test)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", help="benchmarks: transfer, convergence, norm, overhead, quick",
+    p = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHES),
                        description="Run `kaggle-tli bench NAME --help` for a benchmark's own options.")
-    p.add_argument("which", choices=sorted(BENCHES))
+    p.add_argument("which", choices=BENCHES)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     p.set_defaults(func=cmd_bench)
 

@@ -3,6 +3,7 @@
     transfer     transfer.py     time and coverage per teacher -> student pair, and the Fig. 7 similarity matrix
     convergence  convergence.py  accuracy per step of students from each initialisation (paper Fig. 4)
     norm         norm.py         efficientnet_b0 -> b1 -> b2 with and without BatchNorm transfer (paper Fig. 5)
+    teachers     teachers.py     one student from several teachers: TLI score vs convergence (rank correlation)
     overhead     overhead.py     time per step of kaggle-tli's training loop against a bare PyTorch loop
     quick        quick.py        the quick version of each, one after the other (`make bench`)
 """

@@ -234,18 +234,23 @@ def recalibrate(model: nn.Module, data: ArrayData, *, batches: int = 8, batch_si
 
 @dataclass
 class Student:
-    """One row of the benchmark: a student architecture and the teacher it learns from."""
+    """One row of the benchmark: a student architecture, the teacher it learns from, and the methods compared on
+    it (None: all). The ablations run where they matter (another family); the same-family rows compare the
+    baselines each target names, which keeps a full run near half an hour on 2 cores."""
 
     name: str  # label in the tables
     arch: str  # registry / timm name
     teacher: str = "resnet18"
+    methods: tuple[str, ...] | None = None
 
 
+BASELINES = ("kaiming", "same_name", "iatransfer")
 DEFAULT_STUDENTS = (
     Student("other family: mobilenetv3_small_100", "mobilenetv3_small_100"),
-    Student("same family, deeper: resnet34", "resnet34"),
-    Student("edit: resnet18 with SiLU", "resnet18_silu"),
-    Student("edit: resnet18 with 5x5 kernels", "resnet18_k5"),
+    Student("same family, deeper: resnet34", "resnet34",
+            methods=("kaiming", "same_name", "same_name+recal", "tli", "iatransfer", "iatransfer+recal")),
+    Student("edit: resnet18 with SiLU", "resnet18_silu", methods=("kaiming", "same_name", "tli")),
+    Student("edit: resnet18 with 5x5 kernels", "resnet18_k5", methods=("kaiming", "same_name", "tli")),
 )
 
 
@@ -314,7 +319,8 @@ def run(data: ArrayData, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                 teachers[key] = get_teacher(st.teacher, data, steps=cfg.teacher_steps, seed=seed, cache=cfg.cache)
             teacher, t_acc = teachers[key]
             for name, method in methods.items():
-                rows += _one_run(data, cfg, st, teacher, t_acc, name, method, seed)
+                if st.methods is None or name in st.methods:
+                    rows += _one_run(data, cfg, st, teacher, t_acc, name, method, seed)
     curves = pd.DataFrame(rows)
     t_frame = pd.DataFrame([{"teacher": a, "seed": s, "accuracy": acc} for (a, s), (_, acc) in teachers.items()])
     return curves, t_frame

@@ -1,7 +1,7 @@
 """`kaggle-tli bench quick` (`make bench`): the quick version of every benchmark, one after the other.
 
 Each writes into its own folder under `--out` (default `bench_out/`); the full versions are
-`kaggle-tli bench transfer|convergence|norm|overhead` without `--quick`. Figures on docs/benchmarks.md come from the
+`kaggle-tli bench transfer|convergence|norm|teachers|overhead` without `--quick`. Figures on docs/benchmarks.md come from the
 full versions.
 """
 
@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import convergence, norm, overhead, transfer
+from . import convergence, norm, overhead, teachers, transfer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("overhead", lambda: overhead.main(["--steps", "20", "--repeats", "2", "--json", str(out / "overhead.json")])),
         ("convergence", lambda: convergence.main(["--quick", "--out", str(out / "convergence"), *data])),
         ("norm", lambda: norm.main(["--quick", "--out", str(out / "norm"), *data])),
+        ("teachers", lambda: teachers.main(["--quick", "--out", str(out / "teachers"), *data])),
     ]
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -1,0 +1,138 @@
+"""Teachers benchmark (paper, Fig. 4 and 7): does a higher TLI score mean faster convergence?
+
+One student (mnasnet_100, the paper's) learns from several teachers, each trained on the same data first. For every
+teacher: its TLI score against the student, its own accuracy, and the student's accuracy curve after injection
+(kaggle-tli's defaults, BatchNorm refitted). The Spearman rank correlation between TLI score and the student's mean
+accuracy over the curve says whether the score is worth ranking teachers by (`kaggle_tli.rank_teachers`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from scipy.stats import spearmanr
+
+from . import convergence as cv
+
+STUDENT = "mnasnet_100"
+TEACHERS = ("spnasnet_100", "mobilenetv2_100", "tf_efficientnet_b0", "mobilenetv3_large_100", "regnetx_002",
+            "resnet18")
+
+
+def run(data: cv.ArrayData, *, student: str = STUDENT, teachers: Sequence[str] = TEACHERS, teacher_steps: int,
+        steps: int, seeds: Sequence[int], eval_every: int, threads: int, cache: Path | None) -> pd.DataFrame:
+    """Curves of the student from each teacher and from Kaiming init (long format, one row per evaluation)."""
+    from kaggle_tli.tli import tli_score
+
+    torch.set_num_threads(threads)
+    rows = []
+    for name in teachers:
+        teacher, t_acc = cv.get_teacher(name, data, steps=teacher_steps, seed=0, cache=cache)
+        score = tli_score(teacher, cv.build(student, data.num_classes, 0), input_size=(3, 32, 32))
+        for seed in seeds:
+            rows += _curve(data, student, "tli", cv.METHODS["tli"], teacher, name, t_acc, score, seed, steps,
+                           eval_every)
+    for seed in seeds:
+        rows += _curve(data, student, "kaiming", cv.METHODS["kaiming"], None, "(none)", float("nan"),
+                       float("nan"), seed, steps, eval_every)
+    return pd.DataFrame(rows)
+
+
+def _curve(data, student, method_name, method, teacher, teacher_name, t_acc, score, seed, steps, eval_every):
+    model = cv.build(student, data.num_classes, seed + 1000)
+    if teacher is not None:
+        method.init(model, teacher)
+    if method.recal:
+        cv.recalibrate(model, data, seed=seed)
+    curve = cv.train(model, data, steps=steps, seed=seed, eval_every=eval_every, progress=True,
+                     desc=f"{student} <- {teacher_name} s{seed}")
+    return [dict(teacher=teacher_name, method=method_name, tli_score=score, teacher_acc=t_acc, seed=seed, step=s,
+                 accuracy=a) for s, a in curve]
+
+
+def summarise(curves: pd.DataFrame) -> tuple[pd.DataFrame, float, float]:
+    """Per teacher: score, teacher accuracy, student accuracy at N/4 and N, mean over the curve; and Spearman's rho
+    (with its p-value) between TLI score and that mean."""
+    last = curves["step"].max()
+    table = []
+    for teacher, g in curves.groupby("teacher", sort=False):
+        mean = g.groupby("step")["accuracy"].mean()
+        quarter = mean.index[abs(mean.index - last / 4).argmin()]
+        table.append({"teacher": teacher, "tli_score": g["tli_score"].iloc[0], "teacher_acc": g["teacher_acc"].iloc[0],
+                      "acc_quarter": mean.loc[quarter], "acc_final": mean.loc[last], "acc_mean": mean.mean()})
+    frame = pd.DataFrame(table).sort_values("tli_score", ascending=False, na_position="last")
+    scored = frame.dropna(subset=["tli_score"])
+    rho, p = spearmanr(scored["tli_score"], scored["acc_mean"]) if len(scored) > 2 else (float("nan"),) * 2
+    return frame.reset_index(drop=True), float(rho), float(p)
+
+
+def plot(curves: pd.DataFrame, frame: pd.DataFrame, rho: float, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for teacher, g in curves.groupby("teacher", sort=False):
+        mean = g.groupby("step")["accuracy"].mean()
+        score = g["tli_score"].iloc[0]
+        label = f"{teacher} (TLI {score:.2f})" if score == score else "Kaiming init"
+        left.plot(mean.index, mean.values, ls="--" if score != score else "-", label=label)
+    left.set(xlabel="training step", ylabel="held-out accuracy", ylim=(0, 1), title=f"{STUDENT} from each teacher")
+    left.legend(fontsize=7, loc="lower right")
+    left.grid(alpha=0.3)
+    scored = frame.dropna(subset=["tli_score"])
+    right.scatter(scored["tli_score"], scored["acc_mean"])
+    for _, r in scored.iterrows():
+        right.annotate(r["teacher"], (r["tli_score"], r["acc_mean"]), fontsize=7, xytext=(3, 3),
+                       textcoords="offset points")
+    right.set(xlabel="TLI score (teacher vs student)", ylabel="student's mean accuracy over the curve",
+              title=f"Spearman rho = {rho:.2f}")
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kaggle-tli bench teachers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="a Kaggle-shaped competition folder instead of Fashion-MNIST")
+    parser.add_argument("--out", default="bench_out/teachers")
+    parser.add_argument("--teacher-steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="3 teachers, 150 teacher steps, 50 student steps")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        data = cv.load_folder(args.data) if args.data else cv.load_fashion_mnist()
+    except FileNotFoundError as e:
+        parser.exit(2, f"error: {e}\n")
+    teachers, t_steps, steps, seeds = TEACHERS, args.teacher_steps, args.steps, tuple(range(args.seeds))
+    if args.quick:
+        teachers, t_steps, steps, seeds = TEACHERS[:3], 150, 50, (0,)
+    start = time.perf_counter()
+    curves = run(data, teachers=teachers, teacher_steps=t_steps, steps=steps, seeds=seeds,
+                 eval_every=max(steps // 4, 1), threads=args.threads, cache=out.parent / "cache")
+    curves.to_csv(out / "teachers_curves.csv", index=False)
+    frame, rho, p = summarise(curves)
+    frame.to_csv(out / "teachers.csv", index=False)
+    text = frame.to_markdown(index=False, floatfmt=".3f") + f"\n\nSpearman rho (TLI score vs mean accuracy) = {rho:.2f} (p = {p:.2f})\n"
+    (out / "teachers.md").write_text(text)
+    plot(curves, frame, rho, out / "teachers.png")
+    print(text)
+    print(f"{time.perf_counter() - start:.0f} s; results in {out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
