@@ -24,15 +24,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def _add_data_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     g = p.add_argument_group("data (a Kaggle-shaped competition folder)")
-    g.add_argument("--data", required=required, help="competition folder with train.csv")
-    g.add_argument("--csv", default="train.csv", help="training CSV inside --data (default: %(default)s)")
-    g.add_argument("--id-col", default="id", help="id column of an image competition (default: %(default)s)")
-    g.add_argument("--label-col", default="label", help="label column (default: %(default)s)")
+    g.add_argument("--data", required=required, help="competition folder with train.csv" + (
+        "" if required else "; unset options keep what the run recorded"))
+    g.add_argument("--csv", default=None, help="training CSV inside --data (default: train.csv)")
+    g.add_argument("--id-col", default=None, help="id column of an image competition (default: id)")
+    g.add_argument("--label-col", default=None, help="label column (default: label)")
     g.add_argument("--image-size", type=int, default=None, help="training image size in pixels (default: 224 "
                    "for image folders, 32 for pixel CSVs)")
-    g.add_argument("--folds", type=int, default=5, help="number of CV folds (default: %(default)s)")
-    g.add_argument("--format", choices=("auto", "images", "pixels"), default="auto",
+    g.add_argument("--folds", type=int, default=None, help="number of CV folds (default: 5)")
+    g.add_argument("--format", choices=("auto", "images", "pixels"), default=None,
                    help="images: train.csv + image folder; pixels: one column per pixel (Digit Recognizer)")
+
+
+_DATA_OPTIONS = ("csv", "id_col", "label_col", "image_size", "folds", "format")
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -67,19 +71,27 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
-def _load_data(args: argparse.Namespace):
-    from kaggle_tli.data import ImageCsvData, PixelCsvData, read_csv
+def _load_data(args: argparse.Namespace, run: str | None = None):
+    """The data from the command line; for an existing run, its recorded data options on the new --data root
+    unless options are given (so a 32-px run is not silently predicted at 224 px)."""
+    from kaggle_tli.checkpoint import load_run
+    from kaggle_tli.data import ImageCsvData, PixelCsvData, read_csv, rebuild_data
 
-    root = Path(args.data)
-    fmt = args.format
+    explicit = any(getattr(args, k) is not None for k in _DATA_OPTIONS)
+    if run is not None and not explicit:
+        spec = load_run(run, runs=getattr(args, "runs", None)).info.get("data")
+        if spec:
+            return rebuild_data(spec, root=args.data)
+    root, csv = Path(args.data), args.csv or "train.csv"
+    fmt = args.format or "auto"
     if fmt == "auto":
-        header = read_csv(root / args.csv, what="training CSV").columns
+        header = read_csv(root / csv, what="training CSV").columns
         fmt = "pixels" if any(str(c).startswith("pixel") for c in header) else "images"
+    label, folds = args.label_col or "label", args.folds or 5
     if fmt == "pixels":
-        return PixelCsvData(root, args.csv, label_col=args.label_col, image_size=args.image_size or 32,
-                            folds=args.folds)
-    return ImageCsvData(root, args.csv, id_col=args.id_col, label_col=args.label_col,
-                        image_size=args.image_size or 224, folds=args.folds)
+        return PixelCsvData(root, csv, label_col=label, image_size=args.image_size or 32, folds=folds)
+    return ImageCsvData(root, csv, id_col=args.id_col or "id", label_col=label, image_size=args.image_size or 224,
+                        folds=folds)
 
 
 # --------------------------------------------------------------------------------------------------- handlers
@@ -96,7 +108,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_iterate(args: argparse.Namespace) -> int:
     from kaggle_tli.iterate import iterate
 
-    data = _load_data(args) if args.data else None
+    data = _load_data(args, run=args.prev_run) if args.data else None
     run = iterate(args.prev_run, args.arch, data, init=args.init, which=args.which, lam=args.lam, top_k=args.top_k,
                   transfer_norm=not args.no_norm, recalibrate=not args.no_recalibrate, runs=args.runs,
                   notes=args.notes, **_train_config(args))
@@ -160,7 +172,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from kaggle_tli.trainer import predict
 
-    test = _load_data(args) if args.data else None
+    test = _load_data(args, run=args.run) if args.data else None
     submission = predict(args.run, test, tta=not args.no_tta, out=args.output)
     print(submission.head().to_string(index=False))
     print(f"{len(submission)} rows")
@@ -223,6 +235,9 @@ BENCHES = ("transfer", "convergence", "norm", "teachers", "overhead", "quick")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kaggle-tli", description="Transfer Learning by Injection for Kaggle.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help="import a module or .py file that registers architectures (@register_arch, "
+                        "register_edit) before the command runs; repeatable")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("finetune", help="stage 1: train a baseline teacher")
@@ -324,8 +339,13 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that are the user's to fix: printed as one message, not a traceback."""
-    errors: list[type[BaseException]] = [FileNotFoundError, ValueError, TypeError, KeyError, PermissionError]
+    """Exceptions that are the user's to fix: printed as one message, not a traceback. (TypeError: an unknown
+    training option; the rest are kaggle-tli's own errors or missing/unreadable files.)"""
+    from kaggle_tli.registry import ArchBuildError, UnknownArchError
+    from kaggle_tli.tli import TraceError
+
+    errors: list[type[BaseException]] = [FileNotFoundError, PermissionError, ValueError, TypeError, UnknownArchError,
+                                         ArchBuildError, TraceError]
     try:
         from kaggle_tli.kaggle import KaggleError
 
@@ -338,6 +358,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.imports:
+            from kaggle_tli.registry import import_archs
+
+            for source in args.imports:
+                print(f"registered from {source}: {', '.join(import_archs(source)) or 'nothing'}", file=sys.stderr)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -345,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as e:
         if args.debug or os.environ.get("KAGGLE_TLI_DEBUG"):
             raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str() adds quotes
         print(f"error: {message}", file=sys.stderr)
         return 2
 

@@ -54,3 +54,19 @@ def test_train_options_and_set_parse_into_a_config():
     args = build_parser().parse_args(["finetune", "resnet18", "--data", "d", "--set", "oops"])
     with pytest.raises(ValueError, match="KEY=VALUE"):
         _train_config(args)
+
+
+def test_iterate_and_predict_reuse_the_runs_recorded_data_options(tmp_path, make_image_competition):
+    """`--data` alone means: the run's own data options on that folder (a 32-px run stays at 32 px)."""
+    from kaggle_tli.cli import _load_data
+    from kaggle_tli.data import ImageCsvData
+    from kaggle_tli.finetune import finetune
+
+    root = make_image_competition(tmp_path / "comp", digits=(0, 1), per_class=10)
+    run = finetune("resnet10t", ImageCsvData(root, image_size=32, folds=2), runs=tmp_path / "runs", epochs=1,
+                   max_steps=1, batch_size=8, progress=False)
+    args = build_parser().parse_args(["predict", str(run.path), "--data", str(root)])
+    data = _load_data(args, run=args.run)
+    assert data.image_size in (32, (32, 32)) and data.folds == 2, "the run's options, not the CLI defaults"
+    args = build_parser().parse_args(["predict", str(run.path), "--data", str(root), "--image-size", "48"])
+    assert _load_data(args, run=args.run).image_size in (48, (48, 48)), "an explicit option wins"
