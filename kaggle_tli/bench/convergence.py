@@ -399,25 +399,36 @@ def plot(curves: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kaggle-tli bench convergence", description=__doc__,
+def bench_parser(name: str, doc: str | None, out: str) -> argparse.ArgumentParser:
+    """The options every training benchmark shares: --data, --out, --threads."""
+    parser = argparse.ArgumentParser(prog=f"kaggle-tli bench {name}", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="a Kaggle-shaped competition folder instead of Fashion-MNIST")
-    parser.add_argument("--out", default="bench_out/convergence", help="output folder (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="1 seed, 3 methods, 2 students, shorter runs")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--teacher-steps", type=int, default=600)
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", default=out, help="output folder (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    return parser
 
+
+def prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Path, ArrayData]:
+    """The output folder (created) and the data; a missing dataset ends the command with the fix."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
         data = load_folder(args.data) if args.data else load_fashion_mnist()
     except FileNotFoundError as e:
         parser.exit(2, f"error: {e}\n")
+    return out, data
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = bench_parser("convergence", __doc__, "bench_out/convergence")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 3 methods, 2 students, shorter runs")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--teacher-steps", type=int, default=600)
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    args = parser.parse_args(argv)
+    out, data = prepare(parser, args)
     cfg = Config(steps=args.steps, teacher_steps=args.teacher_steps, seeds=tuple(range(args.seeds)),
                  methods=args.methods, threads=args.threads, cache=out.parent / "cache",
                  extra_methods=baseline_methods())

@@ -8,7 +8,6 @@ re-estimation on a few training batches. Same data, same order, same seeds every
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,21 +91,12 @@ def plot(curves: pd.DataFrame, path: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kaggle-tli bench norm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="a Kaggle-shaped competition folder instead of Fashion-MNIST")
-    parser.add_argument("--out", default="bench_out/norm")
+    parser = cv.bench_parser("norm", __doc__, "bench_out/norm")
     parser.add_argument("--steps", type=int, default=200, help="training steps per model (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="60 steps, 1 seed")
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        data = cv.load_folder(args.data) if args.data else cv.load_fashion_mnist()
-    except FileNotFoundError as e:
-        parser.exit(2, f"error: {e}\n")
+    out, data = cv.prepare(parser, args)
     steps, seeds = (60, (0,)) if args.quick else (args.steps, tuple(range(args.seeds)))
     start = time.perf_counter()
     curves = run_chain(data, steps=steps, seeds=seeds, eval_every=max(steps // 8, 1), threads=args.threads)

@@ -8,7 +8,6 @@ accuracy over the curve says whether the score is worth ranking teachers by (`ka
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,22 +100,13 @@ def plot(curves: pd.DataFrame, frame: pd.DataFrame, rho: float, path: Path) -> P
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kaggle-tli bench teachers", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="a Kaggle-shaped competition folder instead of Fashion-MNIST")
-    parser.add_argument("--out", default="bench_out/teachers")
+    parser = cv.bench_parser("teachers", __doc__, "bench_out/teachers")
     parser.add_argument("--teacher-steps", type=int, default=400)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="3 teachers, 150 teacher steps, 50 student steps")
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        data = cv.load_folder(args.data) if args.data else cv.load_fashion_mnist()
-    except FileNotFoundError as e:
-        parser.exit(2, f"error: {e}\n")
+    out, data = cv.prepare(parser, args)
     teachers, t_steps, steps, seeds = TEACHERS, args.teacher_steps, args.steps, tuple(range(args.seeds))
     if args.quick:
         teachers, t_steps, steps, seeds = TEACHERS[:3], 150, 50, (0,)
