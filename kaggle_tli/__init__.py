@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "register_arch": "kaggle_tli.registry",
     "list_archs": "kaggle_tli.registry",
     "create_model": "kaggle_tli.registry",
+    "import_archs": "kaggle_tli.registry",
     "arch_spec": "kaggle_tli.registry",
     "create_model_from_spec": "kaggle_tli.registry",
     "register_edit": "kaggle_tli.registry",

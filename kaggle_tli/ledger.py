@@ -694,6 +694,12 @@ class Ledger:
 
     # --------------------------------------------------------------------------------------- writes
 
+    def create(self) -> Ledger:
+        """Write the header of an empty ledger if the file does not exist yet (a bundle of a run with no rows)."""
+        with self._locked() as snap:
+            self._replace(self._lines_for_write(snap))
+        return self
+
     def append(self, row: Mapping[str, Any]) -> None:
         """Add one run. Unknown keys or a run_id already present raise ValueError; missing keys are empty."""
         encoded = _encode_row(row)  # validate before touching the disk

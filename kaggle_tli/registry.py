@@ -11,9 +11,16 @@ A name resolves to one of three kinds of architecture:
 ``arch_spec(name, num_classes, **kw)`` describes a build as a JSON-serialisable dict (stored in
 ``run.json["arch"]``); ``create_model_from_spec(spec)`` rebuilds the same architecture in a fresh process.
 An edited architecture rebuilds from its spec alone (the edits travel in it); a user factory must be
-registered again (its source hash is in the spec, and a changed source warns).
+registered again (its source hash is in the spec, and a changed source warns), e.g. with
+``import_archs("my_archs.py")``.
 
-The engine is kept out of this module on purpose: it imports torch and timm, nothing else of kaggle-tli.
+A spec may come from an untrusted dataset (a run.json in someone's Kaggle dataset), so rebuilding one
+never imports a module or calls a function the spec names: only registered factories and heads, timm
+names and the declarative edits are used, unless the caller opts in with ``allow_imports=True``. Nor
+does it load weights (``pretrained``, ``checkpoint_path``...): a run's weights live in its safetensors.
+
+The engine is kept out of this module on purpose: it imports torch and timm, and of kaggle-tli only the
+engine's ``default_input_size`` (the input a model expects), for the check forward of ``register_edit``.
 """
 
 from __future__ import annotations
@@ -23,15 +30,18 @@ import difflib
 import fnmatch
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
 import math
 import re
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -49,6 +59,7 @@ __all__ = [
     "register_arch",
     "register_edit",
     "register_head",
+    "import_archs",
     "unregister_arch",
     "arch_info",
     "is_arch",
@@ -68,9 +79,9 @@ __all__ = [
 
 SPEC_SCHEMA = 1  # bump when the layout of arch_spec() changes; older specs must keep rebuilding
 
-# 64 px: small enough to be cheap on CPU, large enough that a stride mistake in a ResNet's last stage
-# still shows up as a shape mismatch (at 32 px the last stage is already 1x1 and hides it).
-_VALIDATE_SIZE = 64
+# build keywords that load weights: a spec never carries them (weights are not architecture) and a
+# rebuild from a spec never acts on them (a tampered run.json must not make timm read or fetch files)
+_WEIGHT_KWARGS = ("pretrained", "pretrained_cfg_overlay", "checkpoint_path")
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -134,6 +145,7 @@ class _Entry:
 _LOCK = threading.RLock()
 _REGISTRY: dict[str, _Entry] = {}
 _HEADS: dict[str, Callable[..., nn.Module]] = {}
+_RECORDERS: list[list[str]] = []  # import_archs: the names stored while a module runs
 
 
 def _source_hash(fn: Callable[..., Any]) -> str | None:
@@ -208,6 +220,8 @@ def _store(name: str, entry: _Entry) -> None:
                 stacklevel=3,
             )
         _REGISTRY[name] = entry
+        for names in _RECORDERS:
+            names.append(name)
 
 
 def register_arch(
@@ -257,9 +271,11 @@ def register_edit(
 ) -> ArchInfo:
     """Register ``name`` as ``base`` (any resolvable name) with ``edits`` applied at build time.
 
-    With ``validate`` (default) the edited model is built once and run forward on a small input right
-    away, so a pattern that matches nothing or a stride that breaks a residual add fails in the cell that
-    registered it, not three steps later in training.
+    With ``validate`` (default) the edited model is built once and run forward on the input size it
+    expects (timm's pretrained_cfg, or a patch embedding's fixed ``img_size``) right away, so a pattern
+    that matches nothing or a stride that breaks a residual add fails in the cell that registered it, not
+    three steps later in training. A ``replace_head('pkg.module:fn')`` is imported here and registered
+    as a head under that path.
     """
     _check_name(name)
     if isinstance(edits, Edit):
@@ -274,6 +290,11 @@ def register_edit(
     if base == name:
         raise ValueError(f"register_edit({name!r}): an architecture cannot be its own base")
     base_node = _resolve(base)  # unknown base fails here, with suggestions
+    for e in edits:
+        if isinstance(e, ReplaceHead) and ":" in e.head:
+            # the caller named this import path in their own code: resolve it now, as a registered head, so
+            # a spec of this architecture rebuilds in this process without allow_imports
+            _head_factory(e.head, allow_imports=True)
     defaults = dict(kwargs or {})
     _check_json(f"default kwargs of {name!r}", defaults)
     recipe = {"base": base_node, "edits": [e.to_dict() for e in edits], "kwargs": defaults}
@@ -316,6 +337,80 @@ def register_head(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..
         return fn
 
     return decorator
+
+
+def import_archs(module_or_path: str) -> list[str]:
+    """Import a module (dotted name) or run a ``.py`` file so its ``@register_arch`` / ``register_edit``
+    calls take effect; return the architecture names it registered, in order.
+
+    For command-line use (``kaggle-tli --import my_archs.py ...``) and for rebuilding runs of user
+    factories in a fresh process. A module imported before is reloaded, so its registrations run again
+    (an unchanged definition re-registers silently). A file is imported under its stem as module name,
+    with its folder on ``sys.path`` while it runs, so it can import its neighbours.
+    """
+    if not isinstance(module_or_path, str) or not module_or_path.strip():
+        raise ValueError(f"import_archs needs a module name or a .py file path, got {module_or_path!r}")
+    names: list[str] = []
+    with _LOCK:
+        _RECORDERS.append(names)
+    try:
+        if module_or_path.endswith(".py") or "/" in module_or_path or "\\" in module_or_path:
+            _import_file(Path(module_or_path).expanduser())
+        else:
+            _import_module(module_or_path)
+    finally:
+        with _LOCK:
+            _RECORDERS.remove(names)
+    return list(dict.fromkeys(names))
+
+
+def _import_module(name: str) -> None:
+    try:
+        if name in sys.modules:
+            importlib.reload(sys.modules[name])
+        else:
+            importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name == name or name.startswith(f"{e.name}."):  # the module itself, not one it imports
+            raise ModuleNotFoundError(
+                f"no module named {name!r}: pass an importable dotted name (its folder on sys.path / PYTHONPATH) "
+                f"or the path of a .py file",
+                name=name,
+            ) from e
+        raise
+
+
+def _import_file(path: Path) -> None:
+    if not path.is_file() or path.suffix != ".py":
+        raise FileNotFoundError(
+            f"no Python file at {str(path)!r}: pass the path of a .py file or a dotted module name"
+        )
+    path = path.resolve()
+    name = path.stem
+    if not name.isidentifier():
+        raise ValueError(
+            f"{path.name!r} is not importable as a module: rename it to a Python identifier (my_archs.py)"
+        )
+    old = sys.modules.get(name)
+    old_file = getattr(old, "__file__", None)
+    if old is not None and (old_file is None or Path(old_file).resolve() != path):
+        raise ValueError(
+            f"cannot import {str(path)!r} as module {name!r}: a different module of that name is already "
+            f"imported ({old_file or 'built in'}); rename the file"
+        )
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has a source loader
+        raise ImportError(f"cannot load {str(path)!r} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # factories defined there report this module name, as an import would
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        sys.path.remove(str(path.parent))
 
 
 # ------------------------------------------------------------------------------------------------ lookup
@@ -410,6 +505,8 @@ class _Build:
     kwargs: dict[str, Any]
     width: float = 1.0
     depth: float = 1.0
+    # False when rebuilding a spec (maybe untrusted): module paths in it must not be imported
+    allow_imports: bool = True
 
 
 def create_model(name: str, num_classes: int, *, in_chans: int | None = None, **kwargs: Any) -> nn.Module:
@@ -430,9 +527,9 @@ def create_model(name: str, num_classes: int, *, in_chans: int | None = None, **
 def arch_spec(name: str, num_classes: int, **kwargs: Any) -> dict[str, Any]:
     """A JSON-serialisable description of ``create_model(name, num_classes, **kwargs)``.
 
-    Weights are not architecture: ``pretrained`` and ``pretrained_cfg_overlay`` are left out (a run's
-    weights live in its safetensors files). The spec holds the edit recipe, so an edited architecture
-    rebuilds in a process that never registered it.
+    Weights are not architecture: ``pretrained``, ``pretrained_cfg_overlay`` and ``checkpoint_path`` are
+    left out, here and in registered default kwargs (a run's weights live in its safetensors files). The
+    spec holds the edit recipe, so an edited architecture rebuilds in a process that never registered it.
 
     Layout (schema 1): ``schema``, ``name``, ``kind`` ("timm" | "factory" | "edit"), ``parent``,
     ``num_classes``, ``in_chans`` (effective), ``kwargs`` (the caller's), ``source_hash`` (factory source
@@ -444,10 +541,10 @@ def arch_spec(name: str, num_classes: int, **kwargs: Any) -> dict[str, Any]:
     in_chans = kwargs.pop("in_chans", None)
     if in_chans is not None:
         _check_in_chans(in_chans)
-    for k in ("pretrained", "pretrained_cfg_overlay"):
+    for k in _WEIGHT_KWARGS:
         kwargs.pop(k, None)
     _check_json(f"kwargs of {name!r}", kwargs)
-    node = _resolve(name)
+    node, _ = _without_weight_kwargs(_resolve(name))
     info = arch_info(name)
     spec = {
         "schema": SPEC_SCHEMA,
@@ -465,12 +562,15 @@ def arch_spec(name: str, num_classes: int, **kwargs: Any) -> dict[str, Any]:
     return spec
 
 
-def create_model_from_spec(spec: Mapping[str, Any]) -> nn.Module:
+def create_model_from_spec(spec: Mapping[str, Any], *, allow_imports: bool = False) -> nn.Module:
     """Rebuild the architecture an ``arch_spec`` dict describes (e.g. ``run.json["arch"]``).
 
-    Edited architectures rebuild from the spec alone. A user factory must be registered in this process
-    (its module is imported when it is importable); a factory whose source changed since the spec was
-    written still builds, with a warning.
+    Edited architectures rebuild from the spec alone. A user factory, or a ``replace_head`` head, must be
+    registered in this process (``import_archs``, or the cell that registers it); a factory whose source
+    changed since the spec was written still builds, with a warning. A spec can come from an untrusted
+    dataset, so the modules it names are imported only with ``allow_imports=True`` (the factory's module,
+    a 'module:function' head): pass it for specs you trust. Weight-loading keywords in a spec are ignored,
+    with a warning.
     """
     if not isinstance(spec, Mapping):
         raise TypeError(
@@ -488,10 +588,46 @@ def create_model_from_spec(spec: Mapping[str, Any]) -> nn.Module:
         )
     num_classes = _check_num_classes(spec["num_classes"])
     in_chans = spec.get("in_chans")
+    if not isinstance(spec["build"], Mapping) or not isinstance(spec.get("kwargs") or {}, Mapping):
+        raise ValueError(
+            "not an architecture spec: 'build' and 'kwargs' must be dicts; make one with arch_spec()"
+        )
+    build, dropped = _without_weight_kwargs(spec["build"])
+    kwargs, dropped_top = _split_weight_kwargs(spec.get("kwargs") or {})
+    dropped |= dropped_top
+    if dropped:
+        warnings.warn(
+            f"architecture spec of {spec['name']!r} asks to load weights ({', '.join(sorted(dropped))}); ignored: "
+            "a spec describes the architecture only, a run's weights come from its safetensors files",
+            UserWarning,
+            stacklevel=2,
+        )
     ctx = _Build(
-        arch=spec["name"], num_classes=num_classes, in_chans=in_chans, kwargs=dict(spec.get("kwargs") or {})
+        arch=spec["name"],
+        num_classes=num_classes,
+        in_chans=in_chans,
+        kwargs=kwargs,
+        allow_imports=allow_imports,
     )
-    return _build(dict(spec["build"]), ctx, check_hash=True)
+    return _build(build, ctx, check_hash=True)
+
+
+def _without_weight_kwargs(node: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """A copy of a build node (and its bases) without weight-loading kwargs, and the keys it dropped."""
+    out = dict(node)
+    dropped: set[str] = set()
+    if isinstance(out.get("kwargs"), Mapping):
+        out["kwargs"], dropped = _split_weight_kwargs(out["kwargs"])
+    if isinstance(out.get("base"), Mapping):
+        out["base"], below = _without_weight_kwargs(out["base"])
+        dropped |= below
+    return out, dropped
+
+
+def _split_weight_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """(kwargs without the weight-loading keys, the keys that would have loaded something)."""
+    dropped = {k for k in _WEIGHT_KWARGS if k in kwargs and (k != "pretrained" or kwargs[k])}
+    return {k: v for k, v in kwargs.items() if k not in _WEIGHT_KWARGS}, dropped
 
 
 def _effective_in_chans(node: Mapping[str, Any], explicit: int | None) -> int:
@@ -578,11 +714,12 @@ def _accepts(fn: Callable[..., Any], param: str) -> tuple[bool, bool]:
     return param in params, var_kw
 
 
-def _find_factory(node: Mapping[str, Any]) -> _Entry:
+def _find_factory(node: Mapping[str, Any], allow_imports: bool) -> _Entry:
     name = node["name"]
     entry = _REGISTRY.get(name)
     module = node.get("module")
-    if entry is None and module and module != "__main__":
+    importable = isinstance(module, str) and bool(module) and module != "__main__"
+    if entry is None and importable and allow_imports:
         # A factory defined in an importable module registers itself on import.
         try:
             importlib.import_module(module)
@@ -591,16 +728,22 @@ def _find_factory(node: Mapping[str, Any]) -> _Entry:
         entry = _REGISTRY.get(name)
     if entry is None or entry.factory is None:
         where = f" (it was defined in {module}.{node.get('qualname')})" if module else ""
+        fix = f"run the cell (or import the module) with its @kaggle_tli.register_arch({name!r}) first, then rebuild"
+        if importable and not allow_imports:
+            fix = (
+                f"a spec may come from an untrusted dataset, so its module {module!r} is not imported "
+                f"automatically: import it yourself (kaggle_tli.import_archs({module!r})), or pass "
+                "create_model_from_spec(spec, allow_imports=True) if you trust this spec; or " + fix
+            )
         raise UnknownArchError(
-            f"architecture {name!r} is a user factory{where} that is not registered in this process: run the "
-            f"cell (or import the module) with its @kaggle_tli.register_arch({name!r}) first, then rebuild"
+            f"architecture {name!r} is a user factory{where} that is not registered in this process: {fix}"
         )
     return entry
 
 
 def _build_factory(node: Mapping[str, Any], ctx: _Build, check_hash: bool) -> nn.Module:
     name = node["name"]
-    entry = _find_factory(node)
+    entry = _find_factory(node, ctx.allow_imports)
     if check_hash and node.get("source_hash") and entry.info.source_hash != node["source_hash"]:
         warnings.warn(
             f"the factory registered as {name!r} changed since this spec was written (source hash "
@@ -653,6 +796,7 @@ def _build_edit(node: Mapping[str, Any], ctx: _Build, check_hash: bool) -> nn.Mo
         kwargs={**node.get("kwargs", {}), **ctx.kwargs},
         width=ctx.width,
         depth=ctx.depth,
+        allow_imports=ctx.allow_imports,
     )
     if inner.in_chans is None and "in_chans" in inner.kwargs:
         inner.in_chans = _check_in_chans(inner.kwargs["in_chans"])
@@ -676,24 +820,36 @@ _BUILDERS: dict[str, Callable[[Mapping[str, Any], _Build, bool], nn.Module]] = {
 
 
 def _validate_edit(name: str, node: Mapping[str, Any], base_node: Mapping[str, Any]) -> None:
+    """Build the edited model and run it forward once, on the input size the model itself expects."""
+    from kaggle_tli.tli.graph import default_input_size
+
     ctx = _Build(arch=name, num_classes=2, in_chans=None, kwargs={})
     model = _build(node, ctx, check_hash=False)
-    in_chans = _effective_in_chans(node, None)
-    x = torch.randn(1, in_chans, _VALIDATE_SIZE, _VALIDATE_SIZE)
+    # the model's own size: a ViT / Mixer / Swin asserts on any other (the base's default kwargs, such as
+    # img_size, are in the build); CNNs get their pretrained_cfg size, where a stride slip shows
+    size = default_input_size(model)
+    x = torch.randn(1, *size)
+    shown = "x".join(str(d) for d in x.shape)
     try:
         _forward(model, x)
-    except RuntimeError as e:
-        try:  # a base that cannot take this input size either (e.g. a fixed-size ViT) is not the edit's fault
-            base = _build(
-                base_node, _Build(arch=name, num_classes=2, in_chans=in_chans, kwargs={}), check_hash=False
+    except Exception as e:  # noqa: BLE001 - any failure in the edited forward is reported as the edit's
+        error = f"{type(e).__name__}: {str(e) or '(no message)'}"
+        try:  # a base that fails on this input too is not the edit's fault
+            base_ctx = _Build(arch=name, num_classes=2, in_chans=size[0], kwargs=dict(node.get("kwargs", {})))
+            _forward(_build(base_node, base_ctx, check_hash=False), x)
+        except Exception as base_error:  # noqa: BLE001 - same: only whether the base runs matters here
+            warnings.warn(
+                f"register_edit({name!r}): not validated: its base fails on a {shown} input as well "
+                f"({type(base_error).__name__}: {base_error}); check the edited model before training it",
+                UserWarning,
+                stacklevel=3,
             )
-            _forward(base, x)
-        except (RuntimeError, ArchBuildError, EditError):
             return
         raise EditError(
-            f"{name!r} builds but its forward pass fails on a {_VALIDATE_SIZE}x{_VALIDATE_SIZE} input where the "
-            f"base works: {e}. A stride change usually needs the matching shortcut/downsample too "
-            f"(widen the pattern, e.g. 'layer2.0.*')"
+            f"{name!r} builds but its forward pass fails on a {shown} input (the model's own input size) where "
+            f"the base works: {error}. A stride change usually needs the matching shortcut/downsample too "
+            f"(widen the pattern, e.g. 'layer2.0.*'); if the edit is right and the model needs another input, "
+            f"register it with validate=False"
         ) from e
 
 
@@ -1187,8 +1343,9 @@ def change_in_chans(in_chans: int) -> ChangeInChans:
 @dataclass(frozen=True)
 class ReplaceHead(Edit):
     """Replace the classifier with ``head``: 'linear' (a fresh Linear), 'mlp' (Linear-act-dropout-Linear with
-    ``hidden`` units), a name registered with ``@register_head``, or an import path 'package.module:function'.
-    The class count is always the ``num_classes`` given to create_model."""
+    ``hidden`` units), a name registered with ``@register_head``, or an import path 'package.module:function'
+    (imported by ``register_edit`` / ``create_model``; from a spec only with ``allow_imports=True``, unless
+    already resolved in this process). The class count is always the ``num_classes`` given to create_model."""
 
     op: ClassVar[str] = "replace_head"
     head: str = "mlp"
@@ -1220,10 +1377,10 @@ class ReplaceHead(Edit):
     def apply(self, model: nn.Module, ctx: _Build) -> nn.Module:
         path, old = _classifier(model)
         in_features = old.in_features
-        _set_module(model, path, self._make(in_features, ctx.num_classes))
+        _set_module(model, path, self._make(in_features, ctx.num_classes, ctx.allow_imports))
         return model
 
-    def _make(self, in_features: int, num_classes: int) -> nn.Module:
+    def _make(self, in_features: int, num_classes: int, allow_imports: bool) -> nn.Module:
         if num_classes == 0:
             return nn.Identity()
         if self.head == "linear":
@@ -1238,7 +1395,7 @@ class ReplaceHead(Edit):
                 width = h
             layers.append(nn.Linear(width, num_classes))
             return nn.Sequential(*layers)
-        fn = _head_factory(self.head)
+        fn = _head_factory(self.head, allow_imports)
         try:
             head = fn(in_features, num_classes, **dict(self.kwargs))
         except Exception as e:  # noqa: BLE001 - user code, wrapped with its name
@@ -1250,15 +1407,29 @@ class ReplaceHead(Edit):
         return head
 
 
-def _head_factory(name: str) -> Callable[..., nn.Module]:
+def _head_factory(name: str, allow_imports: bool) -> Callable[..., nn.Module]:
+    """The head factory called ``name``; a 'module:function' path is imported only with ``allow_imports``
+    and is then kept as a registered head of that name."""
     if name in _HEADS:
         return _HEADS[name]
     if ":" in name:
         module, _, attr = name.partition(":")
+        if not allow_imports:
+            raise EditError(
+                f"head {name!r}: a spec may come from an untrusted dataset, so its module {module!r} is not "
+                f"imported and {attr!r} is not called: register the head in this process first (import the "
+                f"module that defines it, or kaggle_tli.import_archs({module!r})), or pass "
+                "create_model_from_spec(spec, allow_imports=True) if you trust this spec"
+            )
         try:
-            return getattr(importlib.import_module(module), attr)
+            fn = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as e:
             raise EditError(f"head {name!r}: cannot import {attr!r} from {module!r} ({e})") from e
+        if not callable(fn):
+            raise EditError(f"head {name!r}: {module}.{attr} is a {type(fn).__name__}, not a function")
+        with _LOCK:
+            _HEADS[name] = fn
+        return fn
     raise EditError(
         f"unknown head {name!r}: use 'linear', 'mlp', an import path 'package.module:function', or register it "
         f"with @kaggle_tli.registry.register_head({name!r}) and run that cell first"

@@ -12,9 +12,10 @@ equal to their default are left out of request bodies by the client (`isPrivate`
 `enableInternet` false...), so every read here has a default.
 
 Failure injection: `fail(method, status, times)` answers the next `times` calls of `method`
-("CreateDataset", "PUT", "*" for any) with `status`; `reserve(ref)` makes CreateDataset answer
-the client's "slug already in use" error body; `credentials` set makes wrong keys a 401; `stop()`
-leaves a dead port behind (network down).
+("CreateDataset", "PUT", "*" for any) with `status`; with `after=True` the call is carried out
+first and only its answer is lost (a gateway timeout after the server acted); `reserve(ref)` makes
+CreateDataset answer the client's "slug already in use" error body; `credentials` set makes wrong
+keys a 401; `stop()` leaves a dead port behind (network down).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class FakeKaggle:
     kernels: list[dict] = field(default_factory=list)  # SaveKernel bodies
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, "PUT" or "PUT-probe"; auth user)
     reserved: set[str] = field(default_factory=set)
-    _failures: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    _failures: dict[str, list[tuple[int, str, bool]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -96,10 +97,12 @@ class FakeKaggle:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def fail(self, method: str, status: int, times: int = 1, message: str = "injected failure") -> None:
-        """Answer the next `times` calls of `method` ("CreateDataset", "PUT", "*") with `status`."""
+    def fail(self, method: str, status: int, times: int = 1, message: str = "injected failure", *,
+             after: bool = False) -> None:
+        """Answer the next `times` calls of `method` ("CreateDataset", "PUT", "*") with `status`;
+        `after`: carry each call out first, then answer `status` (the client never learns it worked)."""
         with self._lock:
-            self._failures.setdefault(method, []).extend([(status, message)] * times)
+            self._failures.setdefault(method, []).extend([(status, message, after)] * times)
 
     def reserve(self, ref: str) -> None:
         """A slug that is invisible to GetDatasetStatus but refused by CreateDataset (as Kaggle does)."""
@@ -115,7 +118,7 @@ class FakeKaggle:
 
     # ----------------------------------------------------------------- API
 
-    def _take_failure(self, method: str) -> tuple[int, str] | None:
+    def _take_failure(self, method: str) -> tuple[int, str, bool] | None:
         with self._lock:
             for key in (method, "*"):
                 queue = self._failures.get(key)
@@ -240,7 +243,7 @@ class _Handler(BaseHTTPRequestHandler):
         user = self._user()
         fake.calls.append((method, (user or "").split(":")[0]))
         failure = fake._take_failure(method)
-        if failure:
+        if failure and not failure[2]:
             return self._reply(failure[0], {"code": failure[0], "message": failure[1]})
         if fake.credentials is not None and user != ":".join(fake.credentials):
             return self._reply(401, {"code": 401, "message": "Unauthenticated"})
@@ -251,6 +254,8 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             return self._reply(400, {"code": 400, "message": "body is not JSON"})
         status, payload = fake.handle_rpc(method, body, fake.url)
+        if failure:  # after=True: done, but the answer is lost
+            return self._reply(failure[0], {"code": failure[0], "message": failure[1]})
         self._reply(status, payload)
 
     def do_PUT(self):  # noqa: N802
@@ -261,11 +266,14 @@ class _Handler(BaseHTTPRequestHandler):
         probe = self.headers.get("Content-Range", "").startswith("bytes */")
         fake.calls.append(("PUT-probe" if probe else "PUT", ""))
         failure = fake._take_failure("PUT")
-        if failure:
+        if failure and not failure[2]:
             return self._reply(failure[0], {"code": failure[0], "message": failure[1]})
         if not path.startswith("/upload/"):
             return self._reply(404)
-        self._reply(fake.handle_put(path.rsplit("/", 1)[-1], self.headers, data))
+        status = fake.handle_put(path.rsplit("/", 1)[-1], self.headers, data)
+        if failure:
+            return self._reply(failure[0], {"code": failure[0], "message": failure[1]})
+        self._reply(status)
 
     def do_GET(self):  # noqa: N802
         self._reply(404, {"code": 404, "message": "fake Kaggle serves no GET"})

@@ -149,3 +149,58 @@ def test_load_bundle_picks_by_run_id(lineage_runs, tmp_path):
     assert load_bundle(tmp_path / "input", run_id=ROOT_ID).id == ROOT_ID
     with pytest.raises(FileNotFoundError, match="Add Input"):
         load_bundle(tmp_path / "input", run_id="nope")
+
+
+def test_run_without_a_ledger_row_bundles_a_ledger_that_loads(tmp_path, monkeypatch):
+    """A run whose ledger row is gone (a run folder copied on its own): the bundle's ledger.csv holds no rows but
+    is a real ledger, so load_bundle(ledger=) and iterate's lineage import read it instead of failing."""
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    run = make_run(tmp_path / "runs", ROOT_ID)
+    (tmp_path / "runs" / "ledger.csv").unlink()
+    with pytest.warns(UserWarning, match="no ledger row"):
+        out = bundle(run, tmp_path / "out", dataset="alice/no-ledger-row")
+    working = tmp_path / "working"
+    loaded = load_bundle(out, ledger=working)
+    assert loaded.id == ROOT_ID and Ledger(working).rows() == [], "an empty lineage imports as nothing"
+    reference = Ledger(tmp_path / "reference.csv")
+    reference.append({"run_id": "x"})
+    header = (out / "ledger.csv").read_text().splitlines()
+    assert header == reference.path.read_text().splitlines()[:1], f"the ledger's own header, no rows: {header}"
+
+
+@pytest.fixture
+def one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_unfinished_run_bundle_carries_its_state_and_resumes(image_competition, tmp_path, one_torch_thread):
+    """An interrupted run, bundled with the defaults, continues from its bundle in another notebook."""
+    from kaggle_tli.data import ImageCsvData
+    from kaggle_tli.finetune import finetune
+    from kaggle_tli.resume import resume
+
+    data = ImageCsvData(image_competition, image_size=32)
+    # a budget below the trainer's stop reserve stops it right after its first step
+    run = finetune("resnet10t", data, runs=tmp_path / "runs", epochs=1, time_budget_s=0.5, batch_size=16,
+                   lr=3e-3, progress=False)
+    assert run.status == "interrupted", f"fixture assumption: an interrupted run, got {run.status!r}"
+    with pytest.warns(UserWarning, match="state.pt"):
+        out = bundle(run, tmp_path / "input" / "unfinished", dataset="alice/unfinished-run")
+    assert (out / "state.pt").is_file() and (out / "init.safetensors").is_file(), sorted(p.name for p in out.iterdir())
+    marker = json.loads((out / BUNDLE_MARKER).read_text())
+    assert marker["includes_state"] is True and marker["status"] == "interrupted", marker
+    _read_only(out)
+    try:
+        done = resume(load_bundle(tmp_path / "input"), data, runs=tmp_path / "working", time_budget_s=None)
+    finally:
+        out.chmod(0o755)
+    assert done.id == run.id and done.status == "done", (done.id, done.status)
+    assert done.info["steps"] > run.info["steps"], "the run went on from where it stopped"
+    with pytest.warns(UserWarning, match="cannot be resumed"):
+        slim = bundle(run, tmp_path / "slim", dataset="alice/unfinished-slim", include_state=False)
+    assert not (slim / "state.pt").exists(), "include_state=False is obeyed"

@@ -169,6 +169,28 @@ def test_5xx_gives_up_with_a_clear_message(fake, bundle_dir, sleeps):
     assert fake.uploads == [] and _digests(bundle_dir) == before
 
 
+def test_create_that_worked_before_its_5xx_is_reported_as_created(fake, bundle_dir, sleeps):
+    """Kaggle creates the dataset but the answer is a 500: the retry hears "already in use", which is our own
+    dataset, not a taken slug."""
+    fake.fail("CreateDataset", 500, after=True)
+    result = publish(bundle_dir)
+    assert result["action"] == "created" and result["dataset"] == "alice/resnet18-weights", result
+    assert result["url"].endswith("/datasets/alice/resnet18-weights"), result
+    assert [u.kind for u in fake.uploads] == ["create"], "one dataset, created once"
+    # the client's retry checks the slug first and refuses it as taken; publish then sees it is ours
+    assert fake.methods().count("CreateDataset") == 1 and fake.methods()[-1] == "GetDatasetStatus", (
+        f"retried, refused as a duplicate, then checked: {fake.methods()}")
+    assert sleeps == [2.0], sleeps
+
+
+def test_conflict_after_a_retry_is_still_a_conflict_when_the_dataset_is_not_there(fake, bundle_dir, sleeps):
+    fake.fail("CreateDataset", 503)
+    fake.reserve("alice/resnet18-weights")  # someone else's slug, invisible to GetDatasetStatus
+    with pytest.raises(KaggleConflictError, match="already in use"):
+        publish(bundle_dir)
+    assert fake.uploads == [] and fake.methods()[-1] == "GetDatasetStatus", fake.methods()
+
+
 def test_failed_file_upload_is_retried(fake, bundle_dir, sleeps):
     fake.fail("PUT", 500, times=1)  # storage refuses one file: the client gives up on it, we retry
     publish(bundle_dir)

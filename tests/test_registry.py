@@ -365,3 +365,170 @@ def test_rebuilding_a_changed_factory_warns() -> None:
         reg.register_arch("tiny")(tiny_net_v2)
     with pytest.warns(UserWarning, match="changed since this spec was written"):
         reg.create_model_from_spec(spec)
+
+
+# ------------------------------------------------------------------------------- review fixes
+def test_fixed_size_models_validate_at_their_own_input_size() -> None:
+    # img_size=32 keeps the ViT cheap; a 64 px check input would trip its patch embedding's size assert
+    reg.register_edit(
+        "vit_relu", base="vit_tiny_patch16_224", edits=[reg.swap_activation("relu")], kwargs={"img_size": 32}
+    )
+    model = reg.create_model("vit_relu", 3)
+    assert kinds(model)["GELU"] == 0 and kinds(model)["ReLU"] == 12, f"every MLP act swapped: {kinds(model)}"
+    assert run32(model).shape == (2, 3)
+
+
+class _NeedsReLU(nn.Module):
+    """A model whose forward refuses anything but its ReLU: an edit that breaks forward with a ValueError."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.conv, self.act, self.fc = nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Linear(4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(self.act, nn.ReLU):
+            raise ValueError("this block is written for ReLU")
+        return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+
+def test_an_edit_that_breaks_forward_with_any_error_is_an_edit_error() -> None:
+    reg.register_arch("needs_relu")(lambda num_classes, **kw: _NeedsReLU(num_classes))
+    with pytest.raises(reg.EditError) as err:
+        reg.register_edit("needs_relu_silu", base="needs_relu", edits=[reg.swap_activation("silu")])
+    msg = str(err.value)
+    assert "1x3x224x224" in msg and "ValueError: this block is written for ReLU" in msg, msg
+    assert "validate=False" in msg, f"the message names a way out: {msg}"
+    assert "needs_relu_silu" not in reg.list_archs()
+
+
+@pytest.fixture
+def evil_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An importable module whose import and whose function both leave a mark on disk."""
+    name = f"evil_{os.getpid()}_{tmp_path.name}".replace("-", "_")
+    marks = tmp_path / "marks"
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent(f"""
+        import pathlib
+        from torch import nn
+        from kaggle_tli import registry
+        pathlib.Path({str(marks)!r}).mkdir(exist_ok=True)
+        pathlib.Path({str(marks)!r}, "imported").touch()
+
+        def head(in_features, num_classes, **kw):
+            pathlib.Path({str(marks)!r}, "called").touch()
+            return nn.Linear(in_features, num_classes)
+
+        @registry.register_arch("evil_net")
+        def evil_net(num_classes, **kw):
+            return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+    """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name, marks
+    sys.modules.pop(name, None)
+
+
+def test_a_spec_cannot_import_or_call_anything_without_opt_in(evil_module, monkeypatch) -> None:
+    name, marks = evil_module
+    called = []
+    monkeypatch.setattr(os, "system", lambda *a: called.append(a) or 0)
+    reg.register_edit("r18_head", base="resnet18", edits=[reg.replace_head("linear")], validate=False)
+    spec = reg.arch_spec("r18_head", 3)
+    for head in ("os:system", f"{name}:head"):
+        bad = json.loads(json.dumps(spec))
+        bad["build"]["edits"][0]["head"] = head
+        with pytest.raises(reg.EditError, match=r"allow_imports=True") as err:
+            reg.create_model_from_spec(bad)
+        assert repr(head.split(":")[0]) in str(err.value), f"the module is named: {err.value}"
+    factory = {
+        **spec,
+        "kind": "factory",
+        "build": {
+            "kind": "factory",
+            "name": "evil_net",
+            "module": name,
+            "qualname": "evil_net",
+            "kwargs": {},
+        },
+    }
+    with pytest.raises(reg.UnknownArchError, match=rf"'{name}'.*allow_imports=True"):
+        reg.create_model_from_spec(factory)
+    assert called == [] and not marks.exists() and name not in sys.modules, "refused before any side effect"
+
+    bad["build"]["edits"][0]["head"] = f"{name}:head"
+    assert run32(reg.create_model_from_spec(bad, allow_imports=True)).shape == (2, 3)
+    assert (marks / "imported").exists() and (marks / "called").exists(), "the opt-in does import and call"
+    assert isinstance(reg.create_model_from_spec(factory, allow_imports=True)[1], nn.LazyLinear)
+
+
+def test_a_module_path_head_the_user_chose_rebuilds_from_its_spec(evil_module) -> None:
+    name, marks = evil_module
+    reg.register_edit(
+        "r18_own_head", base="resnet18", edits=[reg.replace_head(f"{name}:head")], validate=False
+    )
+    assert (marks / "imported").exists(), "the user's own register_edit resolves the head"
+    spec = reg.arch_spec("r18_own_head", 3)
+    assert isinstance(reg.create_model_from_spec(spec).fc, nn.Linear), (
+        "resolved by the user: a registered head"
+    )
+
+
+def test_spec_kwargs_that_load_weights_are_ignored(tmp_path: Path) -> None:
+    reg.register_edit(
+        "r18_pre",
+        base="resnet18",
+        edits=[reg.swap_activation("silu")],
+        validate=False,
+        kwargs={"checkpoint_path": str(tmp_path / "w.pth")},
+    )
+    spec = reg.arch_spec("r18_pre", 3, pretrained=True)
+    assert "checkpoint_path" not in json.dumps(spec) and "pretrained" not in json.dumps(spec), spec
+    missing = str(tmp_path / "nowhere.pth")  # loading it would raise FileNotFoundError
+    for extra in (
+        {"checkpoint_path": missing},
+        {"pretrained": True, "pretrained_cfg_overlay": {"file": missing}},
+    ):
+        with pytest.warns(UserWarning, match="asks to load weights.*ignored"):
+            model = reg.create_model_from_spec({**spec, "kwargs": extra})
+        assert run32(model).shape == (2, 3)
+    tampered = json.loads(json.dumps(spec))
+    tampered["build"]["base"]["kwargs"] = {"checkpoint_path": missing}
+    with pytest.warns(UserWarning, match="checkpoint_path"):
+        reg.create_model_from_spec(tampered)
+
+
+def test_import_archs_from_a_module_name_and_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = textwrap.dedent("""
+        from torch import nn
+        import kaggle_tli as kt
+
+        @kt.register_arch("{p}_net")
+        def net(num_classes, **kw):
+            return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(4, num_classes))
+
+        kt.register_edit("{p}_silu", base="{p}_net", edits=[kt.swap_activation("silu")])
+    """)
+    pkg = tmp_path / "site" / "archpkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "mine.py").write_text(source.format(p="dotted"))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    try:
+        assert reg.import_archs("archpkg.mine") == ["dotted_net", "dotted_silu"]
+        assert reg.import_archs("archpkg.mine") == ["dotted_net", "dotted_silu"], "again: re-run, same names"
+    finally:
+        for m in ("archpkg.mine", "archpkg"):
+            sys.modules.pop(m, None)
+    script = tmp_path / "scripts" / "my_archs_file.py"
+    script.parent.mkdir()
+    script.write_text(source.format(p="file"))
+    try:
+        assert reg.import_archs(str(script)) == ["file_net", "file_silu"]
+        assert run32(reg.create_model("file_silu", 2)).shape == (2, 2)
+    finally:
+        sys.modules.pop("my_archs_file", None)
+    with pytest.raises(FileNotFoundError, match="no_such.py"):
+        reg.import_archs(str(tmp_path / "no_such.py"))
+    with pytest.raises(ImportError, match="no_such_module_xyz"):
+        reg.import_archs("no_such_module_xyz")

@@ -5,7 +5,8 @@ folders, and Kaggle's handling of uploaded archives varies, so everything sits a
 
     model.safetensors            + model_best / model_ema / fold<k> .safetensors when the run has them
     run.json                     the run's record, unchanged
-    log.csv, oof.csv, ...        the run's other top-level files (state.pt, init.safetensors on request)
+    log.csv, oof.csv, ...        the run's other top-level files (state.pt and the step-0 weights only
+                                 for unfinished runs, or on request: see `include_state`)
     ledger.csv                   the ledger rows of the run's whole lineage, root first
     kaggle_tli-<v>-py3-none-any.whl   this package, for `pip install --no-index --find-links <bundle>`
     kaggle-tli-bundle.json       the marker notebooks search for under /kaggle/input
@@ -42,9 +43,10 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT = "kaggle-tli-bundle"
 BUNDLE_SCHEMA = 1
 DATASET_METADATA = "dataset-metadata.json"
-# run-directory files a bundle leaves behind unless `include_state=True`: the optimizer state and
-# the step-0 weights are large and not needed to continue (iterate and predict read the trained
-# weights only)
+# run-directory files a finished run's bundle leaves behind (unless `include_state=True`): the optimizer
+# state and the step-0 weights are large, and iterate and predict read the trained weights only. An
+# unfinished run needs them to continue (resume loads state.pt, or restarts a fold from its step-0
+# weights), so its bundle carries them by default.
 _STATE_FILES = ("state.pt", "init.safetensors")
 _SKIP_SUFFIXES = (".tmp", ".lock", ".partial")
 # Kaggle's own limits (the client checks the same): slug and title 6-50 characters
@@ -61,15 +63,17 @@ def bundle(
     title: str | None = None,
     license: str = "CC0-1.0",
     runs: str | Path | None = None,
-    include_state: bool = False,
+    include_state: bool | None = None,
     wheel: str | Path | None = None,
 ) -> Path:
     """Pack `run` (a Run, a run directory, or a run id with `runs=`) into `out_dir` as a bundle.
 
     `dataset` ("owner/slug") goes into dataset-metadata.json; without it the owner comes from
     $KAGGLE_USERNAME (else a placeholder `publish(dataset=...)` must replace) and the slug from the
-    run id. `wheel` reuses an existing kaggle_tli wheel instead of building one. The bundle is built
-    next to `out_dir` and moved into place at the end, so a failure never leaves half a bundle.
+    run id. `include_state` adds state.pt and the step-0 weights; by default (None) only an
+    unfinished run (status other than "done") carries them, so that `resume` can continue it from
+    the bundle. `wheel` reuses an existing kaggle_tli wheel instead of building one. The bundle is
+    built next to `out_dir` and moved into place at the end, so a failure never leaves half a bundle.
     """
     run_dir, info = _resolve_run(run, runs)
     run_id = str(info["id"])
@@ -81,8 +85,7 @@ def bundle(
             f"run {run_id} at {run_dir} has no model.safetensors: bundle a run that finished at least "
             "one epoch (its weights are what the bundle carries)"
         )
-    if info.get("status") not in (None, "done"):
-        warnings.warn(f"run {run_id} has status {info.get('status')!r}; bundling its last weights anyway", stacklevel=2)
+    include_state = _state_wanted(run_id, info, include_state)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +108,9 @@ def bundle(
             "kaggle_tli_version": _package_version(),
             "wheel": wheel_path.name,
             "weights": sorted(n for n in copied if n.endswith(".safetensors")),
+            "status": info.get("status"),
+            # state.pt + step-0 weights: resume() can continue an unfinished run from this bundle
+            "includes_state": include_state,
             "lineage": [row.get("run_id") for row in lineage],
             "dataset": dataset,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -116,8 +122,29 @@ def bundle(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("bundled run %s into %s", run_id, out_dir)
+    log.info("bundled run %s into %s%s", run_id, out_dir,
+             " with its training state (state.pt, step-0 weights)" if include_state else "")
     return out_dir
+
+
+def _state_wanted(run_id: str, info: dict, include_state: bool | None) -> bool:
+    """Whether the bundle carries state.pt and the step-0 weights; warns about an unfinished run."""
+    status = info.get("status")
+    if status in (None, "done"):
+        return bool(include_state)
+    if include_state is False:
+        warnings.warn(
+            f"run {run_id} has status {status!r} and include_state=False: its bundle cannot be resumed (no "
+            "state.pt or step-0 weights), only used as a teacher; leave include_state unset to resume it",
+            stacklevel=3,
+        )
+        return False
+    warnings.warn(
+        f"run {run_id} has status {status!r}: bundling its last weights with state.pt and its step-0 weights, so "
+        "resume(load_bundle(...), data) can continue it",
+        stacklevel=3,
+    )
+    return True
 
 
 def load_bundle(
@@ -435,23 +462,17 @@ def _write_lineage(run_dir: Path, run_id: str, info: dict, dest: Path) -> list[d
             f"no ledger row for run {run_id} next to {run_dir}: the bundle's ledger.csv holds no lineage",
             stacklevel=3,
         )
-    # written through Ledger itself so the file has exactly the format Ledger reads back
+    # written through Ledger itself so the file has exactly the format Ledger reads back (header with
+    # its schema column included, also when there is no row)
     with tempfile.TemporaryDirectory(prefix="kaggle-tli-ledger-") as tmp:
         ledger = Ledger(Path(tmp) / "ledger.csv")
         columns = set(LEDGER_COLUMNS)
         for row in reversed(rows):
             ledger.append({k: v for k, v in row.items() if k in columns})
-        if (Path(tmp) / "ledger.csv").is_file():
-            shutil.copy2(Path(tmp) / "ledger.csv", dest)
-        else:
-            _write_empty_ledger(dest)
+        if not rows:
+            ledger.create()  # a run with no ledger rows still ships a readable, empty ledger
+        shutil.copy2(ledger.path, dest)
     return rows
-
-
-def _write_empty_ledger(dest: Path) -> None:
-    from kaggle_tli.ledger import LEDGER_COLUMNS
-
-    dest.write_text(",".join(LEDGER_COLUMNS) + "\n")
 
 
 def _arch_name(info: dict) -> str | None:

@@ -18,10 +18,13 @@ from typing import Any
 
 from . import client
 from .bundle import DATASET_METADATA, _read_json, _slugify, _write_json, bundle, validate_bundle
-from .client import KaggleError, KaggleNotFoundError
+from .client import KaggleConflictError, KaggleError, KaggleNotFoundError
 from .locate import BUNDLE_MARKER
 
 log = logging.getLogger(__name__)
+
+# where a dataset lives when the create call's own answer (which carries its url) was lost
+_DATASET_URL = "https://www.kaggle.com/datasets"
 
 
 def publish(
@@ -82,20 +85,42 @@ def _upload(bundle_dir: Path, meta: dict, *, public: bool, notes: str, retries: 
     api = client.authenticate()
     with tempfile.TemporaryDirectory(prefix="kaggle-tli-publish-") as tmp:
         staging = _stage(bundle_dir, meta, Path(tmp) / ref.split("/")[1])
-        if _exists(api, ref, retries):
-            if public:
-                log.warning("dataset %s exists: its visibility is kept (public= applies at creation only)", ref)
-            what = f"adding a version to dataset {ref}"
-            result = client.call(what, api.dataset_create_version, str(staging), notes,
-                                 quiet=True, dir_mode="skip", retries=retries)
-            action = "versioned"
-        else:
-            what = f"creating dataset {ref}"
-            result = client.call(what, api.dataset_create_new, str(staging), public=public,
-                                 quiet=True, dir_mode="skip", retries=retries)
-            action = "created"
+        if not _exists(api, ref, retries):
+            return _create(api, staging, ref, public=public, retries=retries)
+        if public:
+            log.warning("dataset %s exists: its visibility is kept (public= applies at creation only)", ref)
+        what = f"adding a version to dataset {ref}"
+        result = client.call(what, api.dataset_create_version, str(staging), notes,
+                             quiet=True, dir_mode="skip", retries=retries)
         client.check_response(result, what)
-    return {"action": action, "url": getattr(result, "url", None), "ref": getattr(result, "ref", None)}
+    return {"action": "versioned", "url": getattr(result, "url", None), "ref": getattr(result, "ref", None)}
+
+
+def _create(api: Any, staging: Path, ref: str, *, public: bool, retries: int) -> dict:
+    """CreateDataset, retried on 5xx; a retry refused as a duplicate may be refusing our own first try.
+
+    A 5xx can come back after Kaggle already created the dataset (a gateway timeout), and the retry is
+    then told the slug is taken. The slug was free before we started, so when the dataset exists now,
+    the create worked: that is reported, not a conflict.
+    """
+    what = f"creating dataset {ref}"
+    attempts = 0
+
+    def create() -> Any:
+        nonlocal attempts
+        attempts += 1
+        return api.dataset_create_new(str(staging), public=public, quiet=True, dir_mode="skip")
+
+    try:
+        result = client.call(what, create, retries=retries)
+        client.check_response(result, what)
+    except KaggleConflictError:
+        if attempts < 2 or not _exists(api, ref, retries):
+            raise
+        log.warning("creating dataset %s: a failed attempt had created it after all; the retry's conflict is "
+                    "that dataset", ref)
+        return {"action": "created", "url": f"{_DATASET_URL}/{ref}", "ref": ref}
+    return {"action": "created", "url": getattr(result, "url", None), "ref": getattr(result, "ref", None)}
 
 
 def _exists(api: Any, ref: str, retries: int) -> bool:
