@@ -50,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     "seed_everything": "kaggle_tli.trainer",
     "Metric": "kaggle_tli.trainer",
     "UnsafeCheckpointError": "kaggle_tli.checkpoint",
+    "CorruptCheckpointError": "kaggle_tli.checkpoint",
     "save_weights": "kaggle_tli.checkpoint",
     "load_weights": "kaggle_tli.checkpoint",
     "PixelCsvData": "kaggle_tli.data",

@@ -13,7 +13,8 @@ Every file is written to a temporary file in the same folder, fsynced and moved 
 `os.replace`, so a process killed at any moment (SIGKILL included) leaves the previous complete file
 or the new complete file, never a torn one. Weights are safetensors (no code can hide in them);
 `state.pt` goes through `torch.load(weights_only=True)`, which refuses any pickle that would build an
-arbitrary Python object, and that refusal is reported as `UnsafeCheckpointError`.
+arbitrary Python object, and that refusal is reported as `UnsafeCheckpointError`; a damaged or
+truncated `state.pt` (not a complete torch.save zip archive) is a `CorruptCheckpointError`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pickle
 import re
 import secrets
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +49,10 @@ WEIGHT_KINDS = ("last", "best", "ema")
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds Python objects beyond tensors and plain containers: loading it could run code."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A training state file is damaged or truncated (or not a torch.save archive at all)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,13 +115,14 @@ def _json_default(obj: Any) -> Any:
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
-    """Save tensors as safetensors, atomically. Tensors sharing memory (tied weights) are saved as
-    separate copies, since safetensors refuses aliases."""
-    seen: set[tuple[int, int]] = set()
+    """Save tensors as safetensors, atomically. Tensors sharing memory (tied weights, or views of one
+    tensor at any offset) are saved as separate copies, since safetensors refuses aliases."""
+    seen: set[int] = set()
     tensors = {}
     for name, tensor in state_dict.items():
         t = tensor.detach().cpu().contiguous()
-        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
+        # keyed on the storage alone: two views at different offsets still share memory
+        key = t.untyped_storage().data_ptr() if t.numel() else id(t)
         if key in seen:
             t = t.clone()
         seen.add(key)
@@ -148,23 +155,51 @@ def save_state(state: dict, path: str | Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+_CORRUPT_FIX = (
+    "Delete it to restart the unfinished fold from its step-0 weights (finished folds are kept), or put back "
+    "the last good copy (e.g. the run from the Kaggle dataset version you continued from)"
+)
+
+
 def load_state(path: str | Path) -> dict:
     """`torch.load(weights_only=True)`: tensors, numbers, strings and containers only.
 
     A pickle that would construct any other object (the way malicious checkpoints run code) is
-    refused with `UnsafeCheckpointError` and nothing of it is executed.
+    refused with `UnsafeCheckpointError` and nothing of it is executed. A file that is not a
+    complete torch.save zip archive (truncated, overwritten, garbage) is a `CorruptCheckpointError`.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no training state at {str(path)!r}")
+    # torch.save writes a zip archive; a truncated one has lost its central directory at the end
+    if not zipfile.is_zipfile(path):
+        raise CorruptCheckpointError(
+            f"{str(path)!r} is not a complete training state ({path.stat().st_size} bytes, not a torch.save zip "
+            f"archive): it is truncated or damaged. {_CORRUPT_FIX}."
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        said = _torch_reason(e)
+        if "global" not in said.lower():  # a damaged pickle stream, not a forbidden object
+            raise CorruptCheckpointError(f"{str(path)!r} is damaged ({said}). {_CORRUPT_FIX}.") from e
         raise UnsafeCheckpointError(
             f"refusing to load {str(path)!r}: it contains Python objects other than tensors and plain "
             "containers, and unpickling them could execute code. kaggle-tli never writes such files; "
-            f"delete it or recreate it from a trusted source. (torch said: {str(e).splitlines()[0]})"
+            f"delete it or recreate it from a trusted source. (torch said: {said})"
         ) from e
-    except (RuntimeError, EOFError) as e:
-        raise ValueError(f"{str(path)!r} is not a readable training state ({e}); it may be truncated") from e
+    except (RuntimeError, EOFError, KeyError, ValueError, IndexError, TypeError, zipfile.BadZipFile) as e:
+        raise CorruptCheckpointError(
+            f"{str(path)!r} is damaged ({type(e).__name__}: {str(e).strip()[:300]}). {_CORRUPT_FIX}."
+        ) from e
+
+
+def _torch_reason(error: Exception) -> str:
+    """The informative line of torch's weights_only error (its first lines are generic advice)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = [line for line in lines if "WeightsUnpickler error" in line or "Unsupported" in line]
+    reason = (detail or lines or [type(error).__name__])[0]
+    return reason.split(" Please use")[0]  # the rest is how to allowlist it, which we must not suggest
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,6 +9,10 @@ a `fold` column and each run saves it as `folds.csv` in its own directory.
     data = ImageCsvData("/kaggle/input/my-comp", image_size=224)      # train.csv + train/ images
     data = PixelCsvData("/kaggle/input/digit-recognizer")             # label + pixel0..pixel783
 
+Ids, and labels that are not plain integers, are kept as the text the CSV holds: id "0001" stays
+"0001" (pandas would read 1, and the image and the submission row would be lost), class "01" stays
+"01". Labels written as plain integers ("0".."9") are integer classes.
+
 What a trainer needs from a data object (the `KaggleData` interface): `num_classes`, `class_names`,
 `in_chans`, `frame` (one row per training sample with `id`, `label`, `target`, `fold`),
 `fold_indices(fold)`, `dataset(indices, train=...)`, `test_dataset()`, `test_ids`,
@@ -227,18 +231,54 @@ class EpochBatchSampler(Sampler):
 # checks shared by both data shapes
 
 
-def read_csv(path: Path, *, what: str) -> pd.DataFrame:
-    """Read a CSV, turning a missing or empty file into a `DataError` that says what was expected."""
+# pandas' default missing-value markers (documented under `na_values` of `pandas.read_csv`); they
+# still apply to every column except the id / label columns, which are read as the text written
+_PANDAS_NA = (
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+    "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+)
+
+
+def read_csv(path: Path, *, what: str, str_cols: Sequence[str | int] = ()) -> pd.DataFrame:
+    """Read a CSV, turning a missing, empty or malformed file into a `DataError` that says what was
+    expected and how to fix it.
+
+    `str_cols` (column names, or positions such as 0 for a sample submission's id column) are read
+    as the text written, never parsed: id "0001" stays "0001" (not 1), a class "01" stays "01", and an
+    id "NA" stays "NA". Other columns keep pandas' type inference and missing-value markers.
+    """
     if not path.is_file():
         near = sorted(p.name for p in path.parent.glob("*.csv")) if path.parent.is_dir() else []
         raise DataNotFoundError(f"{what} {str(path)!r} does not exist; CSV files in that folder: {near or 'none'}")
     try:
-        frame = pd.read_csv(path)
+        frame = _read_csv_typed(path, str_cols)
     except pd.errors.EmptyDataError as e:
         raise DataError(f"{what} {str(path)!r} is empty: it has no header and no rows") from e
+    except pd.errors.ParserError as e:
+        raise DataError(
+            f"{what} {str(path)!r} is not a well-formed CSV (pandas: {str(e).strip()}). Fix that line (usually "
+            "an unquoted comma or quote, or a row with more fields than the header) or export the file again"
+        ) from e
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{what} {str(path)!r} is not UTF-8 text ({e}); save it again as UTF-8 CSV, or check that it is "
+            "a CSV file at all"
+        ) from e
     if frame.empty:
         raise DataError(f"{what} {str(path)!r} has a header but no rows; it needs one row per sample")
     return frame
+
+
+def _read_csv_typed(path: Path, str_cols: Sequence[str | int]) -> pd.DataFrame:
+    if not str_cols:
+        return pd.read_csv(path)
+    header = [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    as_text = {header[c] if isinstance(c, int) else c for c in str_cols if not isinstance(c, int) or c < len(header)}
+    # keep_default_na=False turns NA parsing off for every column; the per-column na_values put it
+    # back everywhere except the text columns
+    na_values = {c: list(_PANDAS_NA) for c in header if c not in as_text}
+    dtype = {c: str for c in as_text if c in header}
+    return pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values=na_values)
 
 
 def require_column(frame: pd.DataFrame, column: str, *, source: str, param: str) -> None:
@@ -254,15 +294,38 @@ def require_column(frame: pd.DataFrame, column: str, *, source: str, param: str)
 
 
 def check_class_sizes(labels: pd.Series, folds: int) -> None:
-    """Stratified folds need every class in every fold: a class smaller than `folds` cannot be split."""
+    """Stratified folds need every class in every fold: a class smaller than `folds` cannot be split,
+    and a class with a single member cannot be split at all (not even with folds=2)."""
     counts = labels.value_counts()
+    single = counts[counts < 2]
+    if len(single):
+        listed = ", ".join(repr(k) for k in list(single.index)[:_SHOW])
+        raise DataError(
+            f"{len(single)} class(es) have a single member: {listed}. A class needs at least 2 samples to "
+            "appear in both training and validation rows; drop those rows or merge each into a related class."
+        )
     small = counts[counts < folds]
     if len(small):
         listed = ", ".join(f"{k!r} ({v})" for k, v in list(small.items())[:_SHOW])
         raise DataError(
             f"{len(small)} class(es) have fewer members than folds={folds}: {listed}. "
-            f"Use folds={max(2, int(counts.min()))} or fewer, or merge/drop those classes."
+            f"Use folds={int(counts.min())} or fewer, or merge/drop those classes."
         )
+
+
+def parse_labels(labels: pd.Series) -> list:
+    """Labels read as text -> class names: integers when every label is an integer written plainly
+    ("0".."9": Digit Recognizer), else the text as written ("01" and "1" stay two classes; "1.0"
+    stays "1.0"), so labels round-trip into the submission exactly as the competition wrote them."""
+    text = [str(v) for v in labels]
+    if text and all(_is_plain_int(v) for v in text):
+        return [int(v) for v in text]
+    return text
+
+
+def _is_plain_int(text: str) -> bool:
+    digits = text[1:] if text.startswith("-") else text
+    return digits.isdigit() and digits.isascii() and str(int(text)) == text
 
 
 def make_folds(targets: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
@@ -284,11 +347,6 @@ def make_folds(targets: np.ndarray, folds: int, seed: int, groups: np.ndarray | 
 def _first(items: Sequence[Any]) -> str:
     shown = ", ".join(repr(str(x)) for x in list(items)[:_SHOW])
     return shown + (", ..." if len(items) > _SHOW else "")
-
-
-def _json_value(x: Any) -> Any:
-    """numpy scalars -> Python scalars, so class names survive json.dump and compare equal later."""
-    return x.item() if isinstance(x, np.generic) else x
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,22 +397,22 @@ class KaggleData:
     def _encode(self, table: pd.DataFrame, source: str) -> None:
         """Fill `class_names` (sorted original labels) and `frame` with target and fold columns."""
         labels = table[self.label_col]
-        if labels.isna().any():
-            bad = table.index[labels.isna()].tolist()
+        # labels are read as text (read_csv str_cols): an empty cell is "" rather than NaN
+        missing = labels.isna().to_numpy() | (labels.astype(str).str.strip() == "").to_numpy()
+        if missing.any():
+            bad = table.index[missing].tolist()
             raise DataError(
                 f"{source}: {len(bad)} row(s) have no {self.label_col!r} value (rows {_first(bad)}); "
                 "fill or drop them"
             )
-        check_class_sizes(labels, self.folds)
-        try:
-            self.class_names = [_json_value(c) for c in sorted(labels.unique())]
-        except TypeError:  # mixed numbers and strings: order by their text
-            self.class_names = [_json_value(c) for c in sorted(labels.unique(), key=str)]
+        values = parse_labels(labels)
+        check_class_sizes(pd.Series(values), self.folds)
+        self.class_names = sorted(set(values))
         if len(self.class_names) < 2:
             raise DataError(f"{source}: column {self.label_col!r} has one class only; classification needs two")
         lookup = {c: i for i, c in enumerate(self.class_names)}
-        self.frame["label"] = [_json_value(v) for v in labels]
-        self.frame["target"] = np.array([lookup[_json_value(v)] for v in labels], dtype=np.int64)
+        self.frame["label"] = values
+        self.frame["target"] = np.array([lookup[v] for v in values], dtype=np.int64)
         groups = None
         if self.group_col is not None:
             require_column(table, self.group_col, source=source, param="group_col")
@@ -384,7 +442,10 @@ class KaggleData:
     def with_folds(self, folds: pd.DataFrame | str | Path) -> KaggleData:
         """A copy using a saved split (a `folds.csv` from an earlier run), so a child run validates on
         exactly the rows its parent never trained on."""
-        table = folds if isinstance(folds, pd.DataFrame) else pd.read_csv(folds)
+        if isinstance(folds, pd.DataFrame):
+            table = folds
+        else:
+            table = read_csv(Path(folds), what="folds table", str_cols=("id", "label"))
         for col in ("id", "fold"):
             require_column(table, col, source="the folds table", param="folds")
         mapping = dict(zip(table["id"].astype(str), table["fold"].astype(int), strict=True))
@@ -453,7 +514,8 @@ class KaggleData:
         path = self.root / name
         if not path.is_file():
             return None
-        table = read_csv(path, what="sample submission")
+        # ids as written: "0001" must not become 1 in the submission
+        table = read_csv(path, what="sample submission", str_cols=(0,))
         if table.shape[1] < 2:
             raise DataError(f"sample submission {str(path)!r} needs an id column and at least one target column")
         return table
@@ -523,7 +585,8 @@ class ImageCsvData(KaggleData):
         )
         self.id_col, self.in_chans, self.check_images = id_col, in_chans, check_images
         source = f"{csv!r}"
-        table = read_csv(self.root / csv, what="training CSV")
+        text_cols = [c for c in (id_col, label_col, group_col) if c is not None]
+        table = read_csv(self.root / csv, what="training CSV", str_cols=text_cols)
         require_column(table, id_col, source=source, param="id_col")
         require_column(table, label_col, source=source, param="label_col")
         ids = table[id_col].astype(str).tolist()
@@ -583,11 +646,11 @@ class ImageCsvData(KaggleData):
     def _find_test(self, test_dir: str | Path | None, test_csv: str | None) -> tuple[list, list[str]]:
         ids: list | None = None
         if self.sample_submission is not None:
-            ids = self.sample_submission.iloc[:, 0].tolist()
+            ids = self.sample_submission.iloc[:, 0].astype(str).tolist()
         elif test_csv is not None:
-            table = read_csv(self.root / test_csv, what="test CSV")
+            table = read_csv(self.root / test_csv, what="test CSV", str_cols=(self.id_col,))
             require_column(table, self.id_col, source=repr(test_csv), param="id_col")
-            ids = table[self.id_col].tolist()
+            ids = table[self.id_col].astype(str).tolist()
         folders = [test_dir] if test_dir is not None else [c for c in TEST_DIR_CANDIDATES if (self.root / c).is_dir()]
         if not folders:
             if ids is not None and test_dir is None:
@@ -674,7 +737,8 @@ class PixelCsvData(KaggleData):
         )
         self.id_col = id_col
         source = f"{csv!r}"
-        table = read_csv(self.root / csv, what="training CSV")
+        text_cols = [c for c in (id_col, label_col, group_col) if c is not None]
+        table = read_csv(self.root / csv, what="training CSV", str_cols=text_cols)
         require_column(table, label_col, source=source, param="label_col")
         if id_col is not None:
             require_column(table, id_col, source=source, param="id_col")
@@ -720,17 +784,18 @@ class PixelCsvData(KaggleData):
         empty = np.zeros((0, *self.image_shape), dtype=np.uint8)
         if test_csv is None or not (self.root / test_csv).is_file():
             return [], empty
-        table = read_csv(self.root / test_csv, what="test CSV")
+        table = read_csv(self.root / test_csv, what="test CSV", str_cols=(self.id_col,) if self.id_col else ())
         missing = [c for c in self.pixel_cols if c not in table.columns]
         if missing:
             raise DataError(f"test CSV {test_csv!r} lacks {len(missing)} pixel column(s) of train: {_first(missing)}")
         images = self._pixels(table, repr(test_csv))
+        # ids are text everywhere (as written in the CSV), like the training ids
         if self.id_col is not None and self.id_col in table.columns:
-            ids = table[self.id_col].tolist()
+            ids = table[self.id_col].astype(str).tolist()
         elif self.sample_submission is not None and len(self.sample_submission) == len(table):
-            ids = self.sample_submission.iloc[:, 0].tolist()
+            ids = self.sample_submission.iloc[:, 0].astype(str).tolist()
         else:
-            ids = list(range(len(table)))
+            ids = [str(i) for i in range(len(table))]
         return ids, images
 
     def dataset(self, indices: np.ndarray, *, train: bool) -> ArrayDataset:

@@ -126,8 +126,8 @@ def run_demo(out: str | Path = "demo_out", *, quick: bool = False) -> dict:
     })
     plot = plot_curves(curves, teacher.metrics["cv"], out / "learning_curves.png")
     submission = predict(tli, out=out / "submission.csv")
-    check_submission(submission, pd.read_csv(competition / "sample_submission.csv"))
-    solution = pd.read_csv(competition / "solution.csv")
+    check_submission(submission, pd.read_csv(competition / "sample_submission.csv", dtype=str))
+    solution = pd.read_csv(competition / "solution.csv", dtype=str)
     test_acc = float((submission["label"].astype(str).values == solution["label"].astype(str).values).mean())
 
     ledger = Ledger(runs).to_frame()

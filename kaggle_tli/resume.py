@@ -11,7 +11,8 @@ What `resume(x, data, **cfg)` does depends on `x`:
 * an **unfinished** run (status "interrupted" or "failed", or "running" but no longer held by any
   process, e.g. after a SIGKILL or a dead Kaggle session): the **same run continues** from its last
   `state.pt`, exactly (see trainer.py). Only runtime options may change (`time_budget_s`,
-  `num_workers`, `checkpoint_every_steps`, `device`, `num_processes`, `progress`). A read-only run
+  `num_workers`, `checkpoint_every_steps`, `device`, `progress`; `num_processes` only while no
+  checkpoint exists, since the position inside an epoch is counted per process). A read-only run
   directory (an attached Kaggle dataset) is first copied into `runs`.
 
 A module is one set of weights, so every fold of the new run starts from it: when the run trains
@@ -87,10 +88,10 @@ def _from_module(
     check_spec_classes(spec, data)
     parent_run = load_run(parent, runs) if parent is not None else None
     config, data = _config_and_split(parent_run, data, cfg)
-    state = _matching_state(model, spec)
+    state, rebuilt = _matching_state(model, spec)
     request = StageRequest(
         stage=stage, init=init, spec=spec, data=data, cfg=config, runs=_runs_dir(runs, parent_run),
-        init_state=state, parent=parent_run, extra=dict(extra or {}), files=dict(files or {}),
+        init_state=state, parent=parent_run, extra=dict(extra or {}), files=dict(files or {}), model=rebuilt,
     )
     return start_run(request)
 
@@ -135,19 +136,21 @@ def _config_and_split(parent: Run | None, data: KaggleData, cfg: dict) -> tuple[
     return config, data
 
 
-def _matching_state(model: nn.Module, spec: dict) -> dict[str, torch.Tensor]:
-    """The module's weights, checked to load strictly into the architecture `spec` rebuilds."""
+def _matching_state(model: nn.Module, spec: dict) -> tuple[dict[str, torch.Tensor], nn.Module]:
+    """The module's weights, checked to load strictly into the architecture `spec` rebuilds, and that
+    rebuilt model (on the CPU, for the input-size check)."""
     from kaggle_tli.registry import create_model_from_spec
 
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    rebuilt = create_model_from_spec(spec)
     try:
-        create_model_from_spec(spec).load_state_dict(state, strict=True)
+        rebuilt.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ValueError(
             f"the model passed to resume() does not match arch {spec.get('name')!r}: {str(e).splitlines()[0]} "
             "Pass the arch the model was built with (create_model(name, ...) -> arch=name)."
         ) from e
-    return state
+    return state, rebuilt
 
 
 def _runs_dir(runs: str | Path | None, parent: Run | None) -> Path:

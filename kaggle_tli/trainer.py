@@ -843,23 +843,31 @@ def _write_oof(ctx: _Ctx, fr: _Fold, probs: torch.Tensor | None, name: str) -> N
     data = ctx.job.data
     _, valid_idx = data.fold_indices(fr.fold)
     rows = data.frame.iloc[valid_idx]
-    table = pd.DataFrame({"id": rows["id"].to_numpy(), "label": rows["label"].to_numpy(), "fold": fr.fold})
+    # ids, labels and predictions as text: a class "01" must not come back as the number 1
+    table = pd.DataFrame({
+        "id": rows["id"].astype(str).to_numpy(), "label": [str(v) for v in rows["label"]], "fold": fr.fold,
+    })
     p = probs.numpy()
-    table["prediction"] = [data.class_names[i] for i in p.argmax(axis=1)]
+    table["prediction"] = [str(data.class_names[i]) for i in p.argmax(axis=1)]
     for j, name_j in enumerate(data.class_names):
         table[f"prob_{name_j}"] = p[:, j]
     path = ctx.job.run_dir / name
     if path.exists():
-        old = pd.read_csv(path, dtype={"id": str})
-        table = pd.concat([old[old["fold"] != fr.fold], table.astype({"id": str})], ignore_index=True)
+        old = _read_oof(path)
+        table = pd.concat([old[old["fold"] != fr.fold], table], ignore_index=True)
     atomic_write_text(path, table.to_csv(index=False))
+
+
+def _read_oof(path: Path) -> pd.DataFrame:
+    """oof.csv with id, label and prediction read as the text written (no "01" -> 1, no "NA" -> NaN)."""
+    return pd.read_csv(path, dtype={"id": str, "label": str, "prediction": str}, keep_default_na=False)
 
 
 def _oof_score(ctx: _Ctx, name: str) -> float | None:
     path = ctx.job.run_dir / name
     if not path.exists():
         return None
-    table = pd.read_csv(path, dtype={"id": str})
+    table = _read_oof(path)
     data = ctx.job.data
     lookup = {str(c): i for i, c in enumerate(data.class_names)}
     y = np.array([lookup[str(v)] for v in table["label"]])
@@ -1004,7 +1012,12 @@ def predict(
 
     `test`: None rebuilds the run's data from run.json; a data object is used as is; a folder is
     the same competition mounted elsewhere. `which`: "best" | "last" | "ema" weights of each fold.
-    The submission is written to the run directory (when writable) and to `out` when given.
+    `tta`: average with the mirrored image, only where the data allows mirroring (`data.hflip`;
+    `PixelCsvData` sets it False because mirrored digits and letters change meaning).
+    The submission is written to `out` when given (and only there); otherwise into the run
+    directory, or to `./submission.csv` (the notebook's working directory, /kaggle/working on
+    Kaggle) when the run directory is read-only (a run attached as a Kaggle dataset). The path
+    written is printed.
     """
     run = load_run(run)
     data = _test_data(run, test)
@@ -1020,7 +1033,7 @@ def predict(
     probs = None
     for k in folds:
         model = run.build_model(which, k).to(dev).eval()
-        p = _test_probs(model, data.test_dataset(), batch_size, dev, tta)
+        p = _test_probs(model, data.test_dataset(), batch_size, dev, tta and data.hflip)
         probs = p if probs is None else probs + p
     probs = probs / len(folds)
     submission = make_submission(data, probs)
@@ -1101,12 +1114,17 @@ def check_submission(submission: pd.DataFrame, sample: pd.DataFrame) -> None:
         raise DataError("the submission has empty cells")
 
 
-def _write_submission(run: Run, submission: pd.DataFrame, out: str | Path | None) -> None:
-    text = submission.to_csv(index=False)
-    if os.access(run.path, os.W_OK):
-        atomic_write_bytes(run.path / "submission.csv", text.encode())
+def _write_submission(run: Run, submission: pd.DataFrame, out: str | Path | None) -> Path:
+    """Write the submission where `predict` says, print the path, and return it."""
     if out is not None:
-        atomic_write_text(out, text)
+        path = Path(out).expanduser()
+    elif os.access(run.path, os.W_OK):
+        path = run.path / "submission.csv"
+    else:  # a run in /kaggle/input: the working directory is where Kaggle picks up submission.csv
+        path = Path.cwd() / "submission.csv"
+    atomic_write_text(path, submission.to_csv(index=False))
+    print(f"kaggle-tli: submission ({len(submission)} rows) written to {path}")
+    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1128,20 +1146,46 @@ class StageRequest:
     init_files: dict[int, str] = field(default_factory=dict)  # per-fold step-0 weights (from the parent)
     extra: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)
+    model: nn.Module | None = None  # the model the caller already built, for the input-size check
 
 
 _LEDGER_EXTRA = ("tli_score", "coverage", "notes")
 
 
 def start_run(req: StageRequest) -> Run:
-    """Create the run directory and ledger row, train, and close both (done / interrupted / failed)."""
+    """Create the run directory and ledger row, train, and close both (done / interrupted / failed).
+
+    Everything that can be checked is checked before the run directory exists: folds, devices, that
+    the model takes the data's images, and that the ledger is readable by this version. A failure
+    while the run is being set up marks it failed (or removes a directory that holds no run.json
+    yet) and releases its lock, so no run is left "running" with nobody training it.
+    """
     from filelock import FileLock
+
+    from kaggle_tli.registry import create_model_from_spec
 
     folds = fold_plan(req.cfg, req.data.folds)
     check_devices(req.cfg)
+    model = req.model if req.model is not None else create_model_from_spec(req.spec)
+    check_input_size(model, req.data, req.spec.get("name", "model"))
+    ledger = _ledger(req.runs)
+    ledger.rows()  # a newer-schema or unreadable ledger fails here, before any run directory exists
     run_dir = make_run_dir(req.runs, req.spec.get("name", "model"))
     lock = FileLock(str(run_dir / ".lock"))
     lock.acquire(timeout=0)
+    try:
+        init_files = _setup_run(req, run_dir, folds, ledger)
+    except BaseException as e:
+        _abandon_setup(run_dir, ledger, e, remove_bare=True)
+        lock.release()
+        raise
+    job = _Job(run_dir, req.data, req.cfg, req.spec, folds, init_files)
+    return _execute(job, ledger, lock, session_start=time.time())
+
+
+def _setup_run(req: StageRequest, run_dir: Path, folds: list[int], ledger: Any) -> dict[int, str]:
+    """Fill a fresh run directory (run.json, step-0 weights, folds.csv, extra files) and start its
+    ledger row; returns the per-fold step-0 weight files."""
     # per-fold step-0 weights are copied in: the run must not depend on its parent's folder later
     init_files = {}
     for k in folds[1:]:
@@ -1154,15 +1198,58 @@ def start_run(req: StageRequest) -> Run:
     atomic_write_text(run_dir / "folds.csv", req.data.folds_frame().to_csv(index=False))
     for name, content in req.files.items():
         atomic_write_bytes(run_dir / Path(name).name, content.encode() if isinstance(content, str) else content)
-    ledger = _ledger(req.runs)
     ledger.start(info["id"], **_ledger_start_fields(req, info, run_dir, folds))
-    job = _Job(run_dir, req.data, req.cfg, req.spec, folds, init_files)
-    return _execute(job, ledger, lock, session_start=time.time())
+    return init_files
+
+
+def _abandon_setup(run_dir: Path, ledger: Any, error: BaseException, *, remove_bare: bool) -> None:
+    """Setup failed before training: a run marked "running" becomes "failed" (run.json and ledger), a
+    new directory without run.json is removed. Never masks `error` (the caller re-raises it)."""
+    if not (run_dir / "run.json").is_file():
+        if remove_bare:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    reason = f"setup failed: {type(error).__name__}: {error}"
+    with contextlib.suppress(OSError, ValueError):
+        info = json.loads((run_dir / "run.json").read_text())
+        if info.get("status") == "running":
+            info.update(status="failed", finished_at=utc_now(), error=reason[:2000])
+            write_run_info(run_dir, info)
+    with contextlib.suppress(OSError, ValueError):  # LedgerError is a ValueError
+        row = ledger.get(run_dir.name)
+        if row is not None and row.get("status") == "running":
+            ledger.finish(run_dir.name, "failed", notes=reason[:200])
+
+
+def check_input_size(model: nn.Module, data: KaggleData, arch: str) -> None:
+    """One dummy forward pass of a (2, C, H, W) zero batch the size of the data's images (eval mode,
+    no grad), so that a model that cannot take them (a 224-px ViT given 32-px images) fails here,
+    before a run directory or ledger row exists, rather than inside the training loop."""
+    shape = tuple(data.dataset(np.arange(1), train=False)[0][0].shape)  # what the valid pipeline makes
+    device = next(model.parameters(), torch.empty(0)).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros((2, *shape), device=device))
+    except (AssertionError, RuntimeError, ValueError, IndexError, TypeError) as e:
+        c, h, w = shape
+        raise DataError(
+            f"{arch!r} cannot take the data's {h}x{w} images with {c} channel(s): {type(e).__name__}: "
+            f"{str(e).strip() or '(no message)'}. Make the data the size the model expects (image_size= of "
+            f"ImageCsvData / PixelCsvData, e.g. the model's pretrained_cfg input_size), or build the model for "
+            f"this size: ViT-like models take img_size=, e.g. arch=arch_spec({arch!r}, data.num_classes, "
+            f"in_chans={c}, img_size={h if h == w else (h, w)})"
+        ) from e
+    finally:
+        model.train(was_training)
 
 
 def continue_run(run: Run, data: KaggleData, overrides: dict) -> Run:
     """Continue an interrupted (or killed, or failed) run in place, from its last state.pt."""
     from filelock import FileLock, Timeout
+
+    from kaggle_tli.registry import create_model_from_spec
 
     allowed = {"time_budget_s", "num_workers", "checkpoint_every_steps", "device", "num_processes", "progress"}
     refused = sorted(set(overrides) - allowed)
@@ -1170,31 +1257,62 @@ def continue_run(run: Run, data: KaggleData, overrides: dict) -> Run:
         raise ValueError(
             f"cannot change {refused} while continuing interrupted run {run.id!r} (the resume would not be "
             f"exact); allowed: {sorted(allowed)}. To train on with other settings, let the run finish or start "
-            "a child run from its weights with resume(run.weights_path(), data, arch=run.arch, parent=run, ...)"
+            "a child run from its weights with resume(run.build_model(), data, arch=run.arch, parent=run, ...)"
         )
-    cfg = TrainConfig.from_dict(run.config).replace(**overrides)
+    saved = TrainConfig.from_dict(run.config)
+    has_state = (run.path / STATE_FILE).exists()
+    _check_same_world(run, saved, overrides, has_state)
+    cfg = saved.replace(**overrides)
     check_devices(cfg)
     data = data.with_folds(run.path / "folds.csv")
     _check_same_classes(run, data)
+    check_input_size(create_model_from_spec(run.arch), data, run.arch.get("name", "model"))
+    # read before taking the lock: a corrupt state.pt or ledger fails with the run left as it was
+    state = load_state(run.path / STATE_FILE) if has_state else None
+    ledger = _ledger(run.path.parent)
+    ledger.rows()
     lock = FileLock(str(run.path / ".lock"))
     try:
         lock.acquire(timeout=0)
     except Timeout as e:
         raise RuntimeError(f"run {run.id!r} is being trained by another process right now (its lock is held)") from e
-    folds = fold_plan(cfg, data.folds)
-    state = load_state(run.path / STATE_FILE) if (run.path / STATE_FILE).exists() else None
+    try:
+        folds = fold_plan(cfg, data.folds)
+        _reopen(run, cfg, state, ledger)
+    except BaseException as e:
+        _abandon_setup(run.path, ledger, e, remove_bare=False)
+        lock.release()
+        raise
+    job = _Job(run.path, data, cfg, run.arch, folds, {int(k): v for k, v in run.info.get("init_files", {}).items()})
+    return _execute(job, ledger, lock, session_start=time.time())
+
+
+def _check_same_world(run: Run, saved: TrainConfig, overrides: dict, has_state: bool) -> None:
+    """The position inside an epoch (state.pt's batch_in_epoch) counts batches per process, and the
+    schedule's length depends on the process count: continuing with another count would skip or
+    repeat samples, so it is refused once a checkpoint exists."""
+    n = overrides.get("num_processes", saved.num_processes)
+    if n != saved.num_processes and has_state:
+        raise ValueError(
+            f"run {run.id!r} was trained with num_processes={saved.num_processes}, and its state.pt counts the "
+            f"position inside the epoch per process: continuing with num_processes={n} would skip or repeat "
+            f"samples. Continue with num_processes={saved.num_processes} (as many devices as before), or start "
+            "a child run from its weights: resume(run.build_model(), data, arch=run.arch, parent=run, "
+            f"num_processes={n}, ...)"
+        )
+
+
+def _reopen(run: Run, cfg: TrainConfig, state: dict | None, ledger: Any) -> None:
+    """Mark a run being continued as running again (run.json, log.csv, ledger)."""
     done = [int(k) for k, r in run.info.get("folds", {}).items() if r.get("status") == "done"]
     truncate_log(run.path, state["fold"] if state else None, state["step"] if state else None, done)
     run.info.update(status="running", config=cfg.to_dict(), sessions=int(run.info.get("sessions", 1)) + 1)
     write_run_info(run.path, run.info)
-    ledger = _ledger(run.path.parent)
     resumed_at = f"continued at fold {state['fold']} step {state['step']}" if state else "restarted from step 0"
     if ledger.get(run.id) is None:
         ledger.start(run.id, **{**_ledger_row_from_info(run), "notes": resumed_at})
     else:
         ledger.update(run.id, status="running", notes=resumed_at, finished_at=None)
-    job = _Job(run.path, data, cfg, run.arch, folds, {int(k): v for k, v in run.info.get("init_files", {}).items()})
-    return _execute(job, ledger, lock, session_start=time.time())
 
 
 def _check_same_classes(run: Run, data: KaggleData) -> None:

@@ -10,9 +10,13 @@ stage-4 test is end to end without being slow.
 - `pixel_competition`   session-scoped path in the Digit Recognizer shape: `train.csv` (label,
                         pixel0..pixel783, 28x28 grey), `test.csv`, `sample_submission.csv`
                         (ImageId 1-based, Label).
+- `numeric_competition` session-scoped path shaped like `image_competition`, but ids are "0000",
+                        "0001"... and the classes are "01", "10", "2": text that pandas reads as
+                        numbers unless told not to (1, 10, 2 would lose the images and the classes).
 - `make_image_competition`  the factory behind `image_competition`, for tests that need a variant
-                        (another image folder, ids with extensions, a broken file...). It writes into
-                        the folder you give it; the session fixtures must be treated as read-only.
+                        (another image folder, ids with extensions, a broken file, ids and class names
+                        that look like numbers...). It writes into the folder you give it; the session
+                        fixtures must be treated as read-only.
 """
 
 from __future__ import annotations
@@ -63,8 +67,14 @@ def write_image_competition(
     test_dir: str = "test",
     id_col: str = "id",
     label_col: str = "label",
+    prefixes: tuple[str, str] = ("tr", "te"),
+    label_names: Sequence[str] = WORDS,
 ) -> Path:
-    """Write a train.csv + image-folder competition into `root` and return it."""
+    """Write a train.csv + image-folder competition into `root` and return it.
+
+    Ids are `<prefix><4 digits>` (`prefixes` for train and test: `("", "")` gives ids such as "0007"
+    that pandas would read as numbers); digit d is labelled `label_names[d]`.
+    """
     images, targets = _digits()
     root.mkdir(parents=True, exist_ok=True)
     tint = np.array([1.0, 0.8, 0.6], dtype=np.float32)  # RGB channels differ, as in a real photo
@@ -76,13 +86,13 @@ def write_image_competition(
             rgb = (_upscale(images[i], size)[:, :, None] * tint).astype(np.uint8)
             name = f"{prefix}{k:04d}"
             cv2.imwrite(str(folder / f"{name}{ext}"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-            rows.append((name + ext if id_with_ext else name, WORDS[int(targets[i])]))
+            rows.append((name + ext if id_with_ext else name, label_names[int(targets[i])]))
         return rows
 
-    train = write(_pick(targets, digits, per_class, 0), root / image_dir, "tr")
-    test = write(_pick(targets, digits, n_test_per_class, per_class), root / test_dir, "te")
+    train = write(_pick(targets, digits, per_class, 0), root / image_dir, prefixes[0])
+    test = write(_pick(targets, digits, n_test_per_class, per_class), root / test_dir, prefixes[1])
     pd.DataFrame(train, columns=[id_col, label_col]).to_csv(root / "train.csv", index=False)
-    pd.DataFrame({id_col: [t[0] for t in test], label_col: WORDS[digits[0]]}).to_csv(
+    pd.DataFrame({id_col: [t[0] for t in test], label_col: label_names[digits[0]]}).to_csv(
         root / "sample_submission.csv", index=False
     )
     pd.DataFrame(test, columns=[id_col, label_col]).to_csv(root / "solution.csv", index=False)
@@ -128,3 +138,14 @@ def image_competition(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pixel_competition(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Digit Recognizer (100 train rows, 20 test rows, 10 classes). Read-only by contract."""
     return write_pixel_competition(tmp_path_factory.mktemp("pixel_comp"))
+
+
+NUMERIC_LABELS = ("01", "10", "2")  # digit d -> NUMERIC_LABELS[d]: "01" and "10" are not the numbers 1 and 10
+
+
+@pytest.fixture(scope="session")
+def numeric_competition(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ids "0000".."0059" (test "0000".."0014"), classes "01", "10", "2". Read-only by contract."""
+    return write_image_competition(
+        tmp_path_factory.mktemp("numeric_comp"), prefixes=("", ""), label_names=NUMERIC_LABELS
+    )

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from kaggle_tli.checkpoint import (
+    CorruptCheckpointError,
     Run,
     UnsafeCheckpointError,
     atomic_write_json,
@@ -67,6 +68,14 @@ def test_weights_roundtrip_with_tied_tensors_and_metadata(tmp_path):
     assert weights_metadata(tmp_path / "m.safetensors") == {"arch": "tied", "num_classes": "4"}
 
 
+def test_views_of_one_tensor_at_different_offsets_are_saved_apart(tmp_path):
+    base = torch.arange(12.0)
+    state = {"whole": base, "middle": base[2:6], "tail": base[8:]}  # one storage, offsets 0, 2 and 8
+    save_weights(state, tmp_path / "v.safetensors")
+    loaded = load_weights(tmp_path / "v.safetensors")
+    assert all(torch.equal(loaded[k], v) for k, v in state.items()), "each view must keep its own values"
+
+
 def test_truncated_weights_are_a_clear_error(tmp_path):
     save_weights({"w": torch.ones(100)}, tmp_path / "m.safetensors")
     data = (tmp_path / "m.safetensors").read_bytes()
@@ -99,14 +108,37 @@ class _Payload:
 
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
-    with open(tmp_path / "state.pt", "wb") as f:
+    torch.save({"step": 1, "evil": _Payload(marker)}, tmp_path / "state.pt")
+    with pytest.raises(UnsafeCheckpointError, match="refusing to load.*could execute code") as err:
+        load_state(tmp_path / "state.pt")
+    assert isinstance(err.value, pickle.UnpicklingError)
+    assert "Unsupported global" in str(err.value), f"torch's reason must be quoted: {err.value}"
+    # a bare pickle is not what torch.save writes: refused as not a training state, never unpickled
+    with open(tmp_path / "bare.pt", "wb") as f:
         pickle.dump({"step": 1, "evil": _Payload(marker)}, f, protocol=2)
-    torch.save({"step": 1, "evil": _Payload(marker)}, tmp_path / "state2.pt")
-    for name in ("state.pt", "state2.pt"):
-        with pytest.raises(UnsafeCheckpointError, match="refusing to load") as err:
-            load_state(tmp_path / name)
-        assert isinstance(err.value, pickle.UnpicklingError)
+    with pytest.raises(CorruptCheckpointError):
+        load_state(tmp_path / "bare.pt")
     assert not marker.exists(), "the payload must never execute"
+
+
+def _truncated_state(path: Path) -> bytes:
+    save_state({"model": {"w": torch.ones(256)}, "step": 3}, path)
+    return path.read_bytes()[:-100]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda p: b"this is not a checkpoint" * 8, lambda p: b"\x80\x02garbage", lambda p: b"", _truncated_state],
+    ids=["text", "pickle-header-garbage", "empty", "truncated"],
+)
+def test_a_damaged_state_is_called_corrupt_not_unsafe(tmp_path, make):
+    path = tmp_path / "state.pt"
+    path.write_bytes(make(path))
+    with pytest.raises(CorruptCheckpointError) as err:
+        load_state(path)
+    message = str(err.value)
+    assert not isinstance(err.value, UnsafeCheckpointError), "damage is not an attack"
+    assert "state.pt" in message and "Delete it" in message and "good copy" in message, message
 
 
 def _fake_run(folder: Path, run_id: str) -> Path:

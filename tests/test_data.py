@@ -73,7 +73,7 @@ def test_pixel_csv_digit_recognizer_shape(pixel_competition):
     data = PixelCsvData(pixel_competition, image_size=32)
     assert data.image_shape == (28, 28, 1) and data.in_chans == 1
     assert data.class_names == list(range(10)) and len(data) == 100
-    assert data.test_ids == list(range(1, 21)), "ImageId of the sample submission, 1-based"
+    assert data.test_ids == [str(i) for i in range(1, 21)], "ImageId of the sample submission, as written"
     x, y = data.dataset(np.arange(4), train=False)[2]
     assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and 0 <= y < 10
     assert rebuild_data(data.spec()).class_names == data.class_names, "spec() must rebuild the same data"
@@ -188,3 +188,64 @@ def test_pixel_columns_that_are_not_square(pixel_competition, tmp_path):
     table.to_csv(root / "train.csv", index=False)
     with pytest.raises(DataError, match="783 pixel columns.*image_shape"):
         PixelCsvData(root)
+
+
+# ------------------------------------------------------------------- text that looks like numbers
+
+
+def test_numeric_looking_ids_and_classes_are_kept_as_written(numeric_competition, tmp_path):
+    data = ImageCsvData(numeric_competition, image_size=32)
+    assert data.frame["id"].iloc[:3].tolist() == ["0000", "0001", "0002"], "id '0001' must not become 1"
+    assert data.class_names == ["01", "10", "2"], "classes '01'/'10' are text, not the numbers 1 and 10"
+    assert sorted(set(data.frame["label"])) == ["01", "10", "2"]
+    assert data.test_ids[:2] == ["0000", "0001"], "test ids come from the sample submission as written"
+    assert data.sample_submission.iloc[0, 0] == "0000"
+    data.folds_frame().to_csv(tmp_path / "folds.csv", index=False)
+    again = ImageCsvData(numeric_competition, image_size=32, seed=5).with_folds(tmp_path / "folds.csv")
+    assert (again.frame["fold"] == data.frame["fold"]).all(), "a saved split with ids like '0001' must reload"
+
+
+def test_integer_labels_stay_integers_and_test_csv_ids_stay_text(image_competition, tmp_path):
+    root = _copy(image_competition, tmp_path / "c")
+    (root / "sample_submission.csv").unlink()
+    table = pd.read_csv(root / "train.csv")
+    table["label"] = table["label"].map({"zero": 0, "one": 1, "two": 2})
+    table.to_csv(root / "train.csv", index=False)
+    ids = sorted(p.stem for p in (root / "test").iterdir())
+    for i, name in enumerate(ids):
+        (root / "test" / f"{name}.png").rename(root / "test" / f"{i:04d}.png")
+    pd.DataFrame({"id": [f"{i:04d}" for i in range(len(ids))]}).to_csv(root / "test.csv", index=False)
+    data = ImageCsvData(root, image_size=32, test_csv="test.csv")
+    assert data.class_names == [0, 1, 2], "labels written as plain integers are integer classes"
+    assert data.test_ids[:2] == ["0000", "0001"], "ids of test_csv are read as written"
+
+
+# ------------------------------------------------------------------------------ malformed files
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"id,label\ntr0000,zero\ntr0001,zero,x,y\n", r"not a well-formed CSV.*line 3"),
+        (b"id,label\n\xff\xfe\xfa,\x80zero\n", r"not UTF-8"),
+    ],
+    ids=["extra-fields", "not-utf8"],
+)
+def test_malformed_csv_is_a_data_error_naming_the_file(image_competition, tmp_path, content, expected):
+    root = _copy(image_competition, tmp_path / "c")
+    (root / "train.csv").write_bytes(content)
+    with pytest.raises(DataError, match=expected) as err:
+        ImageCsvData(root)
+    assert "train.csv" in str(err.value), f"the message must name the file: {err.value}"
+
+
+def test_a_class_with_one_member_must_be_dropped_or_merged(image_competition, tmp_path):
+    root = _copy(image_competition, tmp_path / "c")
+    table = pd.read_csv(root / "train.csv")
+    table.loc[0, "label"] = "lonely"
+    table.to_csv(root / "train.csv", index=False)
+    with pytest.raises(DataError) as err:
+        ImageCsvData(root, folds=5)
+    message = str(err.value)
+    assert "'lonely'" in message and "drop" in message and "merge" in message, message
+    assert "folds=" not in message, f"no folds value can split a single member, none may be suggested: {message}"

@@ -1,6 +1,6 @@
 """The training loop, stages 1 and 4, exact resume (SIGKILL and Ctrl-C), predict, bad input.
 
-Budget: < 60 s on 2 cores (about 20 s measured). Models are `resnet10t` at 32 px on the 60-image digits competition,
+Budget: < 60 s on 2 cores (about 30 s measured). Models are `resnet10t` at 32 px on the 60-image digits competition,
 a handful of steps each; torch runs on one thread here (tiny models gain nothing from two, and
 two threads on a busy 2-core machine stall) and every run, in-process or subprocess, uses the same
 thread count, which bit-exact comparisons need.
@@ -22,10 +22,10 @@ import torch
 from filelock import FileLock
 
 import kaggle_tli
-from kaggle_tli.checkpoint import load_run, load_state, load_weights
+from kaggle_tli.checkpoint import CorruptCheckpointError, load_run, load_state, load_weights
 from kaggle_tli.data import DataError, ImageCsvData, PixelCsvData
 from kaggle_tli.finetune import finetune
-from kaggle_tli.ledger import Ledger
+from kaggle_tli.ledger import Ledger, LedgerSchemaError
 from kaggle_tli.registry import arch_spec
 from kaggle_tli.resume import resume
 from kaggle_tli.trainer import Metric, TrainConfig, check_submission, predict, resolve_metric
@@ -162,21 +162,68 @@ def test_injected_student_hook_for_iterate(stage1, data):
     assert x.shape == (8, 3, 32, 32) and y.dtype == torch.int64
 
 
-def test_pixel_competition_to_submission(pixel_competition, tmp_path):
+def _count_flips(monkeypatch) -> list:
+    """Record every torch.flip call (the horizontal-flip TTA is the only user in predict)."""
+    calls, real_flip = [], torch.flip
+
+    def counting_flip(*args, **kwargs):
+        calls.append(1)
+        return real_flip(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "flip", counting_flip)
+    return calls
+
+
+def test_pixel_competition_to_submission(pixel_competition, tmp_path, monkeypatch, capsys):
     data = PixelCsvData(pixel_competition, image_size=32)
     run = finetune("resnet10t", data, runs=tmp_path, epochs=1, max_steps=2, **FAST)
-    submission = predict(run, tta=False)
-    assert list(submission.columns) == ["ImageId", "Label"] and submission["ImageId"].tolist() == list(range(1, 21))
+    flips = _count_flips(monkeypatch)
+    submission = predict(run, out=tmp_path / "out.csv")  # tta=True by default
+    assert not flips, "mirrored digits change meaning: PixelCsvData's hflip=False must turn the flip TTA off"
+    assert list(submission.columns) == ["ImageId", "Label"]
+    assert submission["ImageId"].tolist() == [str(i) for i in range(1, 21)], "ids as the sample writes them"
     assert set(submission["Label"]) <= set(range(10))
+    assert (tmp_path / "out.csv").is_file() and not (run.path / "submission.csv").exists(), "out= is the only file"
+
+    # the run attached as a Kaggle dataset (read-only) and no out=: ./submission.csv, and say so
+    real_access = os.access
+
+    def read_only(path, mode, *args, **kwargs):
+        return False if Path(path) == run.path and mode & os.W_OK else real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", read_only)
+    working = tmp_path / "working"
+    working.mkdir()
+    monkeypatch.chdir(working)
+    capsys.readouterr()
+    predict(run)
+    assert (working / "submission.csv").read_text() == (tmp_path / "out.csv").read_text()
+    assert str(working / "submission.csv") in capsys.readouterr().out, "predict must say where the file went"
+    assert not (run.path / "submission.csv").exists()
 
 
-def test_two_folds_write_fold_files_and_full_oof(data, tmp_path):
+def test_ids_and_classes_that_look_like_numbers_reach_the_submission_as_written(numeric_competition, tmp_path):
+    data = ImageCsvData(numeric_competition, image_size=32)
+    run = finetune("resnet10t", data, runs=tmp_path, epochs=1, max_steps=1, **FAST)
+    assert run.status == "done" and run.class_names == ["01", "10", "2"]
+    assert run.metrics["cv"] is not None, "the CV score reads oof.csv back with the classes '01', '10'"
+    oof = pd.read_csv(run.path / "oof.csv", dtype=str)
+    assert set(oof["label"]) <= {"01", "10", "2"} and (oof["id"].str.len() == 4).all(), oof.head()
+    submission = predict(run, tta=False)
+    lines = (run.path / "submission.csv").read_text().splitlines()
+    assert lines[0] == "id,label" and lines[1].split(",")[0] == "0000", f"ids as the sample writes them: {lines[:2]}"
+    assert set(submission["label"]) <= {"01", "10", "2"}
+
+
+def test_two_folds_write_fold_files_and_full_oof(data, tmp_path, monkeypatch):
     run = finetune("resnet10t", data, runs=tmp_path, epochs=1, max_steps=2, train_folds=[0, 1], **FAST)
     assert (run.path / "fold1.safetensors").is_file() and (run.path / "fold1_best.safetensors").is_file()
     oof = pd.read_csv(run.path / "oof.csv", dtype={"id": str})
     assert sorted(set(oof["fold"])) == [0, 1] and oof["id"].is_unique and len(oof) == 24
     assert run.trained_folds == [0, 1] and run.info["steps"] == 4
+    flips = _count_flips(monkeypatch)
     assert len(predict(run, which="last")) == 15
+    assert flips, "images that may be mirrored (hflip=True) get the flip TTA"
 
 
 def test_early_stopping_on_a_metric_that_never_improves(data, tmp_path):
@@ -195,6 +242,14 @@ def test_time_budget_stops_cleanly_then_resume_finishes(data, tmp_path):
     assert Ledger(tmp_path).get(run.id)["status"] == "interrupted"
     with pytest.raises(ValueError, match="cannot change \\['lr'\\]"):
         resume(run, data, lr=0.1)
+    with pytest.raises(ValueError, match="num_processes=1.*skip or repeat samples"):
+        resume(run, data, num_processes=2)
+    good = (run.path / "state.pt").read_bytes()
+    (run.path / "state.pt").write_bytes(good[: len(good) // 2])  # a copy cut short
+    with pytest.raises(CorruptCheckpointError, match="Delete it"):
+        resume(run, data)
+    assert load_run(run.path).status == "interrupted", "a refused continue must leave the run as it was"
+    (run.path / "state.pt").write_bytes(good)
     done = resume(run, data, time_budget_s=None)
     assert done.id == run.id and done.status == "done" and done.info["steps"] == 6, "the same run continues"
     assert Ledger(tmp_path).get(run.id)["status"] == "done"
@@ -212,11 +267,54 @@ def test_bad_input_fails_before_any_run_directory(stage1, data, tmp_path):
         (lambda: finetune("resnet10t", "/kaggle/input/x", runs=runs), TypeError, "ImageCsvData"),
         (lambda: resume(torch.nn.Linear(2, 2), data, arch="resnet10t", runs=runs), ValueError, "does not match"),
         (lambda: resume(torch.nn.Linear(2, 2), data, runs=runs), TypeError, "needs arch="),
+        (lambda: finetune("resnet10t", data, runs=runs, pretrained=True), ValueError, "Kaggle dataset.*pretrained_file="),
+        # a ViT made for 160 px given 32-px images: timm's assertion, before the run exists
+        (lambda: finetune("test_vit3", data, runs=runs), DataError,
+         r"'test_vit3' cannot take the data's 32x32 images.*doesn't match model.*image_size=.*img_size=32"),
     ]
     for call, kind, match in cases:
         with pytest.raises(kind, match=match):
             call()
     assert not runs.exists(), "a failed check must leave no run directory and no ledger"
+
+
+def test_a_newer_ledger_is_refused_before_any_run_directory(data, tmp_path):
+    runs = tmp_path / "runs"
+    Ledger(runs).append({"run_id": "old"})
+    header, row = (runs / "ledger.csv").read_text().splitlines()
+    assert header.endswith(",schema")
+    (runs / "ledger.csv").write_text(f"{header}\n{row.rsplit(',', 1)[0]},99\n")  # written by a future version
+    with pytest.raises(LedgerSchemaError):
+        finetune("resnet10t", data, runs=runs, epochs=1, **FAST)
+    assert not [p.name for p in runs.iterdir() if p.is_dir()], "no run directory may be left behind"
+
+
+def test_a_failure_while_setting_up_leaves_no_running_run(stage1, data, tmp_path):
+    run, _, _ = stage1
+    runs = tmp_path / "runs"
+    with pytest.raises(TypeError):  # an extra file whose content is neither text nor bytes
+        resume(run.build_model(), data, arch="resnet10t", runs=runs, files={"transfer.csv": 12345}, max_steps=1)
+    (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
+    assert load_run(run_dir).status == "failed", "a run nobody trains must not stay 'running'"
+    with FileLock(str(run_dir / ".lock"), timeout=0):
+        pass  # the lock was released: taking it at once succeeds
+
+
+def test_finetune_from_a_local_timm_weights_file(data, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("resnet10t", pretrained=False)  # ImageNet-shaped: a 1000-class head
+    save_file(source.state_dict(), tmp_path / "resnet10t.safetensors")
+    run = finetune("resnet10t", data, runs=tmp_path / "runs", pretrained=True,
+                   pretrained_file=tmp_path / "resnet10t.safetensors", epochs=1, max_steps=1, **FAST)
+    init, expected = load_weights(run.path / "init.safetensors"), source.state_dict()
+    body = [k for k in init if not k.startswith("fc.")]
+    differ = [k for k in body if not torch.equal(init[k], expected[k])]
+    assert body and not differ, f"step-0 weights must be the file's (differ: {differ[:3]})"
+    assert init["fc.weight"].shape == (3, 512), "the 1000-class head is replaced by one for the 3 classes"
+    assert run.info["init"] == "pretrained" and Ledger(tmp_path / "runs").get(run.id)["init"] == "pretrained"
+    assert run.arch["kwargs"] == {} and "pretrained_cfg_overlay" not in str(run.arch), "weights are not architecture"
 
 
 # ---------------------------------------------------------------------------------- exact resume
