@@ -75,23 +75,16 @@ def _load_data(args: argparse.Namespace, run: str | None = None):
     """The data from the command line; for an existing run, its recorded data options on the new --data root
     unless options are given (so a 32-px run is not silently predicted at 224 px)."""
     from kaggle_tli.checkpoint import load_run
-    from kaggle_tli.data import ImageCsvData, PixelCsvData, read_csv, rebuild_data
+    from kaggle_tli.data import open_competition, rebuild_data
 
     explicit = any(getattr(args, k) is not None for k in _DATA_OPTIONS)
     if run is not None and not explicit:
         spec = load_run(run, runs=getattr(args, "runs", None)).info.get("data")
         if spec:
             return rebuild_data(spec, root=args.data)
-    root, csv = Path(args.data), args.csv or "train.csv"
-    fmt = args.format or "auto"
-    if fmt == "auto":
-        header = read_csv(root / csv, what="training CSV").columns
-        fmt = "pixels" if any(str(c).startswith("pixel") for c in header) else "images"
-    label, folds = args.label_col or "label", args.folds or 5
-    if fmt == "pixels":
-        return PixelCsvData(root, csv, label_col=label, image_size=args.image_size or 32, folds=folds)
-    return ImageCsvData(root, csv, id_col=args.id_col or "id", label_col=label, image_size=args.image_size or 224,
-                        folds=folds)
+    options = {"id_col": args.id_col, "label_col": args.label_col, "image_size": args.image_size, "folds": args.folds}
+    return open_competition(args.data, args.csv or "train.csv", format=args.format or "auto",
+                            **{k: v for k, v in options.items() if v is not None})
 
 
 # --------------------------------------------------------------------------------------------------- handlers

@@ -822,3 +822,19 @@ def rebuild_data(spec: dict, root: str | Path | None = None) -> KaggleData:
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
     return kind(root if root is not None else spec["root"], **kwargs)
+
+
+def open_competition(root: str | Path, csv: str = "train.csv", *, format: str = "auto", **options: Any
+                     ) -> KaggleData:
+    """A competition folder as `PixelCsvData` (the CSV has pixel0, pixel1, ... columns: Digit Recognizer's shape)
+    or `ImageCsvData` (train.csv + an image folder); `format` "pixels" / "images" skips the guess. `options` go to
+    the class (id_col applies to image folders only)."""
+    if format not in ("auto", "images", "pixels"):
+        raise ValueError(f"format={format!r}: use 'auto', 'images' or 'pixels'")
+    if format == "auto":
+        header = read_csv(Path(root) / csv, what="training CSV").columns
+        format = "pixels" if any(str(c).startswith("pixel") for c in header) else "images"
+    if format == "pixels":
+        options.pop("id_col", None)
+        return PixelCsvData(root, csv, **options)
+    return ImageCsvData(root, csv, **options)

@@ -7,7 +7,6 @@ and coverage. `init="kaiming"` does the same without the injection, for a side-b
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from .data import KaggleData, rebuild_data
 from .inject import inject, student_spec
 from .ledger import Ledger
 from .registry import create_model_from_spec
-from .resume import resume
+from .resume import resume, runs_dir_for
 from .tli import TransferReport, recalibrate_norms
 
 INITS = ("tli", "kaiming")
@@ -52,8 +51,8 @@ def iterate(
         raise ValueError(f"init={init!r}: use 'tli' (inject the previous run's weights) or 'kaiming' (from scratch)")
     prev = load_run(prev_run, runs=runs)
     data = _data_for(prev, data)
-    out_dir = _runs_dir(prev, runs)
-    _continue_lineage(prev, out_dir)
+    out_dir = runs_dir_for(prev, runs)
+    Ledger(out_dir).import_lineage(prev.id, near=prev.path)  # a prev_run from a bundle brings its ancestors
 
     report = None
     if init == "tli":
@@ -104,26 +103,6 @@ def _data_for(prev: Run, data: KaggleData | None) -> KaggleData:
         )
     folds = prev.path / "folds.csv"
     return data.with_folds(folds) if folds.is_file() else data
-
-
-def _runs_dir(prev: Run, runs: str | Path | None) -> Path:
-    """Where the new run goes: `runs`, else beside prev_run when that folder is writable, else ./runs."""
-    if runs is not None:
-        return Path(runs).expanduser()
-    parent = prev.path.parent
-    return parent if os.access(parent, os.W_OK) else Path("runs")
-
-
-def _continue_lineage(prev: Run, out_dir: Path) -> None:
-    """A prev_run from elsewhere (an attached dataset, another runs folder) brings its lineage's ledger rows along,
-    so the lineage in out_dir's ledger reaches back to the root."""
-    target = Ledger(out_dir)
-    if target.get(prev.id) is not None:
-        return
-    for candidate in (prev.path / "ledger.csv", prev.path.parent / "ledger.csv"):
-        if candidate.is_file() and candidate.resolve() != target.path.resolve() and Ledger(candidate).get(prev.id):
-            target.import_rows(candidate, lineage_of=prev.id)
-            return
 
 
 def load_report(run: Run) -> TransferReport | None:

@@ -789,6 +789,19 @@ class Ledger:
                 self._replace(lines)
         return len(new)
 
+    def import_lineage(self, run_id: str, *, near: str | os.PathLike[str]) -> int:
+        """Continue a lineage that lives elsewhere: copy `run_id` and its ancestors from the ledger kept beside the
+        run directory `near` (inside it for a Kaggle bundle, in its parent for a runs folder). Returns rows added."""
+        if self.get(run_id) is not None:
+            return 0
+        near = Path(near)
+        for candidate in (near / LEDGER_NAME, near.parent / LEDGER_NAME):
+            if not candidate.is_file() or (self.path.exists() and os.path.samefile(candidate, self.path)):
+                continue
+            if Ledger(candidate).get(run_id) is not None:
+                return self.import_rows(candidate, lineage_of=run_id)
+        return 0
+
     # -------------------------------------------------------------------------------------- helpers
 
     def _load(self) -> _Snapshot:

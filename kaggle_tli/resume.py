@@ -90,7 +90,7 @@ def _from_module(
     config, data = _config_and_split(parent_run, data, cfg)
     state, rebuilt = _matching_state(model, spec)
     request = StageRequest(
-        stage=stage, init=init, spec=spec, data=data, cfg=config, runs=_runs_dir(runs, parent_run),
+        stage=stage, init=init, spec=spec, data=data, cfg=config, runs=runs_dir_for(parent_run, runs),
         init_state=state, parent=parent_run, extra=dict(extra or {}), files=dict(files or {}), model=rebuilt,
     )
     return start_run(request)
@@ -112,7 +112,7 @@ def _from_run(
     source = primary if primary in run.trained_folds else run.primary_fold
     init_files = {k: str(run.path / weights_name("last", k, run.primary_fold)) for k in run.trained_folds}
     request = StageRequest(
-        stage=stage, init=init, spec=run.arch, data=data, cfg=config, runs=_runs_dir(runs, run),
+        stage=stage, init=init, spec=run.arch, data=data, cfg=config, runs=runs_dir_for(run, runs),
         init_state=load_weights(run.weights_path("last", source)), parent=run, init_files=init_files,
         extra=dict(extra or {}), files=dict(files or {}),
     )
@@ -153,7 +153,8 @@ def _matching_state(model: nn.Module, spec: dict) -> tuple[dict[str, torch.Tenso
     return state, rebuilt
 
 
-def _runs_dir(runs: str | Path | None, parent: Run | None) -> Path:
+def runs_dir_for(parent: Run | None, runs: str | Path | None = None) -> Path:
+    """Where a new run goes: `runs`, else beside its parent when that folder is writable, else ./runs."""
     if runs is not None:
         return Path(runs).expanduser()
     return parent.path.parent if parent is not None and os.access(parent.path.parent, os.W_OK) else Path("runs")
@@ -166,10 +167,8 @@ def _writable(run: Run, runs: str | Path | None) -> Run:
     target = Path(runs or "runs").expanduser() / run.id
     if not target.exists():
         shutil.copytree(run.path, target, ignore=shutil.ignore_patterns(".lock", ".*.tmp"))
-        ledger = run.path.parent / "ledger.csv"
-        if ledger.is_file():
-            from kaggle_tli.ledger import Ledger
+        from kaggle_tli.ledger import Ledger
 
-            Ledger(target.parent).import_rows(ledger)
+        Ledger(target.parent).import_lineage(run.id, near=run.path)
     return load_run(target)
 

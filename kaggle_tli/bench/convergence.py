@@ -103,15 +103,22 @@ def load_fashion_mnist(n_train: int = 12_000, n_valid: int = 2_000, size: int = 
 
 
 def load_folder(root: str | Path, size: int = 32, n_valid: int = 2_000, seed: int = 0) -> ArrayData:
-    """A Kaggle-shaped competition folder (train.csv + images, or pixel CSV) loaded into memory."""
-    from kaggle_tli.data import load_arrays  # above the bench: only needed for --data
+    """A Kaggle-shaped competition folder (train.csv + images, or a pixel CSV) loaded into memory at `size` px,
+    with its validation transform; a random `n_valid` (at most a fifth) held out."""
+    from kaggle_tli.data import open_competition  # above the bench's own loader: only needed for --data
 
-    x, y, num_classes = load_arrays(root, size=size)
-    rng = np.random.default_rng(seed)
-    order = torch.from_numpy(rng.permutation(len(x)))
+    data = open_competition(root, image_size=size)
+    dataset = data.dataset(np.arange(len(data)), train=False)
+    images, labels = zip(*(dataset[i] for i in tqdm(range(len(dataset)), desc=f"load {Path(root).name}")),
+                         strict=True)
+    x = torch.stack(images)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1).contiguous()  # the benchmark's models take 3 channels
+    y = torch.as_tensor(labels, dtype=torch.int64)
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(x)))
     n_valid = min(n_valid, len(x) // 5)
     valid, train = order[:n_valid], order[n_valid:]
-    return ArrayData(x[train], y[train], x[valid], y[valid], num_classes, name=Path(root).name)
+    return ArrayData(x[train], y[train], x[valid], y[valid], data.num_classes, name=Path(root).name)
 
 
 # --------------------------------------------------------------------------------------------------- training

@@ -70,7 +70,7 @@ def summarise(curves: pd.DataFrame) -> tuple[pd.DataFrame, float, float]:
     return frame.reset_index(drop=True), float(rho), float(p)
 
 
-def plot(curves: pd.DataFrame, frame: pd.DataFrame, rho: float, path: Path) -> Path:
+def plot(curves: pd.DataFrame, frame: pd.DataFrame, rho: float, path: Path, student: str = STUDENT) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,7 +82,7 @@ def plot(curves: pd.DataFrame, frame: pd.DataFrame, rho: float, path: Path) -> P
         score = g["tli_score"].iloc[0]
         label = f"{teacher} (TLI {score:.2f})" if score == score else "Kaiming init"
         left.plot(mean.index, mean.values, ls="--" if score != score else "-", label=label)
-    left.set(xlabel="training step", ylabel="held-out accuracy", ylim=(0, 1), title=f"{STUDENT} from each teacher")
+    left.set(xlabel="training step", ylabel="held-out accuracy", ylim=(0, 1), title=f"{student} from each teacher")
     left.legend(fontsize=7, loc="lower right")
     left.grid(alpha=0.3)
     scored = frame.dropna(subset=["tli_score"])
