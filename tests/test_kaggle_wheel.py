@@ -46,8 +46,9 @@ def test_wheel_is_pure_python_and_complete(wheel):
 
 def test_offline_install_into_fresh_venv_and_repack(wheel, tmp_path):
     python, site = _fresh_venv(tmp_path / "venv")
-    install = [str(python), "-m", "pip", "install", "--no-index", "--no-deps", "--find-links", str(wheel.parent),
-               "kaggle-tli"]
+    # --ignore-installed: the heavy-deps .pth may show an editable kaggle-tli that pip would call "satisfied"
+    install = [str(python), "-m", "pip", "install", "--no-index", "--no-deps", "--ignore-installed", "--find-links",
+               str(wheel.parent), "kaggle-tli"]
     proc = subprocess.run(install, cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
