@@ -103,7 +103,8 @@ def cmd_iterate(args: argparse.Namespace) -> int:
 
     data = _load_data(args, run=args.prev_run) if args.data else None
     run = iterate(args.prev_run, args.arch, data, init=args.init, which=args.which, lam=args.lam, top_k=args.top_k,
-                  transfer_norm=not args.no_norm, recalibrate=not args.no_recalibrate, runs=args.runs,
+                  transfer_norm=not args.no_norm, extra_blocks=args.extra_blocks,
+                  recalibrate=not args.no_recalibrate, runs=args.runs,
                   notes=args.notes, **_train_config(args))
     if run.report is not None:
         print(run.report.summary())
@@ -116,7 +117,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     from kaggle_tli.inject import inject
 
     student, report, spec = inject(args.prev_run, args.arch, which=args.which, lam=args.lam, top_k=args.top_k,
-                                   transfer_norm=not args.no_norm)
+                                   transfer_norm=not args.no_norm, extra_blocks=args.extra_blocks)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_weights(student.state_dict(), out, {"arch": spec["name"], "num_classes": spec["num_classes"],
@@ -329,6 +330,8 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lam", type=float, default=0.75, help="ComboInjection: crop share (default: %(default)s)")
     g.add_argument("--top-k", type=int, default=3, help="mix the k best teacher tensors where no block matches for sure (default: %(default)s)")
     g.add_argument("--no-norm", action="store_true", help="leave normalisation layers at init")
+    g.add_argument("--extra-blocks", choices=("identity", "copy"), default="identity",
+                   help="a deeper student's extra blocks: identity (keeps the function, default) or whole copies")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

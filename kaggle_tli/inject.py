@@ -71,6 +71,7 @@ def transfer(
     top_k: int = 3,
     transfer_norm: bool = True,
     transfer_head: bool = False,
+    extra_blocks: str = "identity",
     input_size: tuple[int, ...] | None = None,
     which: str = "last",
 ) -> TransferReport:
@@ -83,7 +84,8 @@ def transfer(
     many = isinstance(teacher, (list, tuple))
     teachers = [load_teacher(t, which=which) for t in (teacher if many else [teacher])]
     return _engine_transfer(teachers if many else teachers[0], student, lam=lam, top_k=top_k,
-                            transfer_norm=transfer_norm, transfer_head=transfer_head, input_size=input_size)
+                            transfer_norm=transfer_norm, transfer_head=transfer_head, extra_blocks=extra_blocks,
+                            input_size=input_size)
 
 
 def inject(

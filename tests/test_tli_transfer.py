@@ -200,3 +200,14 @@ def test_report_score_is_the_tli_score():
     teacher, student = _model("resnet18", 0), _model("resnet34", 1)
     expected = tli_score(teacher, student)
     assert transfer(teacher, student).score == pytest.approx(expected)
+
+
+def test_extra_blocks_copy_keeps_the_duplicates_whole():
+    teacher = _model("resnet18", 0)
+    student = _model("resnet34", 1)
+    report = transfer(teacher, student, extra_blocks="copy")
+    assert "zeroed" not in report.methods() and report.coverage == 1.0
+    assert torch.equal(student.layer1[2].bn2.weight, teacher.layer1[1].bn2.weight), "a whole copy of its neighbour"
+    assert not torch.allclose(_logits(teacher, 64), _logits(student, 64), atol=1e-3), "so the function changes"
+    with pytest.raises(ValueError, match="extra_blocks"):
+        transfer(teacher, _model("resnet34", 1), extra_blocks="zero")

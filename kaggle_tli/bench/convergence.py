@@ -209,6 +209,7 @@ METHODS: dict[str, Method] = {
     "tli lam=0": Method(_tli(lam=0.0), recal=True),
     "tli lam=1": Method(_tli(lam=1.0), recal=True),
     "tli no norm": Method(_tli(transfer_norm=False), recal=True),
+    "tli extra_blocks=copy": Method(_tli(extra_blocks="copy"), recal=True),
 }
 QUICK_METHODS = ("kaiming", "same_name", "tli")
 
@@ -255,7 +256,8 @@ BASELINES = ("kaiming", "same_name", "iatransfer")
 DEFAULT_STUDENTS = (
     Student("other family: mobilenetv3_small_100", "mobilenetv3_small_100"),
     Student("same family, deeper: resnet34", "resnet34",
-            methods=("kaiming", "same_name", "same_name+recal", "tli", "iatransfer", "iatransfer+recal")),
+            methods=("kaiming", "same_name", "same_name+recal", "tli", "tli extra_blocks=copy", "iatransfer",
+                     "iatransfer+recal")),
     Student("edit: resnet18 with SiLU", "resnet18_silu", methods=("kaiming", "same_name", "tli")),
     Student("edit: resnet18 with 5x5 kernels", "resnet18_k5", methods=("kaiming", "same_name", "tli")),
 )

@@ -32,6 +32,7 @@ def transfer(
     top_k: int = 3,
     transfer_norm: bool = True,
     transfer_head: bool = False,
+    extra_blocks: str = "identity",
     input_size: tuple[int, ...] | None = None,
     teacher_input_size: tuple[int, ...] | None = None,
 ) -> TransferReport:
@@ -45,11 +46,17 @@ def transfer(
         mix. The default 3 won the convergence benchmark across families (docs/benchmarks.md).
     transfer_norm: False leaves normalisation layers at their init (the paper's BatchNorm ablation).
     transfer_head: also fill a classifier whose class count differs from the teacher's (default: leave it at init).
+    extra_blocks: a deeper student's extra residual blocks are seeded from the teacher block they repeat; "identity"
+        zeroes their residual branch's last layer so the student computes exactly what the teacher did (Net2Net's
+        deeper transform), "copy" keeps the duplicate whole (the function changes; after BatchNorm refitting it
+        stays close, and it trains faster early under a harsh optimizer: docs/benchmarks.md).
     input_size: (C, H, W) for the dummy forward pass; default from timm's pretrained_cfg.
     """
     start = time.perf_counter()
     teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     _check_models(teachers, student, lam, top_k)
+    if extra_blocks not in ("identity", "copy"):
+        raise ValueError(f"extra_blocks={extra_blocks!r}: use 'identity' (keep the function) or 'copy'")
     s_graph = trace(student, input_size)
     found = []
     for t in teachers:
@@ -57,7 +64,7 @@ def transfer(
         found.append(_Teacher(t, t_graph, match_graphs(s_graph, t_graph, top_k=top_k), _tensors(t)))
 
     choices = {i: c for i in range(len(s_graph.units)) if (c := _best_teacher(found, i)) is not None}
-    zeroed = _identity_units(s_graph, found, choices)
+    zeroed = _identity_units(s_graph, found, choices) if extra_blocks == "identity" else set()
     differ = _heads_differ(s_graph, [t.graph for t in found])
     head = _head_units(student, s_graph) if differ and not transfer_head else set()
     s_tensors = _tensors(student)
@@ -87,7 +94,7 @@ def transfer(
         score=max(graph_score(s_graph, t.graph) for t in found),
         coverage=covered / total if total else 0.0,
         settings=dict(lam=lam, top_k=top_k, transfer_norm=transfer_norm, transfer_head=transfer_head,
-                      teachers=len(found)),
+                      extra_blocks=extra_blocks, teachers=len(found)),
         unreached_student=list(s_graph.unreached),
         unreached_teacher=[n for t in found for n in t.graph.unreached],
         seconds=time.perf_counter() - start,
