@@ -58,41 +58,39 @@ def crop_fraction(teacher_shape: Sequence[int], student_shape: Sequence[int]) ->
     return overlap / total if total else 0.0
 
 
-def _resize_matrix(n: int, size: int) -> Tensor:
-    """(size, n) matrix that resizes a length-n axis: linear interpolation with aligned corners to grow, area
-    averaging (adaptive average pooling's windows) to shrink. One matmul per axis: fast on many small tensors."""
-    m = torch.zeros(size, n, dtype=torch.float32)
-    if size > n:
-        if n == 1:
-            return m + 1.0
-        pos = torch.arange(size, dtype=torch.float64) * (n - 1) / (size - 1)
-        lo = pos.floor().long().clamp(max=n - 2)
-        frac = (pos - lo).float()
-        m[torch.arange(size), lo] = 1 - frac
-        m[torch.arange(size), lo + 1] += frac
-        return m
-    for j in range(size):
-        start, end = (j * n) // size, -((-(j + 1) * n) // size)
-        m[j, start:end] = 1.0 / (end - start)
-    return m
-
-
 def _resize_dim(x: Tensor, dim: int, size: int) -> Tensor:
+    """Resize one axis: linear interpolation with aligned corners to grow, area averaging (adaptive average
+    pooling's windows, through a cumulative sum) to shrink. Gathers, not dense matrices: cost grows with the
+    output, not with input x output."""
     n = x.shape[dim]
     if n == size:
         return x
-    matrix = _resize_matrix(n, size).to(device=x.device, dtype=x.dtype)
-    return torch.tensordot(matrix, x, dims=([1], [dim])).movedim(0, dim)
+    x = x.movedim(dim, -1)
+    if size > n:
+        if n == 1:
+            out = x.expand(*x.shape[:-1], size)
+        else:
+            pos = torch.arange(size, dtype=torch.float64, device=x.device) * (n - 1) / (size - 1)
+            lo = pos.floor().long().clamp(max=n - 2)
+            frac = (pos - lo).to(x.dtype)
+            out = x[..., lo] * (1 - frac) + x[..., lo + 1] * frac
+    else:
+        j = torch.arange(size, device=x.device)
+        start, end = (j * n) // size, -((-(j + 1) * n) // size)
+        csum = torch.nn.functional.pad(x.cumsum(-1), (1, 0))
+        out = ((csum[..., end] - csum[..., start]) / (end - start)).to(x.dtype)
+    return out.movedim(-1, dim)
 
 
 def resize(teacher: Tensor, shape: Sequence[int], *, fan_in_dims: Sequence[int] = ()) -> Tensor:
     """`teacher` interpolated to `shape`, one dimension at a time; fan-in dimensions rescaled (module docstring)."""
     x = teacher.detach().float()
     scale = 1.0
-    for dim, size in enumerate(shape):
+    # shrinking axes first: every later step then works on the smaller tensor
+    for dim in sorted(range(len(shape)), key=lambda d: shape[d] / x.shape[d]):
         if dim in fan_in_dims:
-            scale *= x.shape[dim] / size
-        x = _resize_dim(x, dim, size)
+            scale *= x.shape[dim] / shape[dim]
+        x = _resize_dim(x, dim, shape[dim])
     return x * scale if scale != 1.0 else x
 
 
