@@ -80,7 +80,7 @@ def transfer(
                 row = _inject_tensor(unit, local, key, s_tensors[key], found[t_idx], t_idx, match, lam)
                 if i in zeroed and local in ("weight", "bias", ""):
                     s_tensors[key].zero_()
-                    row.update(method="zeroed", fraction=0.0, reason=_ZEROED)
+                    row.update(method="zeroed", fraction=1.0, reason=_ZEROED)
                 rows.append(row)
     for key in s_graph.unreached:
         rows.append(_row(key, s_tensors[key], "", "init", reason="never used by the forward pass"))

@@ -29,8 +29,10 @@ COLUMNS = (
 class TransferReport:
     """One row per student tensor, plus the overall TLI score and coverage.
 
-    `coverage` is the fraction of the student's parameter elements written from the teacher(s); buffers (BatchNorm
-    running statistics) are reported but not counted.
+    `coverage` is the fraction of the student's parameter elements the transfer set from the teacher(s), rather
+    than leaving them at init; buffers (BatchNorm running statistics) are reported but not counted. The last layer
+    of an extra block seeded from a repeated teacher block counts too: it is zeroed as part of that seeding (method
+    "zeroed"), so the block starts as an identity.
     """
 
     rows: list[dict]
