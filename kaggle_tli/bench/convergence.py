@@ -389,19 +389,22 @@ def plot(curves: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     students = list(dict.fromkeys(curves["student"]))
-    fig, axes = plt.subplots(1, len(students), figsize=(5.2 * len(students), 4.2), squeeze=False)
+    palette = plt.get_cmap("tab20").colors
+    colors = {m: palette[i % len(palette)] for i, m in enumerate(dict.fromkeys(curves["method"]))}
+    fig, axes = plt.subplots(1, len(students), figsize=(5.2 * len(students), 4.6), squeeze=False)
     for ax, student in zip(axes[0], students, strict=True):
         group = curves[curves.student == student]
         for method, g in group.groupby("method", sort=False):
             stats = g.groupby("step")["accuracy"].agg(["mean", "std"]).fillna(0)
             style = "-" if method.startswith("tli") else "--"
-            width = 2.4 if method == "tli" else 1.2
-            ax.plot(stats.index, stats["mean"], style, lw=width, label=method)
-            ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.12)
+            width = 2.6 if method == "tli" else 1.2
+            ax.plot(stats.index, stats["mean"], style, lw=width, color=colors[method], label=method)
+            ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
+                            color=colors[method], alpha=0.08)
         ax.axhline(group["teacher_acc"].mean(), color="k", lw=0.8, ls=":", label="teacher")
         ax.set(title=student, xlabel="training step", ylabel="held-out accuracy", ylim=(0, 1))
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=6.5, loc="lower right", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
