@@ -149,3 +149,15 @@ def numeric_competition(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_image_competition(
         tmp_path_factory.mktemp("numeric_comp"), prefixes=("", ""), label_names=NUMERIC_LABELS
     )
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: training tests then never stall on a busy 2-core machine (two thread
+    pools sharing two cores can wait seconds per step)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -2,7 +2,6 @@
 
 import pandas as pd
 import pytest
-import torch
 
 from kaggle_tli import registry
 from kaggle_tli.data import ImageCsvData
@@ -13,12 +12,7 @@ from kaggle_tli.ledger import Ledger
 FAST = dict(batch_size=16, lr=3e-3, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: torch on one thread for this module
 
 
 @pytest.fixture(scope="module")

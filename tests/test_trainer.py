@@ -34,12 +34,7 @@ FAST = dict(batch_size=16, lr=3e-3, progress=False)
 REPO = Path(kaggle_tli.__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: torch on one thread for this module
 
 
 @pytest.fixture(scope="module")
