@@ -61,7 +61,6 @@ _EXPORTS: dict[str, str] = {
     "resume": "kaggle_tli.resume",
     "predict": "kaggle_tli.trainer",
     "iterate": "kaggle_tli.iterate",
-    "load_report": "kaggle_tli.iterate",
     "Ledger": "kaggle_tli.ledger",
     "LedgerError": "kaggle_tli.ledger",
     "LedgerSchemaError": "kaggle_tli.ledger",

@@ -31,7 +31,7 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -39,6 +39,9 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import safe_open
 from safetensors.torch import save as _st_save
 from torch import nn
+
+if TYPE_CHECKING:
+    from kaggle_tli.tli.report import TransferReport
 
 RUN_SCHEMA = 1
 RUN_JSON = "run.json"
@@ -311,6 +314,18 @@ class Run:
         model = create_model_from_spec(self.arch)
         model.load_state_dict(load_weights(self.weights_path(which, fold)), strict=True)
         return model
+
+    @property
+    def report(self) -> TransferReport | None:
+        """What TLI did to every tensor of an injected run (its transfer.csv); None for runs not injected."""
+        from kaggle_tli.tli.report import TransferReport
+
+        path = self.path / "transfer.csv"
+        if not path.is_file():
+            return None
+        extra = self.info.get("extra", {})
+        return TransferReport.from_csv(path, score=extra.get("tli_score", float("nan")),
+                                       coverage=extra.get("coverage", float("nan")), settings=extra.get("tli", {}))
 
     def refresh(self) -> Run:
         """Re-read run.json (after another process updated it)."""

@@ -16,7 +16,7 @@ from .inject import inject, student_spec
 from .ledger import Ledger
 from .registry import create_model_from_spec
 from .resume import resume, runs_dir_for
-from .tli import TransferReport, recalibrate_norms
+from .tli import recalibrate_norms
 
 INITS = ("tli", "kaiming")
 
@@ -38,7 +38,7 @@ def iterate(
     notes: str = "",
     **train_cfg: Any,
 ) -> Run:
-    """Train `new_arch` starting from what `prev_run` learned; returns the new run (its `.report` says what TLI did).
+    """Train `new_arch` starting from what `prev_run` learned; returns the new run (`run.report`: what TLI did).
 
     prev_run: a `Run`, a run id (looked up in `runs`), or a run directory, read-only ones (Kaggle inputs) included.
     data: the competition data; default: rebuilt from the description in prev_run's run.json.
@@ -71,10 +71,8 @@ def iterate(
     if report is not None:
         extra.update(tli_score=round(report.score, 4), coverage=round(report.coverage, 4), tli=report.settings)
         files["transfer.csv"] = report.to_csv()
-    new = resume(student, data, arch=spec, parent=prev, stage="inject", init=init, extra=extra, files=files,
-                 runs=out_dir, **train_cfg)
-    new.report = report
-    return new
+    return resume(student, data, arch=spec, parent=prev, stage="inject", init=init, extra=extra, files=files,
+                  runs=out_dir, **train_cfg)
 
 
 def _training_images(data: KaggleData, fold: int):
@@ -105,13 +103,3 @@ def _data_for(prev: Run, data: KaggleData | None) -> KaggleData:
         )
     folds = prev.path / "folds.csv"
     return data.with_folds(folds) if folds.is_file() else data
-
-
-def load_report(run: Run) -> TransferReport | None:
-    """The TLI report of an injected run, read back from its transfer.csv (None for runs that were not injected)."""
-    path = run.path / "transfer.csv"
-    if not path.is_file():
-        return None
-    extra = run.info.get("extra", {})
-    return TransferReport.from_csv(path, score=extra.get("tli_score", float("nan")),
-                                   coverage=extra.get("coverage", float("nan")), settings=extra.get("tli", {}))
