@@ -18,7 +18,6 @@ from .score import graph_score
 
 @dataclass
 class _Teacher:
-    model: nn.Module
     graph: Graph
     alignment: Alignment
     tensors: dict[str, Tensor]
@@ -61,7 +60,7 @@ def transfer(
     found = []
     for t in teachers:
         t_graph = trace(t, teacher_input_size or input_size)
-        found.append(_Teacher(t, t_graph, match_graphs(s_graph, t_graph, top_k=top_k), _tensors(t)))
+        found.append(_Teacher(t_graph, match_graphs(s_graph, t_graph, top_k=top_k), _tensors(t)))
 
     choices = {i: c for i in range(len(s_graph.units)) if (c := _best_teacher(found, i)) is not None}
     zeroed = _identity_units(s_graph, found, choices) if extra_blocks == "identity" else set()

@@ -192,7 +192,6 @@ class Match:
 @dataclass
 class Alignment:
     matches: dict[int, Match]  # student unit index -> match (absent: left at init)
-    scores: np.ndarray  # the full (n_s, n_t) score matrix
     block_map: list[BlockMap]
     total: float  # summed score of one-to-one matches (repeats excluded): the basis of tli_score
 
@@ -221,7 +220,7 @@ def match_graphs(student: Graph, teacher: Graph, *, top_k: int = 1, allow_repeat
     pairs.update(_fill_gaps(scores, pairs))
     matches = {i: _candidates(scores[i], j, 1 if i in sure else top_k, rep) for i, (j, rep) in sorted(pairs.items())}
     total = sum(scores[i, j] for i, (j, rep) in pairs.items() if not rep)
-    return Alignment(matches, scores, block_map, float(total))
+    return Alignment(matches, block_map, float(total))
 
 
 def _same_structure(student: Graph, teacher: Graph, p: int, q: int) -> bool:
