@@ -79,6 +79,11 @@ def write_table(frame: pd.DataFrame, out_dir: str | Path, stem: str, *, title: s
     return csv_path, md_path
 
 
+def float_formats(frame: pd.DataFrame, spec: str = ".3f") -> dict[str, str]:
+    """`spec` for every float column of `frame` (the `formats` argument of the writers above)."""
+    return {c: spec for c in frame.columns if pd.api.types.is_float_dtype(frame[c])}
+
+
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 120) -> Path:
     """Save `fig` as PNG (tight bounding box) atomically and return the path."""
     path = Path(path)

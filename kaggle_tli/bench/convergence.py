@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._report import float_formats, write_table
+
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 _MISSING_DATA = (
     "Fashion-MNIST was not found in {path}. Install it with\n"
@@ -451,11 +453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     curves, teachers = run(data, cfg)
     curves.to_csv(out / "curves.csv", index=False)
     table = summarise(curves)
-    table.to_csv(out / "convergence.csv", index=False)
-    (out / "convergence.md").write_text(table.to_markdown(index=False, floatfmt=".3f"))
+    _, md = write_table(table, out, "convergence", formats=float_formats(table))
     plot(curves, out / "convergence.png")
     print(teachers.to_string(index=False))
-    print(table.to_markdown(index=False, floatfmt=".3f"))
+    print(md.read_text())
     print(f"\n{time.perf_counter() - start:.0f} s; results in {out}/")
     return 0
 

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from . import convergence as cv
+from ._report import float_formats, write_table
 
 CHAIN = ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2")
 VARIANTS = {  # label -> (transfer_norm, recalibrate)
@@ -102,10 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     curves = run_chain(data, steps=steps, seeds=seeds, eval_every=max(steps // 8, 1), threads=args.threads)
     curves.to_csv(out / "norm_curves.csv", index=False)
     table = summarise(curves)
-    table.to_csv(out / "norm.csv", index=False)
-    (out / "norm.md").write_text(table.to_markdown(index=False, floatfmt=".3f"))
+    _, md = write_table(table, out, "norm", formats=float_formats(table))
     plot(curves, out / "norm.png")
-    print(table.to_markdown(index=False, floatfmt=".3f"))
+    print(md.read_text())
     print(f"\n{time.perf_counter() - start:.0f} s; results in {out}/")
     return 0
 

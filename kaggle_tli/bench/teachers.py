@@ -17,6 +17,7 @@ import torch
 from scipy.stats import spearmanr
 
 from . import convergence as cv
+from ._report import float_formats, write_table
 
 STUDENT = "mnasnet_100"
 TEACHERS = ("spnasnet_100", "mobilenetv2_100", "tf_efficientnet_b0", "mobilenetv3_large_100", "regnetx_002",
@@ -115,11 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                  eval_every=max(steps // 4, 1), threads=args.threads, cache=out.parent / "cache")
     curves.to_csv(out / "teachers_curves.csv", index=False)
     frame, rho, p = summarise(curves)
-    frame.to_csv(out / "teachers.csv", index=False)
-    text = frame.to_markdown(index=False, floatfmt=".3f") + f"\n\nSpearman rho (TLI score vs mean accuracy) = {rho:.2f} (p = {p:.2f})\n"
-    (out / "teachers.md").write_text(text)
+    _, md = write_table(frame, out, "teachers", formats=float_formats(frame),
+                        notes=[f"Spearman rho (TLI score vs mean accuracy) = {rho:.2f} (p = {p:.2f})"])
     plot(curves, frame, rho, out / "teachers.png")
-    print(text)
+    print(md.read_text())
     print(f"{time.perf_counter() - start:.0f} s; results in {out}/")
     return 0
 
