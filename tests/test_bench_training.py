@@ -27,20 +27,62 @@ def test_folder_loads_as_three_channel_tensors(data):
 def test_convergence_run_summary_and_plot(data, tmp_path):
     students = (cv.Student("tiny", "mobilenetv3_small_050", teacher="resnet10t", methods=("kaiming", "tli",
                                                                                           "same_name")),)
-    cfg = cv.Config(steps=4, teacher_steps=4, seeds=(0,), students=students, eval_every=2, threads=1, cache=None)
+    cfg = cv.Config(steps=4, teacher_steps=4, seeds=(0,), students=students, eval_every=2, threads=1, cache=None,
+                    baselines=False)
     curves, teacher_frame = cv.run(data, cfg)
     assert set(curves["method"]) == {"kaiming", "tli", "same_name"} and list(teacher_frame["teacher"]) == ["resnet10t"]
     assert sorted(set(curves["step"])) == [0, 2, 4], "evaluated from step 0"
+    assert curves[["accuracy", "accuracy_precise"]].notna().all().all(), "both metrics at every evaluation"
     table = cv.summarise(curves)
-    assert {"acc_step0", "acc_final", "steps_to_kaiming_final"} <= set(table.columns)
+    assert {"acc_step0", "acc_final", "max_std", "steps_to_kaiming_final"} <= set(table.columns)
     tli = table[table.method == "tli"].iloc[0]
     assert 0 < tli["coverage"] <= 1
-    assert cv.steps_to_reach(pd.DataFrame({"step": [0, 2], "accuracy": [0.1, 0.2]}), 0.9) == math.inf
-    assert cv.plot(curves, tmp_path / "c.png").stat().st_size > 10_000
+    steps = pd.DataFrame({"step": [0, 2], "accuracy": [0.1, 0.2]})
+    assert cv.steps_to_reach(steps, 0.9, "accuracy") == math.inf and cv.steps_to_reach(steps, 0.2, "accuracy") == 2
+    md = cv.write_results(curves, tmp_path)
+    assert md.name == "convergence.md" and (tmp_path / "convergence_evalmode.md").exists()
+    assert (tmp_path / "convergence.png").stat().st_size > 10_000 and (tmp_path / "curves.csv").exists()
+    assert (tmp_path / "convergence_paired.md").exists() and (tmp_path / "convergence_evalmode_paired.md").exists()
+
+
+def test_paired_differences_compare_seed_by_seed():
+    rows = [dict(student="s", method=m, seed=seed, step=step, accuracy_precise=acc)
+            for m, accs in (("tli", (0.5, 0.9, 0.6, 0.7)), ("kaiming", (0.1, 0.8, 0.5, 0.8)))
+            for (seed, step), acc in zip(((0, 0), (0, 5), (1, 0), (1, 5)), accs, strict=True)]
+    diffs = cv.paired_differences(pd.DataFrame(rows)).set_index("over seeds")
+    assert list(diffs["versus"]) == ["kaiming"] * 3
+    assert diffs.loc["mean", "step 0"] == pytest.approx(0.25) and diffs.loc["min", "step 0"] == pytest.approx(0.1)
+    assert diffs.loc["min", "step 5"] == pytest.approx(-0.1) and diffs.loc["max", "step 5"] == pytest.approx(0.1)
+
+
+def test_precise_evaluation_refits_norms_on_a_copy_of_the_statistics(data):
+    model = cv.build("resnet10t", data.num_classes, 0)
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("running_var"):
+                buf.fill_(1e6)  # statistics that no longer fit the weights: eval mode is at chance
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    cv.evaluate_precise(model, data)
+    assert all(torch.equal(b, before[n]) for n, b in model.named_buffers()), "the model's own statistics come back"
+    refit = cv.build("resnet10t", data.num_classes, 0)
+    refit.load_state_dict(model.state_dict())
+    cv.recalibrate(refit, data, seed=cv.PRECISE_SEED)
+    assert cv.evaluate_precise(model, data) == cv.evaluate(refit, data), "same as evaluating after a refit"
+
+
+def test_workers_give_the_same_curves_as_one_process(data):
+    """Two spawned single-thread workers run the same jobs as the in-process path, bit for bit."""
+    students = (cv.Student("tiny", "resnet10t", teacher="resnet10t", methods=("kaiming", "tli")),)
+    cfg = cv.Config(steps=2, teacher_steps=2, seeds=(0,), students=students, eval_every=2, threads=1, cache=None,
+                    baselines=False)
+    serial, _ = cv.run(data, cfg)
+    parallel, _ = cv.run(data, cv.Config(**{**cfg.__dict__, "workers": 2}))
+    columns = ["method", "step", "accuracy", "accuracy_precise"]
+    pd.testing.assert_frame_equal(serial[columns], parallel[columns])
 
 
 def test_norm_chain_and_teachers_correlation(data, tmp_path):
-    curves = norm.run_chain(data, steps=2, seeds=(0,), eval_every=2, threads=1,
+    curves = norm.run_chain(data, steps=2, seeds=(0,), eval_every=2,
                             chain=("mobilenetv3_small_050", "mobilenetv3_small_075"))
     assert set(curves["variant"]) == set(norm.VARIANTS) and set(curves["stage"]) == {0, 1}
     assert len(norm.summarise(curves)) == 2 * len(norm.VARIANTS)

@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import math
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._report import float_formats, write_table
+from ._pool import run_jobs, split_cores
+from ._report import float_formats, prepare_dir, write_table
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 _MISSING_DATA = (
@@ -126,8 +128,13 @@ def load_folder(root: str | Path, size: int = 32, n_valid: int = 2_000, seed: in
 # --------------------------------------------------------------------------------------------------- training
 
 
+PRECISE_BATCHES = 8  # 512 training images refit BatchNorm before each "precise" evaluation
+PRECISE_SEED = 12_345  # the same images for every method, step and seed
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ArrayData, batch_size: int = 500) -> float:
+    """Held-out accuracy in eval mode, with the BatchNorm running statistics the model carries."""
     was = model.training
     model.eval()
     correct = 0
@@ -138,12 +145,35 @@ def evaluate(model: nn.Module, data: ArrayData, batch_size: int = 500) -> float:
     return correct / len(data.x_valid)
 
 
+@torch.no_grad()
+def evaluate_precise(model: nn.Module, data: ArrayData, *, batches: int = PRECISE_BATCHES,
+                     batch_size: int = 64) -> float:
+    """Held-out accuracy after refitting BatchNorm statistics on fixed training batches ("precise BN"); the model's
+    own statistics are put back afterwards, so training is not affected.
+
+    Under Adam at lr 1e-3 without warmup the running statistics lag the weights so far that eval-mode accuracy of
+    one and the same run jumps between 0.25 and 0.85 from one evaluation to the next, while accuracy with refitted
+    statistics moves by a few points: this measures the weights, eval mode measures the weights and the lag.
+    """
+    saved = {name: buf.clone() for name, buf in model.named_buffers()}
+    try:
+        recalibrate(model, data, batches=batches, batch_size=batch_size, seed=PRECISE_SEED)
+        return evaluate(model, data)
+    finally:
+        for name, buf in model.named_buffers():
+            buf.copy_(saved[name])
+
+
+def measure(model: nn.Module, data: ArrayData, step: int) -> dict:
+    return {"step": step, "accuracy": evaluate(model, data), "accuracy_precise": evaluate_precise(model, data)}
+
+
 def train(model: nn.Module, data: ArrayData, *, steps: int, seed: int, lr: float = 1e-3, batch_size: int = 64,
-          eval_every: int = 25, progress: bool = False, desc: str = "") -> list[tuple[int, float]]:
-    """Adam on cross-entropy; returns [(step, held-out accuracy)] from step 0."""
+          eval_every: int = 25, progress: bool = False, desc: str = "") -> list[dict]:
+    """Adam on cross-entropy; returns one `measure` per evaluation (step, accuracy, accuracy_precise) from step 0."""
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    curve = [(0, evaluate(model, data))]
+    curve = [measure(model, data, 0)]
     model.train()
     batches = data.batches(steps, batch_size, seed)
     for step, (x, y) in enumerate(tqdm(batches, total=steps, desc=desc, disable=not progress, leave=False), 1):
@@ -152,7 +182,7 @@ def train(model: nn.Module, data: ArrayData, *, steps: int, seed: int, lr: float
         loss.backward()
         opt.step()
         if step % eval_every == 0 or step == steps:
-            curve.append((step, evaluate(model, data)))
+            curve.append(measure(model, data, step))
     return curve
 
 
@@ -233,6 +263,11 @@ def baseline_methods() -> dict[str, Method]:
     return {"iatransfer": Method(_iatransfer), "iatransfer+recal": Method(_iatransfer, recal=True)}
 
 
+def all_methods() -> dict[str, Method]:
+    """Every method this environment can run, by name (worker processes look methods up here)."""
+    return {**METHODS, **baseline_methods()}
+
+
 def recalibrate(model: nn.Module, data: ArrayData, *, batches: int = 8, batch_size: int = 64, seed: int = 0) -> None:
     from kaggle_tli.tli import recalibrate_norms
 
@@ -254,12 +289,10 @@ class Student:
     methods: tuple[str, ...] | None = None
 
 
-BASELINES = ("kaiming", "same_name", "iatransfer")
 DEFAULT_STUDENTS = (
     Student("other family: mobilenetv3_small_100", "mobilenetv3_small_100"),
     Student("same family, deeper: resnet34", "resnet34",
-            methods=("kaiming", "same_name", "same_name+recal", "tli", "tli extra_blocks=copy", "iatransfer",
-                     "iatransfer+recal")),
+            methods=("kaiming", "same_name", "tli", "tli extra_blocks=copy", "iatransfer", "iatransfer+recal")),
     Student("edit: resnet18 with SiLU", "resnet18_silu", methods=("kaiming", "same_name", "tli")),
     Student("edit: resnet18 with 5x5 kernels", "resnet18_k5", methods=("kaiming", "same_name", "tli")),
 )
@@ -285,19 +318,30 @@ def build(arch: str, num_classes: int, seed: int) -> nn.Module:
     return create_model(arch, num_classes=num_classes)
 
 
-def get_teacher(arch: str, data: ArrayData, *, steps: int, seed: int, cache: Path | None) -> tuple[nn.Module, float]:
-    """Train (or load from the cache folder) the teacher; returns it with its held-out accuracy."""
+def get_teacher(arch: str, data: ArrayData, *, steps: int, seed: int, cache: Path,
+                progress: bool = True) -> tuple[nn.Module, float]:
+    """Train (or load from the cache folder) the teacher; returns it with its held-out accuracy.
+
+    The first process to need a teacher trains it while holding a lock on its cache file; others needing the same
+    one wait and load it, so parallel workers never train a teacher twice. Its BatchNorm statistics are then refitted
+    on training batches (precise BN, as a training run that ends well does): the teacher is judged, and copied, by
+    its weights rather than by statistics that lag them.
+    """
+    from filelock import FileLock
     from safetensors.torch import load_file, save_file
 
     teacher = build(arch, data.num_classes, seed)
-    path = cache / f"teacher-{arch}-{data.name}-{steps}-s{seed}.safetensors" if cache else None
-    if path is not None and path.exists():
-        teacher.load_state_dict(load_file(path))
-    else:
-        train(teacher, data, steps=steps, seed=seed, progress=True, desc=f"teacher {arch}")
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(path))
+    path = cache / f"teacher-{arch}-{data.name}-{steps}-s{seed}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.with_suffix(".lock"))):
+        if path.exists():
+            teacher.load_state_dict(load_file(path))
+        else:
+            train(teacher, data, steps=steps, seed=seed, progress=progress, desc=f"teacher {arch} s{seed}")
+            tmp = path.with_suffix(".tmp")
+            save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(tmp))
+            tmp.replace(path)  # a process killed mid-write leaves no half file for the next run to load
+    recalibrate(teacher, data, seed=seed)
     return teacher.eval(), evaluate(teacher, data)
 
 
@@ -312,32 +356,39 @@ class Config:
     lr: float = 1e-3
     batch_size: int = 64
     recal_batches: int = 8
+    workers: int = 1  # processes; each runs `threads` torch threads (see _pool)
     threads: int = 2
-    cache: Path | None = Path("bench_out/cache")
-    extra_methods: dict[str, Method] = field(default_factory=dict)  # e.g. baseline_methods()
+    cache: Path | None = Path("bench_out/cache")  # trained teachers; None: a temporary folder
+    baselines: bool = True  # add iatransfer when it is importable
 
 
 def run(data: ArrayData, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """All students x methods x seeds; returns (curves, teachers) as long-format frames."""
-    torch.set_num_threads(cfg.threads)
+    """All students x methods x seeds; returns (curves, teachers) as long-format frames.
+
+    Every student run is a job; the first job of a seed trains that seed's teacher. Seeds alternate in the job list,
+    so while one worker trains a teacher the others train other seeds' teachers or students. Results do not depend
+    on how many workers run the jobs.
+    """
     register_edits()
-    methods = {**{m: METHODS[m] for m in cfg.methods}, **cfg.extra_methods}
-    rows, teachers = [], {}
-    for seed in cfg.seeds:
-        for st in cfg.students:
-            key = (st.teacher, seed)
-            if key not in teachers:
-                teachers[key] = get_teacher(st.teacher, data, steps=cfg.teacher_steps, seed=seed, cache=cfg.cache)
-            teacher, t_acc = teachers[key]
-            for name, method in methods.items():
-                if st.methods is None or name in st.methods:
-                    rows += _one_run(data, cfg, st, teacher, t_acc, name, method, seed)
-    curves = pd.DataFrame(rows)
-    t_frame = pd.DataFrame([{"teacher": a, "seed": s, "accuracy": acc} for (a, s), (_, acc) in teachers.items()])
-    return curves, t_frame
+    names = list(cfg.methods) + (list(baseline_methods()) if cfg.baselines else [])
+    progress = cfg.workers <= 1  # per-step bars from parallel workers would garble each other
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = [(_student_job, (cfg, st, name, seed, cfg.cache or Path(tmp), progress))
+                for st in cfg.students for name in names if st.methods is None or name in st.methods
+                for seed in cfg.seeds]
+        results = run_jobs(jobs, data, workers=cfg.workers, threads=cfg.threads, setup=register_edits,
+                           desc="training runs")
+    curves = pd.DataFrame([row for rows in results for row in rows])
+    teachers = (curves.groupby(["teacher", "seed"], sort=False)["teacher_acc"].first()
+                .rename("accuracy").reset_index())
+    return curves, teachers
 
 
-def _one_run(data, cfg, st: Student, teacher, t_acc, name: str, method: Method, seed: int) -> list[dict]:
+def _student_job(data: ArrayData, cfg: Config, st: Student, name: str, seed: int, cache: Path,
+                 progress: bool) -> list[dict]:
+    teacher, t_acc = get_teacher(st.teacher, data, steps=cfg.teacher_steps, seed=seed, cache=cache,
+                                 progress=progress)
+    method = all_methods()[name]
     student = build(st.arch, data.num_classes, seed + 1000)
     start = time.perf_counter()
     info = method.init(student, teacher)
@@ -345,81 +396,110 @@ def _one_run(data, cfg, st: Student, teacher, t_acc, name: str, method: Method, 
         recalibrate(student, data, batches=cfg.recal_batches, batch_size=cfg.batch_size, seed=seed)
     init_s = time.perf_counter() - start
     curve = train(student, data, steps=cfg.steps, seed=seed, lr=cfg.lr, batch_size=cfg.batch_size,
-                  eval_every=cfg.eval_every, progress=True, desc=f"{st.arch} {name} s{seed}")
+                  eval_every=cfg.eval_every, progress=progress, desc=f"{st.arch} {name} s{seed}")
     return [dict(student=st.name, arch=st.arch, teacher=st.teacher, teacher_acc=t_acc, method=name, seed=seed,
-                 step=step, accuracy=acc, init_s=init_s, **info) for step, acc in curve]
+                 init_s=init_s, **point, **info) for point in curve]
 
 
 # --------------------------------------------------------------------------------------------------- analysis
 
 
-def steps_to_reach(curve: pd.DataFrame, target: float) -> float:
+METRICS = {  # column -> how it is described in tables and plots
+    "accuracy_precise": "held-out accuracy, BatchNorm refitted on 512 training images",
+    "accuracy": "held-out accuracy, eval mode (running statistics)",
+}
+
+
+def steps_to_reach(curve: pd.DataFrame, target: float, metric: str = "accuracy_precise") -> float:
     """First measured step whose mean accuracy (over seeds) reaches `target`; inf when never."""
-    mean = curve.groupby("step")["accuracy"].mean()
+    mean = curve.groupby("step")[metric].mean()
     hit = mean[mean >= target]
     return float(hit.index.min()) if len(hit) else math.inf
 
 
-def summarise(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per student and method: accuracy at step 0, N/4, N/2 and N (mean and std over seeds), and the steps needed
-    to reach the Kaiming student's final accuracy and the teacher's accuracy."""
+def summarise(curves: pd.DataFrame, metric: str = "accuracy_precise") -> pd.DataFrame:
+    """Per student and method: accuracy at step 0, N/4, N/2 and N (mean over seeds), the largest std over seeds
+    along the curve, and the steps needed to reach the Kaiming student's final accuracy and the teacher's."""
     out = []
     for student, group in curves.groupby("student", sort=False):
         last = group["step"].max()
         kaiming = group[group.method == "kaiming"]
-        target = kaiming[kaiming.step == last]["accuracy"].mean() if len(kaiming) else math.nan
+        target = kaiming[kaiming.step == last][metric].mean() if len(kaiming) else math.nan
         teacher_acc = group["teacher_acc"].mean()
         for method, g in group.groupby("method", sort=False):
-            stats = g.groupby("step")["accuracy"].agg(["mean", "std"])
+            stats = g.groupby("step")[metric].agg(["mean", "std"])
             row = {"student": student, "method": method}
             for frac, name in ((0, "step0"), (0.25, "quarter"), (0.5, "half"), (1, "final")):
                 s = stats.index[np.abs(stats.index - frac * last).argmin()]
                 row[f"acc_{name}"] = stats.loc[s, "mean"]
-                row[f"std_{name}"] = stats.loc[s, "std"]
-            row["steps_to_kaiming_final"] = steps_to_reach(g, target)
-            row["steps_to_teacher"] = steps_to_reach(g, teacher_acc)
+            row["max_std"] = stats["std"].max()
+            row["steps_to_kaiming_final"] = steps_to_reach(g, target, metric)
+            row["steps_to_teacher"] = steps_to_reach(g, teacher_acc, metric)
             row["coverage"] = g["coverage"].mean() if "coverage" in g else math.nan
             out.append(row)
     return pd.DataFrame(out)
 
 
+def paired_differences(curves: pd.DataFrame, metric: str = "accuracy_precise", method: str = "tli") -> pd.DataFrame:
+    """`method` minus every other method at each measured step, seed by seed (same seed, same batches), as the mean,
+    smallest and largest difference over seeds: a comparison that the spread between seeds does not drown."""
+    out = []
+    for student, group in curves.groupby("student", sort=False):
+        wide = group.pivot_table(index=["seed", "step"], columns="method", values=metric)
+        if method not in wide:
+            continue
+        for other in (m for m in dict.fromkeys(group["method"]) if m != method):
+            diff = (wide[method] - wide[other]).dropna().groupby("step")
+            for stat, values in (("mean", diff.mean()), ("min", diff.min()), ("max", diff.max())):
+                out.append({"student": student, "versus": other, "over seeds": stat,
+                            **{f"step {s}": v for s, v in values.items()}})
+    return pd.DataFrame(out)
+
+
 def plot(curves: pd.DataFrame, path: Path) -> Path:
-    """One panel per student: mean accuracy per method with a band of +-1 std over seeds (paper Fig. 4 style)."""
+    """One panel per student and metric: mean accuracy per method with a band of +-1 std over seeds (paper Fig. 4
+    style); top row with BatchNorm refitted before each evaluation, bottom row in plain eval mode."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     students = list(dict.fromkeys(curves["student"]))
+    metrics = [m for m in METRICS if m in curves]
     palette = plt.get_cmap("tab20").colors
     colors = {m: palette[i % len(palette)] for i, m in enumerate(dict.fromkeys(curves["method"]))}
-    fig, axes = plt.subplots(1, len(students), figsize=(5.2 * len(students), 4.6), squeeze=False)
-    for ax, student in zip(axes[0], students, strict=True):
-        group = curves[curves.student == student]
-        for method, g in group.groupby("method", sort=False):
-            stats = g.groupby("step")["accuracy"].agg(["mean", "std"]).fillna(0)
-            style = "-" if method.startswith("tli") else "--"
-            width = 2.6 if method == "tli" else 1.2
-            ax.plot(stats.index, stats["mean"], style, lw=width, color=colors[method], label=method)
-            ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
-                            color=colors[method], alpha=0.08)
-        ax.axhline(group["teacher_acc"].mean(), color="k", lw=0.8, ls=":", label="teacher")
-        ax.set(title=student, xlabel="training step", ylabel="held-out accuracy", ylim=(0, 1))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, loc="lower right", ncol=2)
+    fig, axes = plt.subplots(len(metrics), len(students), figsize=(5.2 * len(students), 4.4 * len(metrics)),
+                             squeeze=False)
+    for row, metric in zip(axes, metrics, strict=True):
+        for ax, student in zip(row, students, strict=True):
+            group = curves[curves.student == student]
+            for method, g in group.groupby("method", sort=False):
+                stats = g.groupby("step")[metric].agg(["mean", "std"]).fillna(0)
+                style = "-" if method.startswith("tli") else "--"
+                width = 2.6 if method == "tli" else 1.2
+                ax.plot(stats.index, stats["mean"], style, lw=width, color=colors[method], label=method)
+                ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
+                                color=colors[method], alpha=0.08)
+            ax.axhline(group["teacher_acc"].mean(), color="k", lw=0.8, ls=":", label="teacher")
+            ax.set(title=student, xlabel="training step", ylabel=METRICS[metric].split(",")[0], ylim=(0, 1))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6.5, loc="lower right", ncol=2)
+        row[0].annotate(METRICS[metric], (0, 1.08), xycoords="axes fraction", fontsize=10, weight="bold")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
 def bench_parser(name: str, doc: str | None, out: str) -> argparse.ArgumentParser:
-    """The options every training benchmark shares: --data, --out, --threads."""
+    """The options every training benchmark shares: --data, --out, --workers, --threads."""
     parser = argparse.ArgumentParser(prog=f"kaggle-tli bench {name}", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="a Kaggle-shaped competition folder instead of Fashion-MNIST")
     parser.add_argument("--out", default=out, help="output folder (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--workers", type=int, help="processes running independent training runs side by side "
+                        "(default: one per core, divided by --threads)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per worker (default: cores / workers)")
     return parser
 
 
@@ -434,6 +514,23 @@ def prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[
     return out, data
 
 
+def write_results(curves: pd.DataFrame, out: Path) -> Path:
+    """curves.csv, two tables per metric (convergence.md/.csv: BatchNorm refitted, convergence_evalmode.*: plain
+    eval mode; each with a `_paired` table of tli minus every other method) and the plot; returns the main table's
+    markdown file."""
+    out = prepare_dir(out)
+    curves.to_csv(out / "curves.csv", index=False)
+    paths = {}
+    for metric, stem in (("accuracy_precise", "convergence"), ("accuracy", "convergence_evalmode")):
+        table = summarise(curves, metric)
+        paths[metric] = write_table(table, out, stem, title=METRICS[metric], formats=float_formats(table))[1]
+        diffs = paired_differences(curves, metric)
+        write_table(diffs, out, f"{stem}_paired", title=f"tli minus each method, seed by seed: {METRICS[metric]}",
+                    formats=float_formats(diffs, "+.3f"))
+    plot(curves, out / "convergence.png")
+    return paths["accuracy_precise"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = bench_parser("convergence", __doc__, "bench_out/convergence")
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 methods, 2 students, shorter runs")
@@ -443,21 +540,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     args = parser.parse_args(argv)
     out, data = prepare(parser, args)
+    workers, threads = split_cores(args.workers, args.threads)
     cfg = Config(steps=args.steps, teacher_steps=args.teacher_steps, seeds=tuple(range(args.seeds)),
-                 methods=args.methods, threads=args.threads, cache=out.parent / "cache",
-                 extra_methods=baseline_methods())
+                 methods=args.methods, workers=workers, threads=threads, cache=out.parent / "cache")
     if args.quick:
         cfg = Config(steps=100, teacher_steps=300, seeds=(0,), methods=QUICK_METHODS, students=DEFAULT_STUDENTS[:2],
-                     threads=args.threads, cache=out.parent / "cache")
+                     workers=workers, threads=threads, cache=out.parent / "cache", baselines=False)
     start = time.perf_counter()
     curves, teachers = run(data, cfg)
-    curves.to_csv(out / "curves.csv", index=False)
-    table = summarise(curves)
-    _, md = write_table(table, out, "convergence", formats=float_formats(table))
-    plot(curves, out / "convergence.png")
+    md = write_results(curves, out)
     print(teachers.to_string(index=False))
     print(md.read_text())
-    print(f"\n{time.perf_counter() - start:.0f} s; results in {out}/")
+    print(f"\n{time.perf_counter() - start:.0f} s on {workers} worker(s) x {threads} thread(s); results in {out}/")
     return 0
 
 

@@ -8,14 +8,15 @@ re-estimation on a few training batches. Same data, same order, same seeds every
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from . import convergence as cv
+from ._pool import run_jobs, split_cores
 from ._report import float_formats, write_table
 
 CHAIN = ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2")
@@ -27,41 +28,66 @@ VARIANTS = {  # label -> (transfer_norm, recalibrate)
 }
 
 
-def run_chain(data: cv.ArrayData, *, steps: int, seeds: Sequence[int], eval_every: int, threads: int,
-              chain: Sequence[str] = CHAIN) -> pd.DataFrame:
-    """Accuracy curves of every model in the chain, for every variant and seed (long format)."""
-    from kaggle_tli.tli import transfer
-
-    torch.set_num_threads(threads)
-    rows = []
-    for seed in seeds:
-        first = cv.build(chain[0], data.num_classes, seed)
-        curve = cv.train(first, data, steps=steps, seed=seed, eval_every=eval_every, progress=True, desc=chain[0])
-        rows += [dict(variant=v, model=chain[0], stage=0, seed=seed, step=s, accuracy=a)
-                 for v in VARIANTS for s, a in curve]
-        for variant, (transfer_norm, recal) in VARIANTS.items():
-            teacher = first
-            for stage, arch in enumerate(chain[1:], 1):
-                student = cv.build(arch, data.num_classes, seed + stage)
-                transfer(teacher, student, transfer_norm=transfer_norm, input_size=(3, 32, 32))
-                if recal:
-                    cv.recalibrate(student, data, seed=seed)
-                curve = cv.train(student, data, steps=steps, seed=seed + stage, eval_every=eval_every,
-                                 progress=True, desc=f"{arch} {variant}")
-                rows += [dict(variant=variant, model=arch, stage=stage, seed=seed, step=s, accuracy=a)
-                         for s, a in curve]
-                teacher = student
+def run_chain(data: cv.ArrayData, *, steps: int, seeds: Sequence[int], eval_every: int, workers: int = 1,
+              threads: int = 1, chain: Sequence[str] = CHAIN) -> pd.DataFrame:
+    """Accuracy curves of every model in the chain, for every variant and seed (long format). The first model is
+    trained once per seed; each (seed, variant) chain after it is a job of its own."""
+    progress = workers <= 1
+    pool = dict(workers=workers, threads=threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        firsts = run_jobs([(_first_job, (chain[0], steps, seed, eval_every, folder, progress)) for seed in seeds],
+                          data, desc=chain[0], **pool)
+        rows = [dict(variant=v, model=chain[0], stage=0, seed=seed, **point)
+                for seed, curve in zip(seeds, firsts, strict=True) for v in VARIANTS for point in curve]
+        jobs = [(_chain_job, (tuple(chain), variant, steps, seed, eval_every, folder, progress))
+                for seed in seeds for variant in VARIANTS]
+        rows += [row for rows in run_jobs(jobs, data, desc="chains", **pool) for row in rows]
     return pd.DataFrame(rows)
 
 
+def _first_job(data: cv.ArrayData, arch: str, steps: int, seed: int, eval_every: int, folder: Path,
+               progress: bool) -> list[dict]:
+    from safetensors.torch import save_file
+
+    model = cv.build(arch, data.num_classes, seed)
+    curve = cv.train(model, data, steps=steps, seed=seed, eval_every=eval_every, progress=progress, desc=arch)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / f"{arch}-s{seed}.safetensors"))
+    return curve
+
+
+def _chain_job(data: cv.ArrayData, chain: tuple[str, ...], variant: str, steps: int, seed: int, eval_every: int,
+               folder: Path, progress: bool) -> list[dict]:
+    from safetensors.torch import load_file
+
+    from kaggle_tli.tli import transfer
+
+    transfer_norm, recal = VARIANTS[variant]
+    teacher = cv.build(chain[0], data.num_classes, seed)
+    teacher.load_state_dict(load_file(folder / f"{chain[0]}-s{seed}.safetensors"))
+    rows = []
+    for stage, arch in enumerate(chain[1:], 1):
+        student = cv.build(arch, data.num_classes, seed + stage)
+        transfer(teacher, student, transfer_norm=transfer_norm, input_size=(3, 32, 32))
+        if recal:
+            cv.recalibrate(student, data, seed=seed)
+        curve = cv.train(student, data, steps=steps, seed=seed + stage, eval_every=eval_every, progress=progress,
+                         desc=f"{arch} {variant} s{seed}")
+        rows += [dict(variant=variant, model=arch, stage=stage, seed=seed, **point) for point in curve]
+        teacher = student
+    return rows
+
+
 def summarise(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per model and variant: mean accuracy at the first, middle and last evaluation."""
+    """Per model and variant: mean accuracy at the first, middle and last evaluation in eval mode (the paper's
+    setting, where transferred BatchNorm statistics count), and at the last with BatchNorm refitted first."""
     out = []
     for (model, variant), g in curves.groupby(["model", "variant"], sort=False):
         mean = g.groupby("step")["accuracy"].mean()
         steps = list(mean.index)
         out.append({"model": model, "variant": variant, "acc_step0": mean.iloc[0],
-                    "acc_mid": mean.loc[steps[len(steps) // 2]], "acc_final": mean.iloc[-1]})
+                    "acc_mid": mean.loc[steps[len(steps) // 2]], "acc_final": mean.iloc[-1],
+                    "precise_final": g.groupby("step")["accuracy_precise"].mean().iloc[-1]})
     return pd.DataFrame(out)
 
 
@@ -100,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out, data = cv.prepare(parser, args)
     steps, seeds = (60, (0,)) if args.quick else (args.steps, tuple(range(args.seeds)))
     start = time.perf_counter()
-    curves = run_chain(data, steps=steps, seeds=seeds, eval_every=max(steps // 8, 1), threads=args.threads)
+    workers, threads = split_cores(args.workers, args.threads)
+    curves = run_chain(data, steps=steps, seeds=seeds, eval_every=max(steps // 8, 1), workers=workers,
+                       threads=threads)
     curves.to_csv(out / "norm_curves.csv", index=False)
     table = summarise(curves)
     _, md = write_table(table, out, "norm", formats=float_formats(table))

@@ -8,15 +8,16 @@ accuracy over the curve says whether the score is worth ranking teachers by (`ka
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-import torch
 from scipy.stats import spearmanr
 
 from . import convergence as cv
+from ._pool import run_jobs, split_cores
 from ._report import float_formats, write_table
 
 STUDENT = "mnasnet_100"
@@ -25,46 +26,50 @@ TEACHERS = ("spnasnet_100", "mobilenetv2_100", "tf_efficientnet_b0", "mobilenetv
 
 
 def run(data: cv.ArrayData, *, student: str = STUDENT, teachers: Sequence[str] = TEACHERS, teacher_steps: int,
-        steps: int, seeds: Sequence[int], eval_every: int, threads: int, cache: Path | None) -> pd.DataFrame:
-    """Curves of the student from each teacher and from Kaiming init (long format, one row per evaluation)."""
+        steps: int, seeds: Sequence[int], eval_every: int, workers: int = 1, threads: int = 1,
+        cache: Path | None) -> pd.DataFrame:
+    """Curves of the student from each teacher and from Kaiming init (long format, one row per evaluation). A job
+    per teacher and seed; the first job of a teacher trains it (seed 0 for every teacher)."""
+    progress = workers <= 1
+    pool = dict(workers=workers, threads=threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = cache or Path(tmp)
+        jobs = [(_student_job, (student, name, teacher_steps, seed, steps, eval_every, cache, progress))
+                for seed in seeds for name in (*teachers, None)]
+        return pd.DataFrame([row for rows in run_jobs(jobs, data, desc="students", **pool) for row in rows])
+
+
+def _student_job(data: cv.ArrayData, student: str, teacher_name: str | None, teacher_steps: int, seed: int,
+                 steps: int, eval_every: int, cache: Path, progress: bool) -> list[dict]:
+    """The student's curve after injection from `teacher_name` with kaggle-tli's defaults (None: Kaiming init)."""
     from kaggle_tli.tli import tli_score
 
-    torch.set_num_threads(threads)
-    rows = []
-    for name in teachers:
-        teacher, t_acc = cv.get_teacher(name, data, steps=teacher_steps, seed=0, cache=cache)
-        score = tli_score(teacher, cv.build(student, data.num_classes, 0), input_size=(3, 32, 32))
-        for seed in seeds:
-            rows += _curve(data, student, "tli", cv.METHODS["tli"], teacher, name, t_acc, score, seed, steps,
-                           eval_every)
-    for seed in seeds:
-        rows += _curve(data, student, "kaiming", cv.METHODS["kaiming"], None, "(none)", float("nan"),
-                       float("nan"), seed, steps, eval_every)
-    return pd.DataFrame(rows)
-
-
-def _curve(data, student, method_name, method, teacher, teacher_name, t_acc, score, seed, steps, eval_every):
     model = cv.build(student, data.num_classes, seed + 1000)
-    if teacher is not None:
-        method.init(model, teacher)
-    if method.recal:
+    t_acc = score = float("nan")
+    if teacher_name is not None:
+        teacher, t_acc = cv.get_teacher(teacher_name, data, steps=teacher_steps, seed=0, cache=cache,
+                                        progress=progress)
+        score = tli_score(teacher, cv.build(student, data.num_classes, 0), input_size=(3, 32, 32))
+        cv.METHODS["tli"].init(model, teacher)
         cv.recalibrate(model, data, seed=seed)
-    curve = cv.train(model, data, steps=steps, seed=seed, eval_every=eval_every, progress=True,
-                     desc=f"{student} <- {teacher_name} s{seed}")
-    return [dict(teacher=teacher_name, method=method_name, tli_score=score, teacher_acc=t_acc, seed=seed, step=s,
-                 accuracy=a) for s, a in curve]
+    curve = cv.train(model, data, steps=steps, seed=seed, eval_every=eval_every, progress=progress,
+                     desc=f"{student} <- {teacher_name or 'Kaiming init'} s{seed}")
+    return [dict(teacher=teacher_name or "(none)", method="tli" if teacher_name else "kaiming", tli_score=score,
+                 teacher_acc=t_acc, seed=seed, **point) for point in curve]
 
 
 def summarise(curves: pd.DataFrame) -> tuple[pd.DataFrame, float, float]:
-    """Per teacher: score, teacher accuracy, student accuracy at N/4 and N, mean over the curve; and Spearman's rho
-    (with its p-value) between TLI score and that mean."""
+    """Per teacher: score, teacher accuracy, student accuracy at N/4 and N and its mean over the curve (BatchNorm
+    refitted before each evaluation; the mean in plain eval mode too); and Spearman's rho (with its p-value) between
+    TLI score and the mean."""
     last = curves["step"].max()
     table = []
     for teacher, g in curves.groupby("teacher", sort=False):
-        mean = g.groupby("step")["accuracy"].mean()
+        mean = g.groupby("step")["accuracy_precise"].mean()
         quarter = mean.index[abs(mean.index - last / 4).argmin()]
         table.append({"teacher": teacher, "tli_score": g["tli_score"].iloc[0], "teacher_acc": g["teacher_acc"].iloc[0],
-                      "acc_quarter": mean.loc[quarter], "acc_final": mean.loc[last], "acc_mean": mean.mean()})
+                      "acc_quarter": mean.loc[quarter], "acc_final": mean.loc[last], "acc_mean": mean.mean(),
+                      "acc_mean_evalmode": g.groupby("step")["accuracy"].mean().mean()})
     frame = pd.DataFrame(table).sort_values("tli_score", ascending=False, na_position="last")
     scored = frame.dropna(subset=["tli_score"])
     rho, p = spearmanr(scored["tli_score"], scored["acc_mean"]) if len(scored) > 2 else (float("nan"),) * 2
@@ -79,7 +84,7 @@ def plot(curves: pd.DataFrame, frame: pd.DataFrame, rho: float, path: Path, stud
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for teacher, g in curves.groupby("teacher", sort=False):
-        mean = g.groupby("step")["accuracy"].mean()
+        mean = g.groupby("step")["accuracy_precise"].mean()
         score = g["tli_score"].iloc[0]
         label = f"{teacher} (TLI {score:.2f})" if score == score else "Kaiming init"
         left.plot(mean.index, mean.values, ls="--" if score != score else "-", label=label)
@@ -111,9 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     teachers, t_steps, steps, seeds = TEACHERS, args.teacher_steps, args.steps, tuple(range(args.seeds))
     if args.quick:
         teachers, t_steps, steps, seeds = TEACHERS[:3], 150, 50, (0,)
+    workers, threads = split_cores(args.workers, args.threads)
     start = time.perf_counter()
     curves = run(data, teachers=teachers, teacher_steps=t_steps, steps=steps, seeds=seeds,
-                 eval_every=max(steps // 4, 1), threads=args.threads, cache=out.parent / "cache")
+                 eval_every=max(steps // 4, 1), workers=workers, threads=threads, cache=out.parent / "cache")
     curves.to_csv(out / "teachers_curves.csv", index=False)
     frame, rho, p = summarise(curves)
     _, md = write_table(frame, out, "teachers", formats=float_formats(frame),
