@@ -33,6 +33,7 @@ def test_convergence_run_summary_and_plot(data, tmp_path):
     assert set(curves["method"]) == {"kaiming", "tli", "same_name"} and list(teacher_frame["teacher"]) == ["resnet10t"]
     assert sorted(set(curves["step"])) == [0, 2, 4], "evaluated from step 0"
     assert curves[["accuracy", "accuracy_precise"]].notna().all().all(), "both metrics at every evaluation"
+    assert list(teacher_frame.columns) == ["teacher", "seed", "teacher_accuracy_precise", "teacher_accuracy"]
     table = cv.summarise(curves)
     assert {"acc_step0", "acc_final", "max_std", "steps_to_kaiming_final"} <= set(table.columns)
     tli = table[table.method == "tli"].iloc[0]

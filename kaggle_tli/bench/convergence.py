@@ -1,9 +1,11 @@
 """Convergence benchmark (paper, Fig. 4): how fast does a student trained from each initialisation learn?
 
 Protocol (defaults, issue 6): Fashion-MNIST, 12,000 training / 2,000 held-out images at 32x32x3; a resnet18 teacher
-trained 600 steps; each student trained 200 steps with Adam (lr 1e-3, batch 64), held-out accuracy measured in eval
-mode every 25 steps, from step 0. Every method sees the same batches in the same order for a given seed, so the
-methods differ only in how the student starts.
+trained 600 steps; each student trained 200 steps with Adam (lr 1e-3, batch 64), held-out accuracy measured every 25
+steps from step 0, twice: in plain eval mode, and with BatchNorm statistics first refitted on 512 fixed training
+images ("precise BN", the tables' headline; see `evaluate_precise` for why). Every method sees the same batches in
+the same order for a given seed, so the methods differ only in how the student starts; runs are spread over worker
+processes (`--workers`) and do not depend on how many there are.
 
 Methods (all side by side in one run):
     kaiming      timm's default initialisation (what "training from scratch" means)
@@ -164,6 +166,12 @@ def evaluate_precise(model: nn.Module, data: ArrayData, *, batches: int = PRECIS
             buf.copy_(saved[name])
 
 
+METRICS = {  # column -> how it is described in tables and plots
+    "accuracy_precise": "held-out accuracy, BatchNorm refitted on 512 training images",
+    "accuracy": "held-out accuracy, eval mode (running statistics)",
+}
+
+
 def measure(model: nn.Module, data: ArrayData, step: int) -> dict:
     return {"step": step, "accuracy": evaluate(model, data), "accuracy_precise": evaluate_precise(model, data)}
 
@@ -319,8 +327,9 @@ def build(arch: str, num_classes: int, seed: int) -> nn.Module:
 
 
 def get_teacher(arch: str, data: ArrayData, *, steps: int, seed: int, cache: Path,
-                progress: bool = True) -> tuple[nn.Module, float]:
-    """Train (or load from the cache folder) the teacher; returns it with its held-out accuracy.
+                progress: bool = True) -> tuple[nn.Module, dict]:
+    """Train (or load from the cache folder) the teacher; returns it with its held-out accuracies, measured as the
+    students' are ({"accuracy": ..., "accuracy_precise": ...}).
 
     The first process to need a teacher trains it while holding a lock on its cache file; others needing the same
     one wait and load it, so parallel workers never train a teacher twice. Its BatchNorm statistics are then refitted
@@ -342,7 +351,9 @@ def get_teacher(arch: str, data: ArrayData, *, steps: int, seed: int, cache: Pat
             save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(tmp))
             tmp.replace(path)  # a process killed mid-write leaves no half file for the next run to load
     recalibrate(teacher, data, seed=seed)
-    return teacher.eval(), evaluate(teacher, data)
+    accuracies = measure(teacher, data, steps)
+    del accuracies["step"]
+    return teacher.eval(), accuracies
 
 
 @dataclass
@@ -379,14 +390,14 @@ def run(data: ArrayData, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
         results = run_jobs(jobs, data, workers=cfg.workers, threads=cfg.threads, setup=register_edits,
                            desc="training runs")
     curves = pd.DataFrame([row for rows in results for row in rows])
-    teachers = (curves.groupby(["teacher", "seed"], sort=False)["teacher_acc"].first()
-                .rename("accuracy").reset_index())
+    teachers = (curves.groupby(["teacher", "seed"], sort=False)[[f"teacher_{m}" for m in METRICS]].first()
+                .reset_index())
     return curves, teachers
 
 
 def _student_job(data: ArrayData, cfg: Config, st: Student, name: str, seed: int, cache: Path,
                  progress: bool) -> list[dict]:
-    teacher, t_acc = get_teacher(st.teacher, data, steps=cfg.teacher_steps, seed=seed, cache=cache,
+    teacher, t_accs = get_teacher(st.teacher, data, steps=cfg.teacher_steps, seed=seed, cache=cache,
                                  progress=progress)
     method = all_methods()[name]
     student = build(st.arch, data.num_classes, seed + 1000)
@@ -397,23 +408,17 @@ def _student_job(data: ArrayData, cfg: Config, st: Student, name: str, seed: int
     init_s = time.perf_counter() - start
     curve = train(student, data, steps=cfg.steps, seed=seed, lr=cfg.lr, batch_size=cfg.batch_size,
                   eval_every=cfg.eval_every, progress=progress, desc=f"{st.arch} {name} s{seed}")
-    return [dict(student=st.name, arch=st.arch, teacher=st.teacher, teacher_acc=t_acc, method=name, seed=seed,
-                 init_s=init_s, **point, **info) for point in curve]
+    return [dict(student=st.name, arch=st.arch, teacher=st.teacher, **{f"teacher_{m}": a for m, a in t_accs.items()},
+                 method=name, seed=seed, init_s=init_s, **point, **info) for point in curve]
 
 
 # --------------------------------------------------------------------------------------------------- analysis
 
 
-METRICS = {  # column -> how it is described in tables and plots
-    "accuracy_precise": "held-out accuracy, BatchNorm refitted on 512 training images",
-    "accuracy": "held-out accuracy, eval mode (running statistics)",
-}
-
-
 def steps_to_reach(curve: pd.DataFrame, target: float, metric: str = "accuracy_precise") -> float:
     """First measured step whose mean accuracy (over seeds) reaches `target`; inf when never."""
     mean = curve.groupby("step")[metric].mean()
-    hit = mean[mean >= target]
+    hit = mean[mean >= target - 1e-9]  # means of equal accuracies, summed in another order, may differ in the last bit
     return float(hit.index.min()) if len(hit) else math.inf
 
 
@@ -425,7 +430,7 @@ def summarise(curves: pd.DataFrame, metric: str = "accuracy_precise") -> pd.Data
         last = group["step"].max()
         kaiming = group[group.method == "kaiming"]
         target = kaiming[kaiming.step == last][metric].mean() if len(kaiming) else math.nan
-        teacher_acc = group["teacher_acc"].mean()
+        teacher_acc = group[f"teacher_{metric}"].mean()
         for method, g in group.groupby("method", sort=False):
             stats = g.groupby("step")[metric].agg(["mean", "std"])
             row = {"student": student, "method": method}
@@ -468,6 +473,7 @@ def plot(curves: pd.DataFrame, path: Path) -> Path:
     metrics = [m for m in METRICS if m in curves]
     palette = plt.get_cmap("tab20").colors
     colors = {m: palette[i % len(palette)] for i, m in enumerate(dict.fromkeys(curves["method"]))}
+    colors["tli"] = "black"  # the default method stands out from its ablations
     fig, axes = plt.subplots(len(metrics), len(students), figsize=(5.2 * len(students), 4.4 * len(metrics)),
                              squeeze=False)
     for row, metric in zip(axes, metrics, strict=True):
@@ -480,7 +486,7 @@ def plot(curves: pd.DataFrame, path: Path) -> Path:
                 ax.plot(stats.index, stats["mean"], style, lw=width, color=colors[method], label=method)
                 ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
                                 color=colors[method], alpha=0.08)
-            ax.axhline(group["teacher_acc"].mean(), color="k", lw=0.8, ls=":", label="teacher")
+            ax.axhline(group[f"teacher_{metric}"].mean(), color="grey", lw=1.0, ls=":", label="teacher")
             ax.set(title=student, xlabel="training step", ylabel=METRICS[metric].split(",")[0], ylim=(0, 1))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6.5, loc="lower right", ncol=2)
@@ -521,9 +527,13 @@ def write_results(curves: pd.DataFrame, out: Path) -> Path:
     out = prepare_dir(out)
     curves.to_csv(out / "curves.csv", index=False)
     paths = {}
+    last = int(curves["step"].max())
     for metric, stem in (("accuracy_precise", "convergence"), ("accuracy", "convergence_evalmode")):
         table = summarise(curves, metric)
-        paths[metric] = write_table(table, out, stem, title=METRICS[metric], formats=float_formats(table))[1]
+        steps = [c for c in table if c.startswith("steps_to")]
+        view = table.assign(**{c: table[c].map(lambda v: f">{last}" if math.isinf(v) else f"{v:.0f}") for c in steps})
+        paths[metric] = write_table(table, out, stem, title=METRICS[metric], view=view,
+                                    formats=float_formats(table.drop(columns=steps)))[1]
         diffs = paired_differences(curves, metric)
         write_table(diffs, out, f"{stem}_paired", title=f"tli minus each method, seed by seed: {METRICS[metric]}",
                     formats=float_formats(diffs, "+.3f"))

@@ -47,8 +47,9 @@ def _student_job(data: cv.ArrayData, student: str, teacher_name: str | None, tea
     model = cv.build(student, data.num_classes, seed + 1000)
     t_acc = score = float("nan")
     if teacher_name is not None:
-        teacher, t_acc = cv.get_teacher(teacher_name, data, steps=teacher_steps, seed=0, cache=cache,
+        teacher, t_accs = cv.get_teacher(teacher_name, data, steps=teacher_steps, seed=0, cache=cache,
                                         progress=progress)
+        t_acc = t_accs["accuracy_precise"]
         score = tli_score(teacher, cv.build(student, data.num_classes, 0), input_size=(3, 32, 32))
         cv.METHODS["tli"].init(model, teacher)
         cv.recalibrate(model, data, seed=seed)
