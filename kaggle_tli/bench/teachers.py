@@ -18,7 +18,7 @@ from scipy.stats import spearmanr
 
 from . import convergence as cv
 from ._pool import run_jobs, split_cores
-from ._report import float_formats, write_table
+from ._report import float_formats, prepare_dir, write_table
 
 STUDENT = "mnasnet_100"
 TEACHERS = ("spnasnet_100", "mobilenetv2_100", "tf_efficientnet_b0", "mobilenetv3_large_100", "regnetx_002",
@@ -59,10 +59,9 @@ def _student_job(data: cv.ArrayData, student: str, teacher_name: str | None, tea
                  teacher_acc=t_acc, seed=seed, **point) for point in curve]
 
 
-def summarise(curves: pd.DataFrame) -> tuple[pd.DataFrame, float, float]:
-    """Per teacher: score, teacher accuracy, student accuracy at N/4 and N and its mean over the curve (BatchNorm
-    refitted before each evaluation; the mean in plain eval mode too); and Spearman's rho (with its p-value) between
-    TLI score and the mean."""
+def summarise(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per teacher: score, teacher accuracy, the student's accuracy at N/4 and N and its mean over the curve (BatchNorm
+    refitted before each evaluation; the mean in plain eval mode too). Sorted by TLI score, the Kaiming row last."""
     last = curves["step"].max()
     table = []
     for teacher, g in curves.groupby("teacher", sort=False):
@@ -72,18 +71,33 @@ def summarise(curves: pd.DataFrame) -> tuple[pd.DataFrame, float, float]:
                       "acc_quarter": mean.loc[quarter], "acc_final": mean.loc[last], "acc_mean": mean.mean(),
                       "acc_mean_evalmode": g.groupby("step")["accuracy"].mean().mean()})
     frame = pd.DataFrame(table).sort_values("tli_score", ascending=False, na_position="last")
+    return frame.reset_index(drop=True)
+
+
+def rank_correlation(frame: pd.DataFrame, column: str) -> tuple[float, float]:
+    """Spearman's rho between TLI score and `column` over the teachers, with its p-value (nan below 3 teachers)."""
     scored = frame.dropna(subset=["tli_score"])
-    rho, p = spearmanr(scored["tli_score"], scored["acc_mean"]) if len(scored) > 2 else (float("nan"),) * 2
-    return frame.reset_index(drop=True), float(rho), float(p)
+    if len(scored) < 3:
+        return float("nan"), float("nan")
+    rho, p = spearmanr(scored["tli_score"], scored[column])
+    return float(rho), float(p)
 
 
-def plot(curves: pd.DataFrame, frame: pd.DataFrame, rho: float, path: Path, student: str = STUDENT) -> Path:
+CORRELATIONS = {  # column -> what it says, for the notes under the table and the plot
+    "acc_mean": "the student's mean accuracy (the question)",
+    "teacher_acc": "the teacher's own accuracy (a confound: a better teacher gives a better student)",
+}
+
+
+def plot(curves: pd.DataFrame, frame: pd.DataFrame, path: Path, student: str = STUDENT) -> Path:
+    """Left: the student's curve from each teacher; then one scatter per entry of CORRELATIONS against TLI score."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 1 + len(CORRELATIONS), figsize=(5.5 * (1 + len(CORRELATIONS)), 4.2))
+    left = axes[0]
     for teacher, g in curves.groupby("teacher", sort=False):
         mean = g.groupby("step")["accuracy_precise"].mean()
         score = g["tli_score"].iloc[0]
@@ -93,17 +107,30 @@ def plot(curves: pd.DataFrame, frame: pd.DataFrame, rho: float, path: Path, stud
     left.legend(fontsize=7, loc="lower right")
     left.grid(alpha=0.3)
     scored = frame.dropna(subset=["tli_score"])
-    right.scatter(scored["tli_score"], scored["acc_mean"])
-    for _, r in scored.iterrows():
-        right.annotate(r["teacher"], (r["tli_score"], r["acc_mean"]), fontsize=7, xytext=(3, 3),
-                       textcoords="offset points")
-    right.set(xlabel="TLI score (teacher vs student)", ylabel="student's mean accuracy over the curve",
-              title=f"Spearman rho = {rho:.2f}")
-    right.grid(alpha=0.3)
+    for ax, (column, meaning) in zip(axes[1:], CORRELATIONS.items(), strict=True):
+        rho, _ = rank_correlation(frame, column)
+        ax.scatter(scored["tli_score"], scored[column])
+        for _, r in scored.iterrows():
+            ax.annotate(r["teacher"], (r["tli_score"], r[column]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set(xlabel="TLI score (teacher vs student)", ylabel=meaning.split(" (")[0], title=f"Spearman rho = {rho:.2f}")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def write_results(curves: pd.DataFrame, out: Path) -> Path:
+    """teachers_curves.csv, teachers.md/.csv (the table, then one Spearman rho per entry of CORRELATIONS) and
+    teachers.png; returns the markdown file."""
+    out = prepare_dir(out)
+    curves.to_csv(out / "teachers_curves.csv", index=False)
+    frame = summarise(curves)
+    notes = [f"Spearman rho, TLI score vs {meaning}: {rho:.2f} (p = {p:.2f})"
+             for column, meaning in CORRELATIONS.items() for rho, p in [rank_correlation(frame, column)]]
+    plot(curves, frame, out / "teachers.png")
+    return write_table(frame, out, "teachers", formats=float_formats(frame), notes=notes)[1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,11 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     curves = run(data, teachers=teachers, teacher_steps=t_steps, steps=steps, seeds=seeds,
                  eval_every=max(steps // 4, 1), workers=workers, threads=threads, cache=out.parent / "cache")
-    curves.to_csv(out / "teachers_curves.csv", index=False)
-    frame, rho, p = summarise(curves)
-    _, md = write_table(frame, out, "teachers", formats=float_formats(frame),
-                        notes=[f"Spearman rho (TLI score vs mean accuracy) = {rho:.2f} (p = {p:.2f})"])
-    plot(curves, frame, rho, out / "teachers.png")
+    md = write_results(curves, out)
     print(md.read_text())
     print(f"{time.perf_counter() - start:.0f} s; results in {out}/")
     return 0
