@@ -71,6 +71,15 @@ def test_precise_evaluation_refits_norms_on_a_copy_of_the_statistics(data):
     assert cv.evaluate_precise(model, data) == cv.evaluate(refit, data), "same as evaluating after a refit"
 
 
+def test_evaluating_does_not_change_training(data):
+    """Teachers train without evaluations; the weights must be those a run with evaluations reaches."""
+    quiet, measured = (cv.build("resnet10t", data.num_classes, 0) for _ in range(2))
+    assert cv.train(quiet, data, steps=3, seed=0, eval_every=0) == []
+    assert len(cv.train(measured, data, steps=3, seed=0, eval_every=1)) == 4
+    assert all(torch.equal(a, b) for a, b in zip(quiet.state_dict().values(), measured.state_dict().values(),
+                                                  strict=True))
+
+
 def test_workers_give_the_same_curves_as_one_process(data):
     """Two spawned single-thread workers run the same jobs as the in-process path, bit for bit."""
     students = (cv.Student("tiny", "resnet10t", teacher="resnet10t", methods=("kaiming", "tli")),)

@@ -159,7 +159,8 @@ def evaluate_precise(model: nn.Module, data: ArrayData, *, batches: int = PRECIS
     """
     saved = {name: buf.clone() for name, buf in model.named_buffers()}
     try:
-        recalibrate(model, data, batches=batches, batch_size=batch_size, seed=PRECISE_SEED)
+        with torch.random.fork_rng(devices=[]):  # a train-mode forward may draw (dropout): leave training's stream be
+            recalibrate(model, data, batches=batches, batch_size=batch_size, seed=PRECISE_SEED)
         return evaluate(model, data)
     finally:
         for name, buf in model.named_buffers():
@@ -178,10 +179,11 @@ def measure(model: nn.Module, data: ArrayData, step: int) -> dict:
 
 def train(model: nn.Module, data: ArrayData, *, steps: int, seed: int, lr: float = 1e-3, batch_size: int = 64,
           eval_every: int = 25, progress: bool = False, desc: str = "") -> list[dict]:
-    """Adam on cross-entropy; returns one `measure` per evaluation (step, accuracy, accuracy_precise) from step 0."""
+    """Adam on cross-entropy; returns one `measure` per evaluation (step, accuracy, accuracy_precise) from step 0, or
+    none with `eval_every=0` (evaluations never change the training itself)."""
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    curve = [measure(model, data, 0)]
+    curve = [measure(model, data, 0)] if eval_every else []
     model.train()
     batches = data.batches(steps, batch_size, seed)
     for step, (x, y) in enumerate(tqdm(batches, total=steps, desc=desc, disable=not progress, leave=False), 1):
@@ -189,7 +191,7 @@ def train(model: nn.Module, data: ArrayData, *, steps: int, seed: int, lr: float
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step % eval_every == 0 or step == steps:
+        if eval_every and (step % eval_every == 0 or step == steps):
             curve.append(measure(model, data, step))
     return curve
 
@@ -346,7 +348,8 @@ def get_teacher(arch: str, data: ArrayData, *, steps: int, seed: int, cache: Pat
         if path.exists():
             teacher.load_state_dict(load_file(path))
         else:
-            train(teacher, data, steps=steps, seed=seed, progress=progress, desc=f"teacher {arch} s{seed}")
+            train(teacher, data, steps=steps, seed=seed, eval_every=0, progress=progress,
+                  desc=f"teacher {arch} s{seed}")
             tmp = path.with_suffix(".tmp")
             save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(tmp))
             tmp.replace(path)  # a process killed mid-write leaves no half file for the next run to load
