@@ -173,8 +173,13 @@ METRICS = {  # column -> how it is described in tables and plots
 }
 
 
+def accuracies(model: nn.Module, data: ArrayData) -> dict[str, float]:
+    """Both METRICS of `model` now."""
+    return {"accuracy": evaluate(model, data), "accuracy_precise": evaluate_precise(model, data)}
+
+
 def measure(model: nn.Module, data: ArrayData, step: int) -> dict:
-    return {"step": step, "accuracy": evaluate(model, data), "accuracy_precise": evaluate_precise(model, data)}
+    return {"step": step, **accuracies(model, data)}
 
 
 def train(model: nn.Module, data: ArrayData, *, steps: int, seed: int, lr: float = 1e-3, batch_size: int = 64,
@@ -339,24 +344,26 @@ def get_teacher(arch: str, data: ArrayData, *, steps: int, seed: int, cache: Pat
     its weights rather than by statistics that lag them.
     """
     from filelock import FileLock
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     teacher = build(arch, data.num_classes, seed)
-    path = cache / f"teacher-{arch}-{data.name}-{steps}-s{seed}.safetensors"
+    # "-refit": the file holds the refitted statistics and, as metadata, the accuracies (measured once, not per job)
+    path = cache / f"teacher-{arch}-{data.name}-{steps}-s{seed}-refit.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path.with_suffix(".lock"))):
-        if path.exists():
-            teacher.load_state_dict(load_file(path))
-        else:
+        if not path.exists():
             train(teacher, data, steps=steps, seed=seed, eval_every=0, progress=progress,
                   desc=f"teacher {arch} s{seed}")
+            recalibrate(teacher, data, seed=seed)
             tmp = path.with_suffix(".tmp")
-            save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(tmp))
+            save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(tmp),
+                      metadata={k: repr(v) for k, v in accuracies(teacher, data).items()})
             tmp.replace(path)  # a process killed mid-write leaves no half file for the next run to load
-    recalibrate(teacher, data, seed=seed)
-    accuracies = measure(teacher, data, steps)
-    del accuracies["step"]
-    return teacher.eval(), accuracies
+    teacher.load_state_dict(load_file(path))
+    with safe_open(str(path), framework="pt") as f:
+        measured = {k: float(v) for k, v in f.metadata().items()}
+    return teacher.eval(), measured
 
 
 @dataclass
