@@ -104,7 +104,7 @@ def cmd_iterate(args: argparse.Namespace) -> int:
     data = _load_data(args, run=args.prev_run) if args.data else None
     run = iterate(args.prev_run, args.arch, data, init=args.init, which=args.which, lam=args.lam, top_k=args.top_k,
                   transfer_norm=not args.no_norm, extra_blocks=args.extra_blocks,
-                  recalibrate=not args.no_recalibrate, runs=args.runs,
+                  activation_scale=args.activation_scale, recalibrate=not args.no_recalibrate, runs=args.runs,
                   notes=args.notes, **_train_config(args))
     if run.report is not None:
         print(run.report.summary())
@@ -117,7 +117,8 @@ def cmd_inject(args: argparse.Namespace) -> int:
     from kaggle_tli.inject import inject
 
     student, report, spec = inject(args.prev_run, args.arch, which=args.which, lam=args.lam, top_k=args.top_k,
-                                   transfer_norm=not args.no_norm, extra_blocks=args.extra_blocks)
+                                   transfer_norm=not args.no_norm, extra_blocks=args.extra_blocks,
+                                   activation_scale=args.activation_scale)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_weights(student.state_dict(), out, {"arch": spec["name"], "num_classes": spec["num_classes"],
@@ -332,6 +333,9 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-norm", action="store_true", help="leave normalisation layers at init")
     g.add_argument("--extra-blocks", choices=("identity", "copy"), default="identity",
                    help="a deeper student's extra blocks: identity (keeps the function, default) or whole copies")
+    g.add_argument("--activation-scale", type=float, default=4.0,
+                   help="a student with SiLU/GELU where the teacher had ReLU: scale norms by this so the activations "
+                        "act like the teacher's ReLU (1 = off; default: %(default)s)")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -72,6 +72,7 @@ def transfer(
     transfer_norm: bool = True,
     transfer_head: bool = False,
     extra_blocks: str = "identity",
+    activation_scale: float = 4.0,
     input_size: tuple[int, ...] | None = None,
     which: str = "last",
 ) -> TransferReport:
@@ -85,7 +86,7 @@ def transfer(
     teachers = [load_teacher(t, which=which) for t in (teacher if many else [teacher])]
     return _engine_transfer(teachers if many else teachers[0], student, lam=lam, top_k=top_k,
                             transfer_norm=transfer_norm, transfer_head=transfer_head, extra_blocks=extra_blocks,
-                            input_size=input_size)
+                            activation_scale=activation_scale, input_size=input_size)
 
 
 def inject(

@@ -32,6 +32,7 @@ def iterate(
     top_k: int = 3,
     transfer_norm: bool = True,
     extra_blocks: str = "identity",
+    activation_scale: float = 4.0,
     recalibrate: bool = True,
     recalibrate_batches: int = 8,
     runs: str | Path | None = None,
@@ -43,7 +44,7 @@ def iterate(
     prev_run: a `Run`, a run id (looked up in `runs`), or a run directory, read-only ones (Kaggle inputs) included.
     data: the competition data; default: rebuilt from the description in prev_run's run.json.
     init: "tli" (inject prev_run's `which` weights: "last", "best" or "ema") or "kaiming" (timm's default init).
-    lam, top_k, transfer_norm, extra_blocks: TLI options (see `kaggle_tli.transfer`).
+    lam, top_k, transfer_norm, extra_blocks, activation_scale: TLI options (see `kaggle_tli.transfer`).
     recalibrate: refit BatchNorm running statistics on `recalibrate_batches` training batches before training,
         so the student's evaluation is meaningful from step 0.
     train_cfg: any `TrainConfig` field; the rest is inherited from prev_run's config.
@@ -58,7 +59,7 @@ def iterate(
     report = None
     if init == "tli":
         student, report, spec = inject(prev, new_arch, which=which, lam=lam, top_k=top_k, transfer_norm=transfer_norm,
-                                       extra_blocks=extra_blocks)
+                                       extra_blocks=extra_blocks, activation_scale=activation_scale)
     else:
         spec = student_spec(prev, new_arch)
         student = create_model_from_spec(spec)

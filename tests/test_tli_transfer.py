@@ -6,7 +6,7 @@ import timm
 import torch
 from torch import nn
 
-from kaggle_tli.tli import rank_teachers, similarity_matrix, tli_score, transfer
+from kaggle_tli.tli import rank_teachers, recalibrate_norms, similarity_matrix, tli_score, transfer
 
 # family -> (timm name, extra kwargs, input size); small inputs keep this fast
 FAMILIES = {
@@ -211,3 +211,56 @@ def test_extra_blocks_copy_keeps_the_duplicates_whole():
     assert not torch.allclose(_logits(teacher, 64), _logits(student, 64), atol=1e-3), "so the function changes"
     with pytest.raises(ValueError, match="extra_blocks"):
         transfer(teacher, _model("resnet34", 1), extra_blocks="zero")
+
+
+def _relative_gap(student: nn.Module, teacher: nn.Module, size: int = 32) -> float:
+    target = _logits(teacher, size)
+    return ((_logits(student, size) - target).norm() / target.norm()).item()
+
+
+def test_relu_to_silu_student_is_rescaled_to_keep_the_teachers_function():
+    teacher = _model("resnet18", 0)
+    torch.manual_seed(5)  # running statistics that fit the test inputs: eval mode then computes something sensible
+    recalibrate_norms(teacher, [torch.randn(16, 3, 32, 32) for _ in range(4)])
+    plain, sharpened = (_model("resnet18", 1, act_layer="silu") for _ in range(2))
+    off = transfer(teacher, plain, activation_scale=1.0)
+    on = transfer(teacher, sharpened)
+    assert "activation_scale" not in off.settings and on.settings["activation_scale"] == 4.0, on.settings
+    noted = {r["student"] for r in on.rows if "activation_scale" in r["reason"]}
+    assert {"bn1.weight", "layer4.1.bn2.bias", "fc.weight", "layer1.0.bn1.running_var"} <= noted
+    assert "bn1.running_mean" not in noted, "the stem's norm sees the input itself: its statistics stay"
+    # eval mode, running statistics and all: 4x sharper activations come about 4x closer to the teacher's ReLUs
+    assert _relative_gap(sharpened, teacher) < 0.5 * _relative_gap(plain, teacher)
+    sharper = _model("resnet18", 1, act_layer="silu")
+    transfer(teacher, sharper, activation_scale=16.0)
+    assert _relative_gap(sharper, teacher) < 0.1
+    assert "activation_scale" not in transfer(teacher, _model("resnet18", 2)).settings  # ReLU -> ReLU: nothing to do
+
+
+class _Pooled(nn.Module):
+    """conv-bn-act, then features renormalised before the classifier: a scale never reaches it."""
+
+    def __init__(self, act: type[nn.Module]):
+        super().__init__()
+        self.conv, self.bn, self.act = nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), act()
+        self.norm, self.fc = nn.BatchNorm1d(8, affine=False), nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(self.norm(self.act(self.bn(self.conv(x))).mean((2, 3))))
+
+
+def test_activation_rescaling_is_not_kept_where_it_does_not_bring_the_student_closer():
+    torch.manual_seed(0)
+    teacher = _Pooled(nn.ReLU)
+    plain, tried = _Pooled(nn.SiLU), _Pooled(nn.SiLU)
+    tried.load_state_dict(plain.state_dict())
+    transfer(teacher, plain, activation_scale=1.0, input_size=(3, 16, 16))
+    report = transfer(teacher, tried, input_size=(3, 16, 16))
+    assert report.settings["activation_scale"] == 1.0 and "homogeneous" in report.settings["activation_scale_skipped"]
+    for (name, a), b in zip(plain.state_dict().items(), tried.state_dict().values(), strict=True):
+        assert torch.equal(a, b), f"{name} changed although the rescaling was undone"
+
+    gated = transfer(_model("resnet18", 0), _model("seresnet18", 1, act_layer="silu"))
+    assert "sigmoid" in gated.settings["activation_scale_skipped"], "squeeze-excite gates: not even tried"
+    with pytest.raises(ValueError, match="activation_scale"):
+        transfer(teacher, _Pooled(nn.SiLU), activation_scale=0.5)

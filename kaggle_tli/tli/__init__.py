@@ -3,6 +3,7 @@
     trace      graph.py   execution graph -> ordered layers with block, depth, branch, activation
     match      match.py   score every pair as arrays; order-preserving block and layer alignment
     inject     inject.py  ComboInjection (centre crop + resize) for any rank, top-k mixing
+    sharpen    activation.py  a smooth activation replacing the teacher's ReLU made to act like it (norms x s)
     score      score.py   tli_score, similarity_matrix, rank_teachers
     report     report.py  TransferReport: one row per student tensor
 """

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .activation import HOMOGENEOUS, SMOOTH_RELUS, sharpen_activations
 from .graph import Graph, Unit, trace
 from .inject import combo_injection, mix
 from .match import Alignment, Match, match_graphs
@@ -32,6 +33,7 @@ def transfer(
     transfer_norm: bool = True,
     transfer_head: bool = False,
     extra_blocks: str = "identity",
+    activation_scale: float = 4.0,
     input_size: tuple[int, ...] | None = None,
     teacher_input_size: tuple[int, ...] | None = None,
 ) -> TransferReport:
@@ -49,11 +51,17 @@ def transfer(
         zeroes their residual branch's last layer so the student computes exactly what the teacher did (Net2Net's
         deeper transform), "copy" keeps the duplicate whole (the function changes; after BatchNorm refitting it
         stays close, and it trains faster early under a harsh optimizer: docs/benchmarks.md).
+    activation_scale: where the student has a smooth activation (SiLU, GELU, Mish, ...) in place of the teacher's
+        ReLU, scale every norm's output by this and the classifier's weights by its inverse, so that each activation
+        computes nearly the teacher's ReLU (see activation.py); kept only if a probe batch shows the student closer
+        to the teacher. 1 = off. 4 keeps resnet18 -> resnet18-with-SiLU at the teacher's accuracy at step 0.
     input_size: (C, H, W) for the dummy forward pass; default from timm's pretrained_cfg.
     """
     start = time.perf_counter()
     teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     _check_models(teachers, student, lam, top_k)
+    if not activation_scale >= 1.0:
+        raise ValueError(f"activation_scale must be >= 1 (1 = off), got {activation_scale}")
     if extra_blocks not in ("identity", "copy"):
         raise ValueError(f"extra_blocks={extra_blocks!r}: use 'identity' (keep the function) or 'copy'")
     s_graph = trace(student, input_size)
@@ -83,6 +91,7 @@ def transfer(
                 rows.append(row)
     for key in s_graph.unreached:
         rows.append(_row(key, s_tensors[key], "", "init", reason="never used by the forward pass"))
+    sharpened = _sharpen(teachers, student, s_graph, found, choices, activation_scale, rows)
 
     params = {n for n, _ in student.named_parameters()}
     counted = [r for r in rows if r["student"] in params]
@@ -93,11 +102,49 @@ def transfer(
         score=max(graph_score(s_graph, t.graph) for t in found),
         coverage=covered / total if total else 0.0,
         settings=dict(lam=lam, top_k=top_k, transfer_norm=transfer_norm, transfer_head=transfer_head,
-                      extra_blocks=extra_blocks, teachers=len(found)),
+                      extra_blocks=extra_blocks, teachers=len(found), **sharpened),
         unreached_student=list(s_graph.unreached),
         unreached_teacher=[n for t in found for n in t.graph.unreached],
         seconds=time.perf_counter() - start,
     )
+
+
+def _sharpen(teachers: list[nn.Module], student: nn.Module, s_graph: Graph, found: list[_Teacher], choices: dict,
+             scale: float, rows: list[dict]) -> dict:
+    """Rescale a student whose smooth activations replace the teacher's ReLUs (activation.py), noting it in the rows
+    of the tensors it changed; returns what to add to the report's settings: the scale applied, or why none was."""
+    swapped = [choices[i][0] for i, unit in enumerate(s_graph.units) if i in choices and unit.activation in SMOOTH_RELUS
+               and found[choices[i][0]].graph.units[choices[i][1].sources[0]].activation == "relu"]
+    if not swapped or scale == 1.0:
+        return {}
+    blockers = sorted({u.activation for u in s_graph.units} - SMOOTH_RELUS - HOMOGENEOUS)
+    if blockers:  # decided from the graph, before paying for a probe
+        return {"activation_scale": 1.0,
+                "activation_scale_skipped": f"the student also has {', '.join(blockers)} activations, which scaling "
+                                            "would change"}
+    t_idx = max(set(swapped), key=swapped.count)  # the teacher most of the swapped layers come from
+    heads = [_head_module(m, g) for m, g in ((teachers[t_idx], found[t_idx].graph), (student, s_graph))]
+    if any(h is None for h in heads):
+        return {"activation_scale": 1.0, "activation_scale_skipped": "no linear classifier found to rescale"}
+    why_not, changed = sharpen_activations(teachers[t_idx], student, *heads, scale, s_graph.input_size)
+    if why_not:
+        return {"activation_scale": 1.0, "activation_scale_skipped": why_not}
+    module_names = {id(m): name for name, m in student.named_modules()}
+    keys = {f"{module_names[id(m)]}.{local}".lstrip(".") for m, local in changed}
+    note = f"scaled by {scale:g} so the smooth activations act like the teacher's ReLUs (activation_scale)"
+    for row in rows:
+        if row["student"] in keys:
+            row["reason"] = f"{row['reason']}; {note}" if row["reason"] else note
+    return {"activation_scale": scale}
+
+
+def _head_module(model: nn.Module, graph: Graph) -> nn.Module | None:
+    """The classifier layer (timm's get_classifier(), else the last unit) when it has a weight to rescale."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    if not isinstance(head, nn.Module) and graph.units:
+        head = dict(model.named_modules()).get(graph.units[-1].name)
+    return head if isinstance(getattr(head, "weight", None), Tensor) else None
 
 
 _ZEROED = "extra block seeded from a repeated teacher block: residual zeroed so the block starts as an identity"
