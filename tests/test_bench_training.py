@@ -107,3 +107,27 @@ def test_norm_chain_and_teachers_correlation(data, tmp_path):
     md = teachers.write_results(frames, tmp_path / "out").read_text()
     assert md.count("Spearman rho") == len(teachers.CORRELATIONS) and (tmp_path / "out" / "teachers.png").exists()
     assert list(tmp_path.glob("teacher-*.safetensors")), "teachers are cached for the next run"
+
+
+def test_teacher_trains_until_it_reaches_the_target_accuracy(data, tmp_path):
+    _, reached = cv.get_teacher("resnet10t", data, steps=6, seed=0, cache=tmp_path, target=0.0, check_every=2,
+                                progress=False)
+    assert reached["steps"] == 2, "stops at the first check that reaches the target"
+    teacher, capped = cv.get_teacher("resnet10t", data, steps=6, seed=0, cache=tmp_path, target=1.01, check_every=2,
+                                     channels_last=True, progress=False)
+    assert capped["steps"] == 6, "an unreachable target trains the most steps allowed"
+    assert {p.name for p in tmp_path.glob("*.safetensors")} == {
+        f"teacher-resnet10t-{data.name}-6-s0-to0by2-refit.safetensors",
+        f"teacher-resnet10t-{data.name}-6-s0-to1.01by2-cl-refit.safetensors"}, "target and layout are part of the name"
+    assert all(p.is_contiguous() for p in teacher.parameters()), "teachers come back NCHW whatever they trained in"
+    again, cached = cv.get_teacher("resnet10t", data, steps=6, seed=0, cache=tmp_path, target=1.01, check_every=2,
+                                   channels_last=True, progress=False)
+    assert cached == capped and all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(),
+                                                                       again.state_dict().values(), strict=True))
+
+
+def test_channels_last_training_converts_the_model_and_its_inputs(data):
+    model = cv.build("mobilenetv3_small_050", data.num_classes, 0)
+    curve = cv.train(model, data, steps=2, seed=0, eval_every=2, channels_last=True)
+    assert cv._memory_format(model) == torch.channels_last and len(curve) == 2
+    assert cv._memory_format(cv.build("resnet10t", data.num_classes, 0)) == torch.contiguous_format

@@ -134,14 +134,24 @@ PRECISE_BATCHES = 8  # 512 training images refit BatchNorm before each "precise"
 PRECISE_SEED = 12_345  # the same images for every method, step and seed
 
 
+def _memory_format(model: nn.Module) -> torch.memory_format:
+    """channels_last when the model's convolutions were converted to it (`train(channels_last=True)`)."""
+    convs = (p for p in model.parameters() if p.dim() == 4)
+    first = next(convs, None)
+    if first is not None and first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ArrayData, batch_size: int = 500) -> float:
     """Held-out accuracy in eval mode, with the BatchNorm running statistics the model carries."""
     was = model.training
     model.eval()
     correct = 0
+    fmt = _memory_format(model)
     for i in range(0, len(data.x_valid), batch_size):
-        logits = model(data.x_valid[i:i + batch_size])
+        logits = model(data.x_valid[i:i + batch_size].contiguous(memory_format=fmt))
         correct += (logits.argmax(1) == data.y_valid[i:i + batch_size]).sum().item()
     model.train(was)
     return correct / len(data.x_valid)
@@ -183,21 +193,31 @@ def measure(model: nn.Module, data: ArrayData, step: int) -> dict:
 
 
 def train(model: nn.Module, data: ArrayData, *, steps: int, seed: int, lr: float = 1e-3, batch_size: int = 64,
-          eval_every: int = 25, progress: bool = False, desc: str = "") -> list[dict]:
+          eval_every: int = 25, stop_at: float | None = None, channels_last: bool = False, progress: bool = False,
+          desc: str = "") -> list[dict]:
     """Adam on cross-entropy; returns one `measure` per evaluation (step, accuracy, accuracy_precise) from step 0, or
-    none with `eval_every=0` (evaluations never change the training itself)."""
+    none with `eval_every=0` (evaluations never change the training itself).
+
+    stop_at: end early at the first evaluation whose precise accuracy reaches this (`steps` is then a maximum).
+    channels_last: convert the model (in place) and its inputs to NHWC first; on CPU, depthwise convolutions run
+    2-4x faster that way (mobilenetv3_small_100 at 1 thread: a step 97 -> 44 ms), plain resnets no faster.
+    """
     torch.manual_seed(seed)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     curve = [measure(model, data, 0)] if eval_every else []
     model.train()
     batches = data.batches(steps, batch_size, seed)
     for step, (x, y) in enumerate(tqdm(batches, total=steps, desc=desc, disable=not progress, leave=False), 1):
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x.contiguous(memory_format=fmt)), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if eval_every and (step % eval_every == 0 or step == steps):
             curve.append(measure(model, data, step))
+            if stop_at is not None and curve[-1]["accuracy_precise"] >= stop_at:
+                break
     return curve
 
 
@@ -333,10 +353,13 @@ def build(arch: str, num_classes: int, seed: int) -> nn.Module:
     return create_model(arch, num_classes=num_classes)
 
 
-def get_teacher(arch: str, data: ArrayData, *, steps: int, seed: int, cache: Path,
-                progress: bool = True) -> tuple[nn.Module, dict]:
+def get_teacher(arch: str, data: ArrayData, *, steps: int, seed: int, cache: Path, target: float | None = None,
+                check_every: int = 10, channels_last: bool = False, progress: bool = True) -> tuple[nn.Module, dict]:
     """Train (or load from the cache folder) the teacher; returns it with its held-out accuracies, measured as the
-    students' are ({"accuracy": ..., "accuracy_precise": ...}).
+    students' are, and the steps it trained ({"accuracy": ..., "accuracy_precise": ..., "steps": ...}).
+
+    target: train until the precise held-out accuracy reaches this, checked every `check_every` steps, for at most
+    `steps` (teachers of equal accuracy, so that what a student gets from them is not just how good they are).
 
     The first process to need a teacher trains it while holding a lock on its cache file; others needing the same
     one wait and load it, so parallel workers never train a teacher twice. Its BatchNorm statistics are then refitted
@@ -349,21 +372,24 @@ def get_teacher(arch: str, data: ArrayData, *, steps: int, seed: int, cache: Pat
 
     teacher = build(arch, data.num_classes, seed)
     # "-refit": the file holds the refitted statistics and, as metadata, the accuracies (measured once, not per job)
-    path = cache / f"teacher-{arch}-{data.name}-{steps}-s{seed}-refit.safetensors"
+    tags = (f"-to{target:g}by{check_every}" if target is not None else "") + ("-cl" if channels_last else "")
+    path = cache / f"teacher-{arch}-{data.name}-{steps}-s{seed}{tags}-refit.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path.with_suffix(".lock"))):
         if not path.exists():
-            train(teacher, data, steps=steps, seed=seed, eval_every=0, progress=progress,
-                  desc=f"teacher {arch} s{seed}")
+            curve = train(teacher, data, steps=steps, seed=seed, eval_every=check_every if target is not None else 0,
+                          stop_at=target, channels_last=channels_last, progress=progress, desc=f"teacher {arch} s{seed}")
             recalibrate(teacher, data, seed=seed)
             tmp = path.with_suffix(".tmp")
+            measured = {**accuracies(teacher, data), "steps": curve[-1]["step"] if curve else steps}
             save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(tmp),
-                      metadata={k: repr(v) for k, v in accuracies(teacher, data).items()})
+                      metadata={k: repr(v) for k, v in measured.items()})
             tmp.replace(path)  # a process killed mid-write leaves no half file for the next run to load
     teacher.load_state_dict(load_file(path))
     with safe_open(str(path), framework="pt") as f:
         measured = {k: float(v) for k, v in f.metadata().items()}
-    return teacher.eval(), measured
+    measured.setdefault("steps", float(steps))
+    return teacher.to(memory_format=torch.contiguous_format).eval(), measured
 
 
 @dataclass
@@ -377,6 +403,7 @@ class Config:
     lr: float = 1e-3
     batch_size: int = 64
     recal_batches: int = 8
+    channels_last: bool = True  # students train NHWC (faster for depthwise convs); teachers stay NCHW, as cached
     workers: int = 1  # processes; each runs `threads` torch threads (see _pool)
     threads: int = 2
     cache: Path | None = Path("bench_out/cache")  # trained teachers; None: a temporary folder
@@ -417,7 +444,8 @@ def _student_job(data: ArrayData, cfg: Config, st: Student, name: str, seed: int
         recalibrate(student, data, batches=cfg.recal_batches, batch_size=cfg.batch_size, seed=seed)
     init_s = time.perf_counter() - start
     curve = train(student, data, steps=cfg.steps, seed=seed, lr=cfg.lr, batch_size=cfg.batch_size,
-                  eval_every=cfg.eval_every, progress=progress, desc=f"{st.arch} {name} s{seed}")
+                  eval_every=cfg.eval_every, channels_last=cfg.channels_last, progress=progress,
+                  desc=f"{st.arch} {name} s{seed}")
     return [dict(student=st.name, arch=st.arch, teacher=st.teacher, **{f"teacher_{m}": a for m, a in t_accs.items()},
                  method=name, seed=seed, init_s=init_s, **point, **info) for point in curve]
 
