@@ -67,8 +67,9 @@ def _student_job(data: cv.ArrayData, student: str, teacher_name: str | None, tea
 
 
 def summarise(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per teacher: score, teacher accuracy and training steps, the student's accuracy at N/4 and N and its mean over the curve (BatchNorm
-    refitted before each evaluation; the mean in plain eval mode too). Sorted by TLI score, the Kaiming row last."""
+    """Per teacher: score, teacher accuracy and training steps, the student's accuracy at N/4 and N and its mean over
+    the curve (BatchNorm refitted before each evaluation; the mean in plain eval mode too). Sorted by TLI score, the
+    Kaiming row last."""
     last = curves["step"].max()
     table = []
     for teacher, g in curves.groupby("teacher", sort=False):
@@ -138,7 +139,8 @@ def write_results(curves: pd.DataFrame, out: Path) -> Path:
     notes = [f"Spearman rho, TLI score vs {meaning}: {rho:.2f} (p = {p:.2f})"
              for column, meaning in CORRELATIONS.items() for rho, p in [rank_correlation(frame, column)]]
     plot(curves, frame, out / "teachers.png")
-    return write_table(frame, out, "teachers", formats=float_formats(frame), notes=notes)[1]
+    formats = {**float_formats(frame), "teacher_steps": ".0f"}  # a count (a float column: blank for Kaiming init)
+    return write_table(frame, out, "teachers", formats=formats, notes=notes)[1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
