@@ -262,5 +262,7 @@ def test_activation_rescaling_is_not_kept_where_it_does_not_bring_the_student_cl
 
     gated = transfer(_model("resnet18", 0), _model("seresnet18", 1, act_layer="silu"))
     assert "sigmoid" in gated.settings["activation_scale_skipped"], "squeeze-excite gates: not even tried"
+    other_size = transfer(teacher, _Pooled(nn.SiLU), input_size=(3, 16, 16), teacher_input_size=(3, 20, 20))
+    assert "other sizes" in other_size.settings["activation_scale_skipped"], "no common probe: not tried"
     with pytest.raises(ValueError, match="activation_scale"):
         transfer(teacher, _Pooled(nn.SiLU), activation_scale=0.5)

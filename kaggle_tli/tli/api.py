@@ -123,6 +123,9 @@ def _sharpen(teachers: list[nn.Module], student: nn.Module, s_graph: Graph, foun
                 "activation_scale_skipped": f"the student also has {', '.join(blockers)} activations, which scaling "
                                             "would change"}
     t_idx = max(set(swapped), key=swapped.count)  # the teacher most of the swapped layers come from
+    if found[t_idx].graph.input_size != s_graph.input_size:
+        return {"activation_scale": 1.0, "activation_scale_skipped": "teacher and student take inputs of other sizes: "
+                                                                      "no common probe to check the scaling"}
     heads = [_head_module(m, g) for m, g in ((teachers[t_idx], found[t_idx].graph), (student, s_graph))]
     if any(h is None for h in heads):
         return {"activation_scale": 1.0, "activation_scale_skipped": "no linear classifier found to rescale"}
