@@ -113,25 +113,21 @@ def _sharpen(teachers: list[nn.Module], student: nn.Module, s_graph: Graph, foun
              scale: float, rows: list[dict]) -> dict:
     """Rescale a student whose smooth activations replace the teacher's ReLUs (activation.py), noting it in the rows
     of the tensors it changed; returns what to add to the report's settings: the scale applied, or why none was."""
-    swapped = [choices[i][0] for i, unit in enumerate(s_graph.units) if i in choices and unit.activation in SMOOTH_RELUS
-               and found[choices[i][0]].graph.units[choices[i][1].sources[0]].activation == "relu"]
+    swapped = _swapped_relus(s_graph, found, choices)
     if not swapped or scale == 1.0:
         return {}
     blockers = sorted({u.activation for u in s_graph.units} - SMOOTH_RELUS - HOMOGENEOUS)
     if blockers:  # decided from the graph, before paying for a probe
-        return {"activation_scale": 1.0,
-                "activation_scale_skipped": f"the student also has {', '.join(blockers)} activations, which scaling "
-                                            "would change"}
+        return _not_sharpened(f"the student also has {', '.join(blockers)} activations, which scaling would change")
     t_idx = max(set(swapped), key=swapped.count)  # the teacher most of the swapped layers come from
     if found[t_idx].graph.input_size != s_graph.input_size:
-        return {"activation_scale": 1.0, "activation_scale_skipped": "teacher and student take inputs of other sizes: "
-                                                                      "no common probe to check the scaling"}
-    heads = [_head_module(m, g) for m, g in ((teachers[t_idx], found[t_idx].graph), (student, s_graph))]
-    if any(h is None for h in heads):
-        return {"activation_scale": 1.0, "activation_scale_skipped": "no linear classifier found to rescale"}
+        return _not_sharpened("teacher and student take inputs of other sizes: no common probe to check the scaling")
+    heads = [_classifier(m, g) for m, g in ((teachers[t_idx], found[t_idx].graph), (student, s_graph))]
+    if not all(isinstance(getattr(h, "weight", None), Tensor) for h in heads):
+        return _not_sharpened("no linear classifier found to rescale")
     why_not, changed = sharpen_activations(teachers[t_idx], student, *heads, scale, s_graph.input_size)
     if why_not:
-        return {"activation_scale": 1.0, "activation_scale_skipped": why_not}
+        return _not_sharpened(why_not)
     module_names = {id(m): name for name, m in student.named_modules()}
     keys = {f"{module_names[id(m)]}.{local}".lstrip(".") for m, local in changed}
     note = f"scaled by {scale:g} so the smooth activations act like the teacher's ReLUs (activation_scale)"
@@ -141,13 +137,28 @@ def _sharpen(teachers: list[nn.Module], student: nn.Module, s_graph: Graph, foun
     return {"activation_scale": scale}
 
 
-def _head_module(model: nn.Module, graph: Graph) -> nn.Module | None:
-    """The classifier layer (timm's get_classifier(), else the last unit) when it has a weight to rescale."""
+def _swapped_relus(s_graph: Graph, found: list[_Teacher], choices: dict) -> list[int]:
+    """For each student layer followed by a smooth activation whose teacher layer was followed by a ReLU: the index
+    of that teacher."""
+    out = []
+    for i, (t_idx, match) in choices.items():
+        source = found[t_idx].graph.units[match.sources[0]]
+        if s_graph.units[i].activation in SMOOTH_RELUS and source.activation == "relu":
+            out.append(t_idx)
+    return out
+
+
+def _not_sharpened(reason: str) -> dict:
+    return {"activation_scale": 1.0, "activation_scale_skipped": reason}
+
+
+def _classifier(model: nn.Module, graph: Graph) -> nn.Module | None:
+    """The classifier: timm's get_classifier() when the model has one, else the module of the last unit."""
     get = getattr(model, "get_classifier", None)
     head = get() if callable(get) else None
-    if not isinstance(head, nn.Module) and graph.units:
-        head = dict(model.named_modules()).get(graph.units[-1].name)
-    return head if isinstance(getattr(head, "weight", None), Tensor) else None
+    if isinstance(head, nn.Module):
+        return head
+    return dict(model.named_modules()).get(graph.units[-1].name) if graph.units else None
 
 
 _ZEROED = "extra block seeded from a repeated teacher block: residual zeroed so the block starts as an identity"
@@ -185,15 +196,13 @@ def _tensors(model: nn.Module) -> dict[str, Tensor]:
 
 
 def _head_units(model: nn.Module, graph: Graph) -> set[str]:
-    """Units of the classifier: timm's get_classifier() when the model has one, else the last unit."""
-    get = getattr(model, "get_classifier", None)
-    if callable(get):
-        head = get()
-        if isinstance(head, nn.Module):
-            ids = {id(m) for m in head.modules()}
-            names = {n for n, m in model.named_modules() if id(m) in ids}
-            return {u.name for u in graph.units if u.name in names or u.name.rpartition(".")[0] in names}
-    return {graph.units[-1].name} if graph.units else set()
+    """Units of the classifier (`_classifier`); the last unit when that is a lone parameter."""
+    head = _classifier(model, graph)
+    if head is None:
+        return {graph.units[-1].name} if graph.units else set()
+    ids = {id(m) for m in head.modules()}
+    names = {n for n, m in model.named_modules() if id(m) in ids}
+    return {u.name for u in graph.units if u.name in names or u.name.rpartition(".")[0] in names}
 
 
 def _heads_differ(student: Graph, teachers: list[Graph]) -> bool:
