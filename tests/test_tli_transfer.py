@@ -113,6 +113,20 @@ def test_top_k_keeps_sure_matches_alone():
     assert torch.allclose(_logits(teacher, 64), _logits(student, 64), atol=1e-5)
 
 
+def test_a_norm_follows_its_layer_where_no_teacher_norm_is_aligned_to_it():
+    """efficientnet_b0 -> mnasnet_100: squeeze-excite merges cut the teacher's blocks where mnasnet has none, and
+    some student norms end up between two teacher convolutions. Such a norm takes the norm that follows its own
+    layer's teacher layer: the statistics of the very channels that layer's weights came from."""
+    student = _model("mnasnet_100", 1)
+    rows = {r["student"]: r for r in transfer(_model("efficientnet_b0", 0), student, top_k=1).rows}
+    assert rows["blocks.2.0.conv_dw.weight"]["source"] == "blocks.2.0.conv_pwl.weight"
+    assert rows["blocks.2.0.bn2.weight"]["source"] == "blocks.2.0.bn3.weight"
+    assert rows["blocks.2.0.bn2.running_var"]["source"] == "blocks.2.0.bn3.running_var"
+    assert rows["blocks.2.0.bn2.weight"]["method"] == "combo" and rows["blocks.2.0.bn2.weight"]["fraction"] == 1.0
+    untouched = _model("mnasnet_100", 1).blocks[2][0].bn2.weight
+    assert not torch.allclose(student.blocks[2][0].bn2.weight, untouched), "seeded from the teacher, not left at init"
+
+
 def test_norm_transfer_off_leaves_norms_at_init():
     teacher, student = _model("resnet18", 0), _model("resnet18", 1)
     before = {k: v.clone() for k, v in student.state_dict().items() if "bn" in k or "downsample.1" in k}

@@ -218,6 +218,7 @@ def match_graphs(student: Graph, teacher: Graph, *, top_k: int = 1, allow_repeat
             if _same_structure(student, teacher, p, bm.teacher):
                 sure.update(s_i for s_i, _ in inner[p, bm.teacher])
     pairs.update(_fill_gaps(scores, pairs))
+    pairs.update(_partner_norms(student, teacher, scores, pairs))
     matches = {i: _candidates(scores[i], j, 1 if i in sure else top_k, rep) for i, (j, rep) in sorted(pairs.items())}
     total = sum(scores[i, j] for i, (j, rep) in pairs.items() if not rep)
     return Alignment(matches, block_map, float(total))
@@ -256,6 +257,27 @@ def _fill_gaps(scores: np.ndarray, pairs: dict[int, tuple[int, bool]]) -> dict[i
                 if scores[i, j] >= 0:
                     filled[i] = (j, True)
     return filled
+
+
+def _partner_norms(student: Graph, teacher: Graph, scores: np.ndarray,
+                   pairs: dict[int, tuple[int, bool]]) -> dict[int, tuple[int, bool]]:
+    """Norms still unmatched take the norm that follows their layer's teacher layer.
+
+    A norm normalises the layer just before it, so it belongs with that layer: when the layer was seeded from teacher
+    layer j and j is followed by a norm, that norm's statistics and affine describe the very channels the layer's
+    weights now come from. The gap filler finds no norm where the teacher units around a gap are all convolutions
+    (efficientnet_b0 -> mnasnet_100 left 11 norms at init that way). Borrowed, like a gap filled from a window: not
+    counted in the score.
+    """
+    out = {}
+    for i in range(1, len(student.units)):
+        producer = pairs.get(i - 1)
+        if i in pairs or producer is None or student.units[i].kind != "norm" or student.units[i - 1].kind == "norm":
+            continue
+        j = producer[0] + 1
+        if j < len(teacher.units) and teacher.units[j].kind == "norm" and scores[i, j] >= 0:
+            out[i] = (j, True)
+    return out
 
 
 def _candidates(row: np.ndarray, aligned: int, top_k: int, repeat: bool) -> Match:
