@@ -3,6 +3,7 @@
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kaggle_tli.tli import TraceError, trace
@@ -40,7 +41,7 @@ class NeedsRealTensors(nn.Module):
 
 class Traps(nn.Module):
     """Tuple + dict outputs, a frozen layer, tied weights, a module called twice, an unused layer, a residual add,
-    a concatenation and a gating multiply."""
+    a concatenation and a sigmoid gate."""
 
     def __init__(self):
         super().__init__()
@@ -103,6 +104,35 @@ def test_traps_are_handled():
         (["mix"], "CatBackward0"),
         (["proj"], ""),
     ], blocks
+    assert [u.name for u in graph.units if u.gate] == ["gate"]
+
+
+class TwoGates(nn.Module):
+    """A squeeze-excite gate (hard sigmoid, as in MobileNetV3) and a plain product of two paths."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.reduce = nn.Conv2d(8, 2, 1)
+        self.expand = nn.Conv2d(2, 8, 1)
+        self.left = nn.Conv2d(8, 8, 1)
+        self.right = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = x * F.hardsigmoid(self.expand(torch.relu(self.reduce(x.mean((2, 3), keepdim=True)))))
+        x = self.left(x) * self.right(x)  # two data paths multiplied: a merge
+        return self.head(x.mean((2, 3)))
+
+
+def test_the_layers_of_a_sigmoid_gate_are_marked_and_no_others():
+    graph = trace(TwoGates(), (3, 8, 8))
+    assert {u.name for u in graph.units if u.gate} == {"reduce", "expand"}, "left * right is no gate"
+    model = timm.create_model("mobilenetv3_small_050", pretrained=False)
+    gates = {u.name for u in trace(model, (3, 32, 32)).units if u.gate}
+    se_convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and ".se." in n}
+    assert se_convs and gates == se_convs, "exactly squeeze-excite's convolutions are gate layers"
     stem = graph.units[0]
     assert stem.activation == "relu" and stem.kind == "conv"
 

@@ -6,7 +6,8 @@ import timm
 import torch
 from torch import nn
 
-from kaggle_tli.tli import rank_teachers, recalibrate_norms, similarity_matrix, tli_score, transfer
+from kaggle_tli.tli import match, rank_teachers, recalibrate_norms, similarity_matrix, tli_score, trace, transfer
+from kaggle_tli.tli.match import match_graphs
 
 # family -> (timm name, extra kwargs, input size); small inputs keep this fast
 FAMILIES = {
@@ -113,18 +114,34 @@ def test_top_k_keeps_sure_matches_alone():
     assert torch.allclose(_logits(teacher, 64), _logits(student, 64), atol=1e-5)
 
 
-def test_a_norm_follows_its_layer_where_no_teacher_norm_is_aligned_to_it():
-    """efficientnet_b0 -> mnasnet_100: squeeze-excite merges cut the teacher's blocks where mnasnet has none, and
-    some student norms end up between two teacher convolutions. Such a norm takes the norm that follows its own
-    layer's teacher layer: the statistics of the very channels that layer's weights came from."""
-    student = _model("mnasnet_100", 1)
-    rows = {r["student"]: r for r in transfer(_model("efficientnet_b0", 0), student, top_k=1).rows}
-    assert rows["blocks.2.0.conv_dw.weight"]["source"] == "blocks.2.0.conv_pwl.weight"
-    assert rows["blocks.2.0.bn2.weight"]["source"] == "blocks.2.0.bn3.weight"
-    assert rows["blocks.2.0.bn2.running_var"]["source"] == "blocks.2.0.bn3.running_var"
-    assert rows["blocks.2.0.bn2.weight"]["method"] == "combo" and rows["blocks.2.0.bn2.weight"]["fraction"] == 1.0
-    untouched = _model("mnasnet_100", 1).blocks[2][0].bn2.weight
-    assert not torch.allclose(student.blocks[2][0].bn2.weight, untouched), "seeded from the teacher, not left at init"
+def test_a_norm_left_without_a_partner_takes_the_norm_after_its_layers_teacher_layer(monkeypatch):
+    """A norm normalises the layer just before it. Where the alignment pairs no teacher norm with a student norm
+    (efficientnet_b0 -> b1: the last block's projection norm), the norm takes the one that follows its layer's
+    teacher layer: the statistics of the very channels that layer's weights came from."""
+    s_graph = trace(_model("efficientnet_b1", 1), (3, 32, 32))
+    t_graph = trace(_model("efficientnet_b0", 0), (3, 32, 32))
+    with_rule = match_graphs(s_graph, t_graph).matches
+    monkeypatch.setattr(match, "_partner_norms", lambda *args: {})
+    without = match_graphs(s_graph, t_graph).matches
+    filled = sorted(set(with_rule) - set(without))
+    assert filled, "this pair leaves norms that only the rule fills"
+    for i in filled:
+        producer = with_rule[i - 1].sources[0]
+        assert s_graph.units[i].kind == "norm" and t_graph.units[producer + 1].kind == "norm"
+        assert with_rule[i].sources == [producer + 1]
+
+
+def test_squeeze_excite_layers_match_only_each_other():
+    """A gate's C -> C/4 -> C convolutions on pooled features do another job than a main-path layer: a teacher's
+    never seed a student's main path, and a student's stay at init when the teacher has none."""
+    rows = transfer(_model("efficientnet_b0", 0), _model("mnasnet_100", 1), top_k=3).rows
+    assert not [r["student"] for r in rows if ".se." in r["source"]], "mnasnet has no gate to take them"
+    rows = transfer(_model("resnet18", 0), _model("mobilenetv3_small_050", 1), top_k=3).rows
+    gate_rows = [r for r in rows if ".se." in r["student"]]
+    assert gate_rows and all(r["method"] == "init" for r in gate_rows)
+    rows = transfer(_model("mobilenetv3_large_100", 0), _model("mobilenetv3_small_050", 1), top_k=3).rows
+    taken = [r for r in rows if ".se." in r["student"] and r["method"] != "init"]
+    assert taken and all(".se." in r["source"] for r in taken), "gates seed gates"
 
 
 def test_norm_transfer_off_leaves_norms_at_init():

@@ -11,7 +11,8 @@ device are traced for real, with every parameter, buffer, training flag and `req
 
 From the graph, per unit: execution order (autograd sequence numbers), the block it sits in (blocks end at add / mul /
 cat nodes that merge two data paths, as in the paper), its depth inside the block, the branch of the block's merge it
-feeds (a residual branch vs. a projection shortcut), and the activation that follows it.
+feeds (a residual branch vs. a projection shortcut), the activation that follows it, and whether it only feeds a
+sigmoid gate (squeeze-excite's small convolutions, which match only each other).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ _PASS_THROUGH = (
     "AddBackward0",  # bias added separately
     "ExpandBackward0",
 )
+# a multiply input that comes straight from one of these is a gate (see _Walk.gate_inputs)
+_GATES = ("SigmoidBackward0", "HardsigmoidBackward0")
 _MERGES = ("AddBackward0", "AddBackward1", "SubBackward0", "MulBackward0", "CatBackward0", "CatBackward")
 
 
@@ -83,6 +86,7 @@ class Unit:
     block_len: int = 1
     branch: int = 0
     activation: str = "none"
+    gate: bool = False  # feeds only a sigmoid gate (squeeze-excite): matched only with gate layers
 
     @property
     def signature(self) -> str:
@@ -300,6 +304,22 @@ class _Walk:
             return False
         return sum(1 for c in self.children[nid] if c in self.data) >= 2
 
+    def gate_inputs(self, nid: int) -> list[int]:
+        """The inputs of a multiply that come straight from a sigmoid: the gate of `x * sigmoid(f(x))`, as in
+        squeeze-excite."""
+        if self.name(nid) != "MulBackward0":
+            return []
+        found = []
+        for start in (c for c in self.children[nid] if c in self.data):
+            node = start
+            for _ in range(4):  # the gate reaches the multiply through a broadcast or a reshape
+                if self.name(node) not in _PASS_THROUGH or not self.children[node]:
+                    break
+                node = self.children[node][0]
+            if self.name(node) in _GATES:
+                found.append(start)
+        return found
+
 
 def _leaf_for(walk: _Walk, tensor_names: dict[int, str]) -> dict[str, int]:
     """state_dict key -> id of its AccumulateGrad node."""
@@ -355,6 +375,16 @@ def _upstream(walk: _Walk, start: int) -> set[int]:
     return found
 
 
+def _gate_paths(walk: _Walk) -> set[int]:
+    """Nodes that feed only the gate of a gating multiply: squeeze-excite's pooling, convolutions and sigmoid."""
+    out: set[int] = set()
+    for nid in walk.data:
+        for gate in walk.gate_inputs(nid):
+            others = [c for c in walk.children[nid] if c in walk.data and c != gate]
+            out |= _upstream(walk, gate) - set().union(*(_upstream(walk, c) for c in others))
+    return out
+
+
 def _label_branches(walk: _Walk, merges: list[int]) -> dict[int, tuple[int, int]]:
     """node -> (merge index, input index) for nodes on exactly one input path of their first downstream merge.
 
@@ -402,6 +432,9 @@ def trace(model: nn.Module, input_size: tuple[int, ...] | None = None) -> Graph:
 
     merges = sorted((n for n in walk.nodes if walk.is_merge(n)), key=walk.seq)
     blocks = _split_blocks(walk, reached, consumer, merges)
+    gates = _gate_paths(walk)
+    for unit in reached:
+        unit.gate = consumer[unit.name] in gates
     return Graph(reached, blocks, unreached, size, meta, aliases, tuple(outputs[0].shape))
 
 

@@ -52,6 +52,7 @@ class Features:
     depth: np.ndarray  # relative depth inside the block in [0, 1]
     branch: np.ndarray  # int
     activation: np.ndarray  # object (strings)
+    gate: np.ndarray  # bool: the layer feeds a squeeze-excite style gate
 
 
 _MAX_RANK = 5
@@ -81,6 +82,7 @@ def features(units: list[Unit]) -> Features:
         depth=np.array([u.depth / max(u.block_len - 1, 1) for u in units]),
         branch=np.array([u.branch for u in units], dtype=int),
         activation=np.array([u.activation for u in units], dtype=object),
+        gate=np.array([u.gate for u in units], dtype=bool),
     )
 
 
@@ -98,7 +100,9 @@ def score_matrix(s: Features, t: Features) -> np.ndarray:
         "activation": (s.activation[:, None] == t.activation[None, :]).astype(float),
     }
     total = sum(WEIGHTS[k] * terms[k] for k in WEIGHTS) / sum(WEIGHTS.values())
-    compatible = (kind > 0) & (s.rank[:, None] == t.rank[None, :])
+    # a gate's small convolutions (C -> C/4 -> C on pooled features) and a main-path layer do different jobs: a
+    # free-gap alignment would otherwise happily seed one from the other
+    compatible = (kind > 0) & (s.rank[:, None] == t.rank[None, :]) & (s.gate[:, None] == t.gate[None, :])
     return np.where(compatible, np.clip(total, 0.0, 1.0), -1.0)
 
 
