@@ -80,6 +80,18 @@ def test_evaluating_does_not_change_training(data):
                                                   strict=True))
 
 
+def test_warmup_starts_with_small_steps_and_reaches_the_full_rate(data):
+    """With warmup the first step moves the weights much less than without; the default (0) is the protocol's."""
+    start = cv.build("resnet10t", data.num_classes, 0)
+    moved = {}
+    for warmup in (0, 9):
+        model = cv.build("resnet10t", data.num_classes, 0)
+        cv.train(model, data, steps=1, seed=0, eval_every=0, warmup=warmup)
+        moved[warmup] = max((a - b).abs().max().item() for a, b in zip(model.parameters(), start.parameters(),
+                                                                       strict=True))
+    assert 0 < moved[9] < 0.2 * moved[0], moved  # Adam's first step is about lr per weight: lr / 10 here
+
+
 def test_workers_give_the_same_curves_as_one_process(data):
     """Two spawned single-thread workers run the same jobs as the in-process path, bit for bit."""
     students = (cv.Student("tiny", "resnet10t", teacher="resnet10t", methods=("kaiming", "tli")),)

@@ -52,7 +52,7 @@ class Features:
     depth: np.ndarray  # relative depth inside the block in [0, 1]
     branch: np.ndarray  # int
     activation: np.ndarray  # object (strings)
-    gate: np.ndarray  # bool: the layer feeds a squeeze-excite style gate
+    gate: np.ndarray  # bool: the layer only feeds a sigmoid gate (squeeze-excite)
 
 
 _MAX_RANK = 5
@@ -270,8 +270,8 @@ def _partner_norms(student: Graph, teacher: Graph, scores: np.ndarray,
     A norm normalises the layer just before it, so it belongs with that layer: when the layer was seeded from teacher
     layer j and j is followed by a norm, that norm's statistics and affine describe the very channels the layer's
     weights now come from. The gap filler finds no norm where the teacher units around a gap are all convolutions
-    (efficientnet_b0 -> mnasnet_100 left 11 norms at init that way). Borrowed, like a gap filled from a window: not
-    counted in the score.
+    (efficientnet_b0 -> b1 left its last block's projection norm at init that way). Borrowed, like a gap filled from
+    a window: not counted in the score.
     """
     out = {}
     for i in range(1, len(student.units)):
