@@ -80,7 +80,7 @@ def test_evaluating_does_not_change_training(data):
                                                   strict=True))
 
 
-def test_warmup_starts_with_small_steps_and_reaches_the_full_rate(data):
+def test_warmup_makes_the_first_steps_small(data):
     """With warmup the first step moves the weights much less than without; the default (0) is the protocol's."""
     start = cv.build("resnet10t", data.num_classes, 0)
     moved = {}

@@ -105,6 +105,8 @@ def test_traps_are_handled():
         (["proj"], ""),
     ], blocks
     assert [u.name for u in graph.units if u.gate] == ["gate"]
+    stem = graph.units[0]
+    assert stem.activation == "relu" and stem.kind == "conv"
 
 
 class TwoGates(nn.Module):
@@ -133,8 +135,6 @@ def test_the_layers_of_a_sigmoid_gate_are_marked_and_no_others():
     gates = {u.name for u in trace(model, (3, 32, 32)).units if u.gate}
     se_convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and ".se." in n}
     assert se_convs and gates == se_convs, "exactly squeeze-excite's convolutions are gate layers"
-    stem = graph.units[0]
-    assert stem.activation == "relu" and stem.kind == "conv"
 
 
 def test_resnet_blocks_branches_and_activations():

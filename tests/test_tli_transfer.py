@@ -6,7 +6,15 @@ import timm
 import torch
 from torch import nn
 
-from kaggle_tli.tli import match, rank_teachers, recalibrate_norms, similarity_matrix, tli_score, trace, transfer
+from kaggle_tli.tli import (
+    match,
+    rank_teachers,
+    recalibrate_norms,
+    similarity_matrix,
+    tli_score,
+    trace,
+    transfer,
+)
 from kaggle_tli.tli.match import match_graphs
 
 # family -> (timm name, extra kwargs, input size); small inputs keep this fast
