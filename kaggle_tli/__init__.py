@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "rank_teachers": "kaggle_tli.tli",
     "trace": "kaggle_tli.tli",
     "recalibrate_norms": "kaggle_tli.tli",
+    "refit_head": "kaggle_tli.tli",
     # stage 3: transfer() accepts modules, run directories and weight files
     "transfer": "kaggle_tli.inject",
     "inject": "kaggle_tli.inject",

@@ -104,8 +104,8 @@ def cmd_iterate(args: argparse.Namespace) -> int:
     data = _load_data(args, run=args.prev_run) if args.data else None
     run = iterate(args.prev_run, args.arch, data, init=args.init, which=args.which, lam=args.lam, top_k=args.top_k,
                   transfer_norm=not args.no_norm, extra_blocks=args.extra_blocks,
-                  activation_scale=args.activation_scale, recalibrate=not args.no_recalibrate, runs=args.runs,
-                  notes=args.notes, **_train_config(args))
+                  activation_scale=args.activation_scale, recalibrate=not args.no_recalibrate,
+                  refit_head=not args.no_refit_head, runs=args.runs, notes=args.notes, **_train_config(args))
     if run.report is not None:
         print(run.report.summary())
     print(f"{run.id} (parent {run.parent_id}): cv {run.metrics.get('cv')} -> {run.path}")
@@ -247,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_transfer_options(p)
     p.add_argument("--init", choices=("tli", "kaiming"), default="tli")
     p.add_argument("--no-recalibrate", action="store_true", help="keep the injected BatchNorm statistics")
+    p.add_argument("--no-refit-head", action="store_true",
+                   help="keep the injected classifier even where a linear probe on a few batches predicts better")
     p.add_argument("--notes", default="", help="free text for the ledger")
     _add_data_options(p, required=False)
     _add_train_options(p)

@@ -70,3 +70,24 @@ def test_iterate_and_predict_reuse_the_runs_recorded_data_options(tmp_path, make
     assert data.image_size in (32, (32, 32)) and data.folds == 2, "the run's options, not the CLI defaults"
     args = build_parser().parse_args(["predict", str(run.path), "--data", str(root), "--image-size", "48"])
     assert _load_data(args, run=args.run).image_size in (48, (48, 48)), "an explicit option wins"
+
+
+def test_iterate_passes_the_refit_switches_through(monkeypatch, capsys):
+    import importlib
+
+    it = importlib.import_module("kaggle_tli.iterate")  # the package's `iterate` attribute is the function
+    seen = {}
+
+    class FakeRun:
+        id, parent_id, metrics, path, report = "child", "parent", {"cv": 0.5}, "runs/child", None
+
+    def fake_iterate(prev_run, arch, data, **kw):
+        seen.update(kw, prev_run=prev_run, arch=arch)
+        return FakeRun()
+
+    monkeypatch.setattr(it, "iterate", fake_iterate)
+    assert main(["iterate", "parent", "resnet18", "--no-refit-head"]) == 0
+    assert seen["refit_head"] is False and seen["recalibrate"] is True and seen["arch"] == "resnet18"
+    assert main(["iterate", "parent", "resnet18", "--no-recalibrate"]) == 0
+    assert seen["refit_head"] is True and seen["recalibrate"] is False
+    assert "child (parent parent)" in capsys.readouterr().out

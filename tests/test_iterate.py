@@ -42,6 +42,8 @@ def test_iterate_with_tli_beats_kaiming_at_the_first_step_and_keeps_lineage(teac
         f"TLI student starts at {_start_metric(tli):.2f}, Kaiming at {_start_metric(scratch):.2f}"
     )
     assert tli.report is not None and tli.report.coverage > 0.9
+    assert tli.info["extra"]["head_refit"]["refitted"] is False, "a same-family head already fits: kept"
+    assert "head_refit" not in scratch.info["extra"], "a Kaiming student keeps timm's init"
     assert (tli.path / "transfer.csv").is_file() and not (scratch.path / "transfer.csv").exists()
     reloaded = load_run(tli.path).report  # read back from transfer.csv and run.json
     assert len(reloaded.rows) > 50 and reloaded.coverage == pytest.approx(tli.report.coverage)
@@ -55,6 +57,18 @@ def test_iterate_with_tli_beats_kaiming_at_the_first_step_and_keeps_lineage(teac
                                                                              "resnet10t")
     assert 0 < row["tli_score"] <= 1 and row["coverage"] > 0.9 and row["status"] == "done"
     assert ledger.get(scratch.id)["init"] == "kaiming" and ledger.get(scratch.id)["tli_score"] is None
+
+
+def test_across_families_the_classifier_is_refitted_and_the_student_starts_above_chance(teacher):
+    run, data, _ = teacher
+    common = dict(max_steps=1, eval_at_start=True)
+    probed = iterate(run, "mobilenetv3_small_050", data, **common)
+    plain = iterate(run, "mobilenetv3_small_050", data, refit_head=False, **common)
+
+    head = probed.info["extra"]["head_refit"]
+    assert head["refitted"] and head["accuracy_probe"] >= head["accuracy_before"] + 0.05, head
+    assert "head_refit" not in plain.info["extra"]
+    assert _start_metric(probed) > max(0.5, _start_metric(plain) + 0.2), (_start_metric(probed), _start_metric(plain))
 
 
 def test_iterate_from_a_run_id_and_a_chain_of_runs(teacher):

@@ -5,11 +5,13 @@
     inject     inject.py  ComboInjection (centre crop + resize) for any rank, top-k mixing
     sharpen    activation.py  a smooth activation replacing the teacher's ReLU made to act like it (norms x s)
     score      score.py   tli_score, similarity_matrix, rank_teachers
+    refit      norm.py, head.py   BatchNorm statistics and the classifier fitted on a few batches (needs data)
     report     report.py  TransferReport: one row per student tensor
 """
 
 from .api import transfer
 from .graph import Graph, TraceError, Unit, trace
+from .head import HeadRefit, refit_head
 from .inject import center_crop, combo_injection, resize
 from .norm import recalibrate_norms
 from .report import TransferReport
@@ -17,6 +19,7 @@ from .score import rank_teachers, similarity_matrix, tli_score
 
 __all__ = [
     "Graph",
+    "HeadRefit",
     "TraceError",
     "TransferReport",
     "Unit",
@@ -24,6 +27,7 @@ __all__ = [
     "combo_injection",
     "rank_teachers",
     "recalibrate_norms",
+    "refit_head",
     "resize",
     "similarity_matrix",
     "tli_score",
