@@ -33,6 +33,8 @@ def test_convergence_run_summary_and_plot(data, tmp_path):
     assert set(curves["method"]) == {"kaiming", "tli", "same_name"} and list(teacher_frame["teacher"]) == ["resnet10t"]
     assert sorted(set(curves["step"])) == [0, 2, 4], "evaluated from step 0"
     assert curves[["accuracy", "accuracy_precise"]].notna().all().all(), "both metrics at every evaluation"
+    probed = curves.groupby("method")["head_acc_probe"].apply(lambda v: v.notna().all())
+    assert probed["tli"] and not probed["kaiming"], "tli refits the head where a probe helps, as iterate does"
     assert list(teacher_frame.columns) == ["teacher", "seed", "teacher_accuracy_precise", "teacher_accuracy"]
     table = cv.summarise(curves)
     assert {"acc_step0", "acc_final", "max_std", "steps_to_kaiming_final"} <= set(table.columns)

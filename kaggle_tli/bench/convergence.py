@@ -14,6 +14,8 @@ Methods (all side by side in one run):
                  `ignore_mismatched_sizes`)
     tli          kaggle_tli's transfer with its defaults, plus variants over lam, top_k and norm transfer
     +recal       any of the above followed by re-estimating BatchNorm statistics on a few training batches
+    +probe       +recal, then the classifier refitted on the same batches where a linear probe predicts clearly
+                 better (`kaggle_tli.tli.refit_head`); `tli` does both, as `kaggle_tli.iterate` does
 """
 
 from __future__ import annotations
@@ -259,27 +261,32 @@ def _tli(**kw) -> Callable[[nn.Module, nn.Module], dict]:
 
 @dataclass(frozen=True)
 class Method:
-    """How a student starts: an init function (student, teacher) -> info, then optionally refitted BatchNorm."""
+    """How a student starts: an init function (student, teacher) -> info, then optionally refitted BatchNorm
+    statistics and then a refitted classifier, both on the same few training batches."""
 
     init: Callable[[nn.Module, nn.Module], dict]
     recal: bool = False
+    probe: bool = False
 
 
-# `tli` is what `kaggle_tli.iterate` does by default: transfer() with its defaults, then BatchNorm refitted on a few
-# training batches. The variants change one thing each.
+# `tli` is what `kaggle_tli.iterate` does by default: transfer() with its defaults, then BatchNorm statistics and
+# (where a probe predicts clearly better) the classifier refitted on a few training batches. The variants change one
+# thing each; `tli no refit` is transfer() alone, with no data at all.
 METHODS: dict[str, Method] = {
     "kaiming": Method(lambda s, t: {}),
     "kaiming+recal": Method(lambda s, t: {}, recal=True),
+    "kaiming+probe": Method(lambda s, t: {}, recal=True, probe=True),
     "xavier": Method(_xavier),
     "same_name": Method(_same_name),
     "same_name+recal": Method(_same_name, recal=True),
-    "tli": Method(_tli(), recal=True),
-    "tli no recal": Method(_tli()),
-    "tli top_k=1": Method(_tli(top_k=1), recal=True),
-    "tli lam=0": Method(_tli(lam=0.0), recal=True),
-    "tli lam=1": Method(_tli(lam=1.0), recal=True),
-    "tli no norm": Method(_tli(transfer_norm=False), recal=True),
-    "tli extra_blocks=copy": Method(_tli(extra_blocks="copy"), recal=True),
+    "tli": Method(_tli(), recal=True, probe=True),
+    "tli no probe": Method(_tli(), recal=True),
+    "tli no refit": Method(_tli()),
+    "tli top_k=1": Method(_tli(top_k=1), recal=True, probe=True),
+    "tli lam=0": Method(_tli(lam=0.0), recal=True, probe=True),
+    "tli lam=1": Method(_tli(lam=1.0), recal=True, probe=True),
+    "tli no norm": Method(_tli(transfer_norm=False), recal=True, probe=True),
+    "tli extra_blocks=copy": Method(_tli(extra_blocks="copy"), recal=True, probe=True),
 }
 QUICK_METHODS = ("kaiming", "same_name", "tli")
 
@@ -298,7 +305,8 @@ def baseline_methods() -> dict[str, Method]:
         import iatransfer.toolkit  # noqa: F401
     except Exception:  # noqa: BLE001 - any import failure means the baseline is not available
         return {}
-    return {"iatransfer": Method(_iatransfer), "iatransfer+recal": Method(_iatransfer, recal=True)}
+    return {"iatransfer": Method(_iatransfer), "iatransfer+recal": Method(_iatransfer, recal=True),
+            "iatransfer+probe": Method(_iatransfer, recal=True, probe=True)}
 
 
 def all_methods() -> dict[str, Method]:
@@ -310,6 +318,15 @@ def recalibrate(model: nn.Module, data: ArrayData, *, batches: int = 8, batch_si
     from kaggle_tli.tli import recalibrate_norms
 
     recalibrate_norms(model, (x for x, _ in data.batches(batches, batch_size, seed + 10_000)), max_batches=batches)
+
+
+def probe_head(model: nn.Module, data: ArrayData, *, batches: int = 8, batch_size: int = 64, seed: int = 0) -> dict:
+    """`refit_head` on the batches `recalibrate` used (what `iterate` does); returns its verdict as row fields."""
+    from kaggle_tli.tli import refit_head
+
+    result = refit_head(model, data.batches(batches, batch_size, seed + 10_000), max_batches=batches)
+    return {"head_refitted": result.refitted, "head_acc_before": result.accuracy_before,
+            "head_acc_probe": result.accuracy_probe}
 
 
 # --------------------------------------------------------------------------------------------------- runs
@@ -446,6 +463,8 @@ def _student_job(data: ArrayData, cfg: Config, st: Student, name: str, seed: int
     info = method.init(student, teacher)
     if method.recal:
         recalibrate(student, data, batches=cfg.recal_batches, batch_size=cfg.batch_size, seed=seed)
+    if method.probe:
+        info |= probe_head(student, data, batches=cfg.recal_batches, batch_size=cfg.batch_size, seed=seed)
     init_s = time.perf_counter() - start
     curve = train(student, data, steps=cfg.steps, seed=seed, lr=cfg.lr, batch_size=cfg.batch_size,
                   eval_every=cfg.eval_every, channels_last=cfg.channels_last, warmup=cfg.warmup, progress=progress,

@@ -4,7 +4,8 @@ One student (mnasnet_100, the paper's) learns from several teachers, each traine
 held-out accuracy reaches the same target (`--target`): a better teacher gives a better student whatever the score, so
 teachers trained for a fixed number of steps (resnet18 at 0.88, spnasnet_100 at 0.58) would rank by their own
 accuracy. For every teacher: its TLI score against the student, its own accuracy and training steps, and the
-student's accuracy curve after injection (kaggle-tli's defaults, BatchNorm refitted). The Spearman rank correlation
+student's accuracy curve after injection (kaggle-tli's defaults: BatchNorm and, where a probe helps, the classifier
+refitted on 8 batches). The Spearman rank correlation
 between TLI score and the student's mean accuracy over the curve says whether the score is worth ranking teachers by
 (`kaggle_tli.rank_teachers`).
 """
@@ -60,6 +61,7 @@ def _student_job(data: cv.ArrayData, student: str, teacher_name: str | None, tea
         score = tli_score(teacher, cv.build(student, data.num_classes, 0), input_size=(3, 32, 32))
         cv.METHODS["tli"].init(model, teacher)
         cv.recalibrate(model, data, seed=seed)
+        cv.probe_head(model, data, seed=seed)  # as iterate does: the classifier refitted where a probe helps
     curve = cv.train(model, data, steps=steps, seed=seed, eval_every=eval_every, channels_last=True,
                      progress=progress, desc=f"{student} <- {teacher_name or 'Kaiming init'} s{seed}")
     return [dict(teacher=teacher_name or "(none)", method="tli" if teacher_name else "kaiming", tli_score=score,
@@ -67,8 +69,8 @@ def _student_job(data: cv.ArrayData, student: str, teacher_name: str | None, tea
 
 
 def summarise(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per teacher: score, teacher accuracy and training steps, the student's accuracy at N/4 and N and its mean over
-    the curve (BatchNorm refitted before each evaluation; the mean in plain eval mode too). Sorted by TLI score, the
+    """Per teacher: score, teacher accuracy and training steps, the student's accuracy at 0, N/4 and N and its mean
+    over the curve (BatchNorm refitted before each evaluation; the mean in plain eval mode too). Sorted by TLI score, the
     Kaiming row last."""
     last = curves["step"].max()
     table = []
@@ -77,7 +79,8 @@ def summarise(curves: pd.DataFrame) -> pd.DataFrame:
         quarter = mean.index[abs(mean.index - last / 4).argmin()]
         table.append({"teacher": teacher, "tli_score": g["tli_score"].iloc[0], "teacher_acc": g["teacher_acc"].iloc[0],
                       "teacher_steps": g["teacher_steps"].iloc[0],
-                      "acc_quarter": mean.loc[quarter], "acc_final": mean.loc[last], "acc_mean": mean.mean(),
+                      "acc_start": mean.iloc[0], "acc_quarter": mean.loc[quarter], "acc_final": mean.loc[last],
+                      "acc_mean": mean.mean(),
                       "acc_mean_evalmode": g.groupby("step")["accuracy"].mean().mean()})
     frame = pd.DataFrame(table).sort_values("tli_score", ascending=False, na_position="last")
     return frame.reset_index(drop=True)
@@ -94,6 +97,7 @@ def rank_correlation(frame: pd.DataFrame, column: str) -> tuple[float, float]:
 
 CORRELATIONS = {  # column -> what it says, for the notes under the table and the plot
     "acc_mean": "the student's mean accuracy (the question)",
+    "acc_start": "the student's accuracy at step 0 (its transferred features, read by the refitted classifier)",
     "teacher_acc": "the teacher's own accuracy (a confound: a better teacher gives a better student)",
 }
 
