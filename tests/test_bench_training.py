@@ -123,6 +123,15 @@ def test_norm_chain_and_teachers_correlation(data, tmp_path):
     assert list(tmp_path.glob("teacher-*.safetensors")), "teachers are cached for the next run"
 
 
+def test_a_misspelt_teacher_fails_before_anything_trains(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        teachers.main(["--teachers", "resnet18", "mobilenetv2_10", "--out", str(tmp_path / "t")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "mobilenetv2_10" in err and "mobilenetv2_100" in err, "the closest known names are suggested"
+    assert not (tmp_path / "t").exists(), "nothing was created"
+
+
 def test_teacher_trains_until_it_reaches_the_target_accuracy(data, tmp_path):
     _, reached = cv.get_teacher("resnet10t", data, steps=6, seed=0, cache=tmp_path, target=0.0, check_every=2,
                                 progress=False)

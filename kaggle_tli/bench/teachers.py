@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 from scipy.stats import spearmanr
 
+from ..registry import arch_info
 from . import convergence as cv
 from ._pool import run_jobs, split_cores
 from ._report import float_formats, prepare_dir, write_table
@@ -153,15 +154,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "%(default)s)")
     parser.add_argument("--target", type=float, default=TARGET, help="held-out accuracy every teacher trains to "
                         "(default: %(default)s; 0: train exactly --teacher-steps)")
+    parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), metavar="ARCH",
+                        help="timm names of the teachers (default: the paper's ten)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="3 teachers, 150 teacher steps, 50 student steps")
     args = parser.parse_args(argv)
+    try:  # a misspelt teacher fails now, with the closest names, not after the others trained
+        for name in (*args.teachers, STUDENT):
+            arch_info(name)
+    except KeyError as e:
+        parser.exit(2, f"error: {e}\n")
     out, data = cv.prepare(parser, args)
-    teachers, t_steps, steps, seeds = TEACHERS, args.teacher_steps, args.steps, tuple(range(args.seeds))
+    teachers, t_steps, steps, seeds = tuple(args.teachers), args.teacher_steps, args.steps, tuple(range(args.seeds))
     target = args.target or None
     if args.quick:
-        teachers, t_steps, target, steps, seeds = TEACHERS[:3], 150, None, 50, (0,)
+        teachers, t_steps, target, steps, seeds = teachers[:3], 150, None, 50, (0,)
     workers, threads = split_cores(args.workers, args.threads)
     start = time.perf_counter()
     curves = run(data, teachers=teachers, teacher_steps=t_steps, target=target, steps=steps, seeds=seeds,
