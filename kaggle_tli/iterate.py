@@ -1,8 +1,9 @@
 """`iterate(prev_run, new_arch)`: stages 3 and 4 in one call, the loop a Kaggle competitor runs all day.
 
 Take the last good run, build the edited architecture from the registry, inject the run's weights with TLI, refit the
-BatchNorm statistics and (where it helps) the classifier on a few training batches, train, and record the new run in the ledger with its parent, TLI score
-and coverage. `init="kaiming"` does the same without the injection, for a side-by-side comparison.
+BatchNorm statistics and (where it helps) the classifier on a few training batches, train, and record the new run in
+the ledger with its parent, TLI score and coverage. `init="kaiming"` does the same without the injection, for a
+side-by-side comparison.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def iterate(
     data: the competition data; default: rebuilt from the description in prev_run's run.json.
     init: "tli" (inject prev_run's `which` weights: "last", "best" or "ema") or "kaiming" (timm's default init).
     lam, top_k, transfer_norm, extra_blocks, activation_scale: TLI options (see `kaggle_tli.transfer`).
-    recalibrate: refit BatchNorm running statistics on `recalibrate_batches` training batches before training,
-        so the student's evaluation is meaningful from step 0.
+    recalibrate: refit BatchNorm running statistics on `recalibrate_batches` training batches (un-augmented, never
+        the validation fold) before training, so the student's evaluation is meaningful from step 0.
     refit_head: after a TLI injection, fit a linear probe on the same batches and keep it as the classifier if it
         predicts clearly better than the injected head on the half of them it was not fitted on (across families the
         injected head reads scrambled features: chance at step 0, 0.58 with the probe in the benchmark; a
