@@ -117,7 +117,7 @@ def test_norm_chain_and_teachers_correlation(data, tmp_path):
                           teacher_steps=2, steps=2, seeds=(0,), eval_every=2, threads=1, cache=tmp_path)
     table = teachers.summarise(frames)
     assert len(table) == 4 and table["tli_score"].notna().sum() == 3, "three teachers and the Kaiming row"
-    assert all(-1 <= teachers.rank_correlation(table, c)[0] <= 1 for c in teachers.CORRELATIONS)
+    assert all(-1 <= teachers.rank_correlation(table, x, y)[0] <= 1 for x, y in teachers.CORRELATIONS)
     md = teachers.write_results(frames, tmp_path / "out").read_text()
     assert md.count("Spearman rho") == len(teachers.CORRELATIONS) and (tmp_path / "out" / "teachers.png").exists()
     assert list(tmp_path.glob("teacher-*.safetensors")), "teachers are cached for the next run"

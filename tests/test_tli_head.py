@@ -93,3 +93,48 @@ def test_bad_input_is_explained_and_changes_nothing():
     with pytest.raises(ValueError, match="no nn.Linear"):
         refit_head(nn.Sequential(nn.Conv2d(3, 2, 1)), _batches())
     assert torch.equal(net[4].weight, weight)
+
+
+def _conv_net() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 3))
+
+
+def _colour_batches(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Class c: channel c is bright. Easy for a trained conv, impossible for one whose filters are all zero."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        y = torch.randint(0, 3, (24,), generator=g)
+        x = torch.randn(24, 3, 8, 8, generator=g) * 0.5
+        x[torch.arange(24), y] += 2.0
+        out.append((x, y))
+    return out
+
+
+def test_rank_teachers_with_data_puts_the_teacher_whose_features_carry_the_task_first():
+    from kaggle_tli.tli import rank_teachers
+
+    torch.manual_seed(0)
+    trained, dead, student = _conv_net(), _conv_net(), _conv_net()
+    opt = torch.optim.Adam(trained.parameters(), lr=0.05)
+    for x, y in _colour_batches(30, seed=1):
+        opt.zero_grad()
+        nn.functional.cross_entropy(trained(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        dead[0].weight.zero_()
+        dead[0].bias.zero_()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    batches = iter(_colour_batches(20, seed=2))
+
+    by_score = rank_teachers(student, {"dead": dead, "trained": trained}, input_size=(3, 8, 8))
+    by_start = rank_teachers(student, {"dead": dead, "trained": trained}, input_size=(3, 8, 8), batches=batches,
+                             max_batches=6, progress=False)
+
+    assert list(by_score["tli_score"]) == [1.0, 1.0] and "start_accuracy" not in by_score, "same architecture"
+    assert list(by_start["teacher"]) == ["trained", "dead"], by_start
+    start = by_start.set_index("teacher")["start_accuracy"]
+    assert start["trained"] > 0.9 and start["dead"] < 0.6, start
+    assert len(list(batches)) == 14, "only max_batches are drawn, and every candidate sees the same ones"
+    assert all(torch.equal(student.state_dict()[k], v) for k, v in before.items()), "the student is never changed"

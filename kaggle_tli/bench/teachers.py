@@ -5,9 +5,9 @@ held-out accuracy reaches the same target (`--target`): a better teacher gives a
 teachers trained for a fixed number of steps (resnet18 at 0.88, spnasnet_100 at 0.58) would rank by their own
 accuracy. For every teacher: its TLI score against the student, its own accuracy and training steps, and the
 student's accuracy curve after injection (kaggle-tli's defaults: BatchNorm and, where a probe helps, the classifier
-refitted on 8 batches). The Spearman rank correlation
-between TLI score and the student's mean accuracy over the curve says whether the score is worth ranking teachers by
-(`kaggle_tli.rank_teachers`).
+refitted on 8 batches). The Spearman rank correlation between TLI score and the student's mean accuracy over the curve
+says whether the score is worth ranking teachers by; the one between the student's accuracy at step 0 and its mean
+after step 0 says whether ranking by the injected student's start (`kaggle_tli.rank_teachers` given batches) is.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from ._report import float_formats, prepare_dir, write_table
 
 STUDENT = "mnasnet_100"
 TEACHERS = ("spnasnet_100", "mobilenetv2_100", "tf_efficientnet_b0", "mobilenetv3_large_100", "regnetx_002",
-            "resnet18", "semnasnet_100", "efficientnet_lite0", "fbnetc_100", "ghostnet_100")
+            "resnet18", "semnasnet_100", "efficientnet_lite0", "fbnetc_100", "ghostnet_100",
+            # the rest of the Fig. 7 models (bench/transfer.py), added together before any of them had been run
+            "mobilenetv3_small_100", "mixnet_s", "efficientnet_b0", "mnasnet_small", "mobilenetv2_050", "lcnet_100",
+            "regnety_002")
 TARGET = 0.70  # every teacher trains until its held-out accuracy reaches this
 CHECK_EVERY = 10  # steps between checks: resnet18 passes 0.70 within its first 50 steps
 
@@ -70,8 +73,8 @@ def _student_job(data: cv.ArrayData, student: str, teacher_name: str | None, tea
 
 
 def summarise(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per teacher: score, teacher accuracy and training steps, the student's accuracy at 0, N/4 and N and its mean
-    over the curve (BatchNorm refitted before each evaluation; the mean in plain eval mode too). Sorted by TLI score, the
+    """Per teacher: score, teacher accuracy and training steps, the student's accuracy at 0, N/4 and N, its mean
+    over the curve and over the evaluations after step 0 (BatchNorm refitted before each evaluation; the mean in plain eval mode too). Sorted by TLI score, the
     Kaiming row last."""
     last = curves["step"].max()
     table = []
@@ -81,30 +84,37 @@ def summarise(curves: pd.DataFrame) -> pd.DataFrame:
         table.append({"teacher": teacher, "tli_score": g["tli_score"].iloc[0], "teacher_acc": g["teacher_acc"].iloc[0],
                       "teacher_steps": g["teacher_steps"].iloc[0],
                       "acc_start": mean.iloc[0], "acc_quarter": mean.loc[quarter], "acc_final": mean.loc[last],
-                      "acc_mean": mean.mean(),
+                      "acc_mean": mean.mean(), "acc_later": mean.iloc[1:].mean(),
                       "acc_mean_evalmode": g.groupby("step")["accuracy"].mean().mean()})
     frame = pd.DataFrame(table).sort_values("tli_score", ascending=False, na_position="last")
     return frame.reset_index(drop=True)
 
 
-def rank_correlation(frame: pd.DataFrame, column: str) -> tuple[float, float]:
-    """Spearman's rho between TLI score and `column` over the teachers, with its p-value (nan below 3 teachers)."""
+def rank_correlation(frame: pd.DataFrame, x: str, y: str) -> tuple[float, float]:
+    """Spearman's rho between columns `x` and `y` over the teachers, with its p-value (nan below 3 teachers)."""
     scored = frame.dropna(subset=["tli_score"])
     if len(scored) < 3:
         return float("nan"), float("nan")
-    rho, p = spearmanr(scored["tli_score"], scored[column])
+    rho, p = spearmanr(scored[x], scored[y])
     return float(rho), float(p)
 
 
-CORRELATIONS = {  # column -> what it says, for the notes under the table and the plot
-    "acc_mean": "the student's mean accuracy (the question)",
-    "acc_start": "the student's accuracy at step 0 (its transferred features, read by the refitted classifier)",
-    "teacher_acc": "the teacher's own accuracy (a confound: a better teacher gives a better student)",
+CORRELATIONS = (  # (x, y) pairs, a Spearman rho each under the table and a scatter each in the plot
+    ("tli_score", "acc_mean"),  # the question: does a more similar architecture make a faster student?
+    ("tli_score", "teacher_acc"),  # a confound: a better teacher gives a better student whatever the score
+    ("acc_start", "acc_later"),  # rank_teachers with data: does the injected student's start predict the rest?
+)
+LABELS = {
+    "tli_score": "TLI score (teacher vs student)",
+    "acc_mean": "the student's mean accuracy",
+    "teacher_acc": "the teacher's own accuracy",
+    "acc_start": "the student's accuracy at step 0 (after both refits)",
+    "acc_later": "the student's mean accuracy after step 0",
 }
 
 
 def plot(curves: pd.DataFrame, frame: pd.DataFrame, path: Path, student: str = STUDENT) -> Path:
-    """Left: the student's curve from each teacher; then one scatter per entry of CORRELATIONS against TLI score."""
+    """Left: the student's curve from each teacher; then one scatter per pair in CORRELATIONS."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,13 +131,12 @@ def plot(curves: pd.DataFrame, frame: pd.DataFrame, path: Path, student: str = S
     left.legend(fontsize=7, loc="lower right")
     left.grid(alpha=0.3)
     scored = frame.dropna(subset=["tli_score"])
-    for ax, (column, meaning) in zip(axes[1:], CORRELATIONS.items(), strict=True):
-        rho, _ = rank_correlation(frame, column)
-        ax.scatter(scored["tli_score"], scored[column])
+    for ax, (x, y) in zip(axes[1:], CORRELATIONS, strict=True):
+        rho, _ = rank_correlation(frame, x, y)
+        ax.scatter(scored[x], scored[y])
         for _, r in scored.iterrows():
-            ax.annotate(r["teacher"], (r["tli_score"], r[column]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-        ax.set(xlabel="TLI score (teacher vs student)", ylabel=meaning.split(" (")[0], title=f"Spearman rho = {rho:.2f}")
+            ax.annotate(r["teacher"], (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set(xlabel=LABELS[x], ylabel=LABELS[y], title=f"Spearman rho = {rho:.2f}")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -136,13 +145,13 @@ def plot(curves: pd.DataFrame, frame: pd.DataFrame, path: Path, student: str = S
 
 
 def write_results(curves: pd.DataFrame, out: Path) -> Path:
-    """teachers_curves.csv, teachers.md/.csv (the table, then one Spearman rho per entry of CORRELATIONS) and
+    """teachers_curves.csv, teachers.md/.csv (the table, then one Spearman rho per pair in CORRELATIONS) and
     teachers.png; returns the markdown file."""
     out = prepare_dir(out)
     curves.to_csv(out / "teachers_curves.csv", index=False)
     frame = summarise(curves)
-    notes = [f"Spearman rho, TLI score vs {meaning}: {rho:.2f} (p = {p:.2f})"
-             for column, meaning in CORRELATIONS.items() for rho, p in [rank_correlation(frame, column)]]
+    notes = [f"Spearman rho, {LABELS[x]} vs {LABELS[y]}: {rho:.2f} (p = {p:.2f})"
+             for x, y in CORRELATIONS for rho, p in [rank_correlation(frame, x, y)]]
     plot(curves, frame, out / "teachers.png")
     formats = {**float_formats(frame), "teacher_steps": ".0f"}  # a count (a float column: blank for Kaiming init)
     return write_table(frame, out, "teachers", formats=formats, notes=notes)[1]
@@ -155,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=TARGET, help="held-out accuracy every teacher trains to "
                         "(default: %(default)s; 0: train exactly --teacher-steps)")
     parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), metavar="ARCH",
-                        help="timm names of the teachers (default: the paper's ten)")
+                        help="timm names of the teachers (default: resnet18 and every Fig. 7 model but the student, 17)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="3 teachers, 150 teacher steps, 50 student steps")

@@ -4,7 +4,8 @@
     match      match.py   score every pair as arrays; order-preserving block and layer alignment
     inject     inject.py  ComboInjection (centre crop + resize) for any rank, top-k mixing
     sharpen    activation.py  a smooth activation replacing the teacher's ReLU made to act like it (norms x s)
-    score      score.py   tli_score, similarity_matrix, rank_teachers
+    score      score.py   tli_score, similarity_matrix
+    rank       rank.py    rank_teachers: by TLI score, or by how well the injected student starts (needs data)
     refit      norm.py, head.py   BatchNorm statistics and the classifier fitted on a few batches (needs data)
     report     report.py  TransferReport: one row per student tensor
 """
@@ -14,8 +15,9 @@ from .graph import Graph, TraceError, Unit, trace
 from .head import HeadRefit, refit_head
 from .inject import center_crop, combo_injection, resize
 from .norm import recalibrate_norms
+from .rank import rank_teachers
 from .report import TransferReport
-from .score import rank_teachers, similarity_matrix, tli_score
+from .score import similarity_matrix, tli_score
 
 __all__ = [
     "Graph",

@@ -40,14 +40,3 @@ def similarity_matrix(models: Mapping[str, nn.Module], *, input_size: tuple[int,
     for i, j in tqdm(pairs, desc="score", disable=not progress):
         out[i, j] = out[j, i] = graph_score(graphs[names[i]], graphs[names[j]])
     return pd.DataFrame(out, index=names, columns=names)
-
-
-def rank_teachers(student: nn.Module, candidates: Mapping[str, nn.Module] | list[nn.Module], *,
-                  input_size: tuple[int, ...] | None = None) -> pd.DataFrame:
-    """Candidate teachers ordered by TLI score against `student`, best first (paper: pick the most similar one)."""
-    if not isinstance(candidates, Mapping):
-        candidates = {f"{i}:{type(m).__name__}": m for i, m in enumerate(candidates)}
-    s_graph = trace(student, input_size)
-    rows = [{"teacher": name, "tli_score": graph_score(s_graph, trace(m, input_size))} for name, m in candidates.items()]
-    frame = pd.DataFrame(rows, columns=["teacher", "tli_score"])
-    return frame.sort_values("tli_score", ascending=False, kind="stable").reset_index(drop=True)
