@@ -1,6 +1,7 @@
 """Refitting the classifier after an injection: a linear probe, kept only where it predicts clearly better."""
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -92,6 +93,11 @@ def test_bad_input_is_explained_and_changes_nothing():
         refit_head(net, [(x, y.float()) for x, y in _batches()])  # regression-style targets
     with pytest.raises(ValueError, match="no nn.Linear"):
         refit_head(nn.Sequential(nn.Conv2d(3, 2, 1)), _batches())
+    with pytest.raises(ValueError, match="cannot tell which layer"):  # the last Linear does not give the output
+        refit_head(nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.Unflatten(1, (2, 3))), _batches())
+    headless = timm.create_model("resnet10t", pretrained=False, num_classes=0)
+    with pytest.raises(ValueError, match="not an nn.Linear"):
+        refit_head(headless, _batches())
     assert torch.equal(net[4].weight, weight)
 
 

@@ -37,9 +37,13 @@ class HeadRefit:
 
 
 def classifier_of(model: nn.Module) -> nn.Linear:
-    """The final linear layer: timm's `get_classifier()` when it is one, else the last `nn.Linear` registered."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if isinstance(head, nn.Linear):
+    """The final linear layer: timm's `get_classifier()`, or for other models the last `nn.Linear` registered (checked
+    against the model's output when features are collected)."""
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        if not isinstance(head, nn.Linear):
+            raise ValueError(f"{type(model).__name__}'s classifier is {type(head).__name__}, not an nn.Linear: nothing "
+                             "to refit; pass refit_head=False")
         return head
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
@@ -75,8 +79,14 @@ def refit_head(model: nn.Module, batches: Iterable, *, max_batches: int = 8, l2:
 def _features(model: nn.Module, head: nn.Linear, batches: Iterable, max_batches: int) -> tuple[torch.Tensor, ...]:
     """The classifier's inputs (flattened, float32) and the labels, from the model in eval mode."""
     feats: list[torch.Tensor] = []
+    head_out: list[torch.Size] = []
     labels = []
-    hook = head.register_forward_hook(lambda _m, inputs, _out: feats.append(inputs[0].float().flatten(1)))
+
+    def keep(_m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        feats.append(inputs[0].float().flatten(1))
+        head_out.append(out.shape)
+
+    hook = head.register_forward_hook(keep)
     was_training = {m: m.training for m in model.modules()}
     device = head.weight.device
     try:
@@ -84,7 +94,10 @@ def _features(model: nn.Module, head: nn.Linear, batches: Iterable, max_batches:
         for batch in islice(batches, max_batches):
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                 raise ValueError("refit_head needs labelled batches: (images, class indices) pairs, e.g. a DataLoader")
-            model(batch[0].to(device))
+            logits = model(batch[0].to(device))
+            if not isinstance(logits, torch.Tensor) or not head_out or logits.shape != head_out[-1]:
+                raise ValueError(f"{type(model).__name__}'s output is not what its last nn.Linear gives, so refit_head "
+                                 "cannot tell which layer is the classifier; pass refit_head=False")
             labels.append(torch.as_tensor(batch[1]).to(device))
     finally:
         hook.remove()
