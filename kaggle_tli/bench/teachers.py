@@ -74,8 +74,8 @@ def _student_job(data: cv.ArrayData, student: str, teacher_name: str | None, tea
 
 def summarise(curves: pd.DataFrame) -> pd.DataFrame:
     """Per teacher: score, teacher accuracy and training steps, the student's accuracy at 0, N/4 and N, its mean
-    over the curve and over the evaluations after step 0 (BatchNorm refitted before each evaluation; the mean in plain eval mode too). Sorted by TLI score, the
-    Kaiming row last."""
+    over the curve and over the evaluations after step 0 (BatchNorm refitted before each evaluation; the mean in plain
+    eval mode too). Sorted by TLI score, the Kaiming row last."""
     last = curves["step"].max()
     table = []
     for teacher, g in curves.groupby("teacher", sort=False):

@@ -2,7 +2,7 @@
 
 The paper picks the teacher with the highest TLI score. In the teachers benchmark (docs/benchmarks.md: mnasnet_100
 from 17 teachers trained to the same accuracy) that score did not predict which teacher made the student learn
-fastest: Spearman rho -0.22 with the student's mean accuracy over its first 100 training steps. The accuracy the
+fastest: Spearman rho -0.22 with the student's mean accuracy over training steps 25-100. The accuracy the
 student starts at after the injection and the two refits `iterate` does did: a ranking from one set of 8 batches
 agreed with rho 0.56, and 0.67 on ten other teachers trained further (TLI score there: 0.26). It costs one
 injection and a few forward passes per candidate, on batches a pipeline has anyway.
