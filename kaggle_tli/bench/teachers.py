@@ -164,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=TARGET, help="held-out accuracy every teacher trains to "
                         "(default: %(default)s; 0: train exactly --teacher-steps)")
     parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), metavar="ARCH",
-                        help="timm names of the teachers (default: resnet18 and every Fig. 7 model but the student, 17)")
+                        help="timm names of the teachers (default: resnet18 and every Fig. 7 model but the "
+                        "student, 17)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="3 teachers, 150 teacher steps, 50 student steps")

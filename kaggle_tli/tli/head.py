@@ -3,8 +3,9 @@
 Across families the student's classifier reads features in a different order and scale than the teacher's did, so
 a freshly injected student predicts at chance even when its features are good. resnet18 -> mobilenetv3_small_100 on
 Fashion-MNIST: chance (0.08) straight after the injection; 0.58 with this probe on 512 training images, where the
-same probe on a Kaiming-init or an iatransfer student reaches 0.36 or 0.35 (docs/benchmarks.md). Where the head already fits
-(a deeper student, a same-family edit) the probe does no better on images it was not fitted on and nothing changes.
+same probe on a Kaiming-init or an iatransfer student reaches 0.36 or 0.35 (docs/benchmarks.md). Where the head
+already fits (a deeper student, a same-family edit) the probe does no better on images it was not fitted on and
+nothing changes.
 
 Like `recalibrate_norms` this needs data, so it lives outside `transfer()`; `kaggle_tli.iterate` calls it after the
 BatchNorm refit, whose statistics the probed features depend on.

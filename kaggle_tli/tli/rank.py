@@ -39,8 +39,8 @@ def rank_teachers(student: nn.Module, candidates: Mapping[str, nn.Module] | list
     if not isinstance(candidates, Mapping):
         candidates = {f"{i}:{type(m).__name__}": m for i, m in enumerate(candidates)}
     s_graph = trace(student, input_size)
-    rows = [{"teacher": name, "tli_score": graph_score(s_graph, trace(m, input_size))} for name, m in candidates.items()]
-    frame = pd.DataFrame(rows, columns=["teacher", "tli_score"])
+    scores = {name: graph_score(s_graph, trace(m, input_size)) for name, m in candidates.items()}
+    frame = pd.DataFrame({"teacher": list(scores), "tli_score": list(scores.values())})
     order = "tli_score"
     if batches is not None:
         kept = list(islice(batches, max_batches))  # every candidate sees the same images
