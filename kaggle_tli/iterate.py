@@ -73,7 +73,7 @@ def iterate(
         student = create_model_from_spec(spec)
     fold = int(train_cfg.get("fold", prev.config.get("fold", prev.primary_fold)))
     if recalibrate:
-        recalibrate_norms(student, (x for x, _ in _training_batches(data, fold)), max_batches=recalibrate_batches)
+        recalibrate_norms(student, _training_batches(data, fold), max_batches=recalibrate_batches)
     extra: dict[str, Any] = {"notes": notes, "recalibrated": recalibrate, "which": which}
     if refit_head and init == "tli":  # a Kaiming student stays what "from scratch" means: timm's init
         head = fit_head(student, _training_batches(data, fold), max_batches=recalibrate_batches)

@@ -314,17 +314,22 @@ def all_methods() -> dict[str, Method]:
     return {**METHODS, **baseline_methods()}
 
 
+def _refit_batches(data: ArrayData, batches: int, batch_size: int, seed: int):
+    """The few training batches both refits use, the same ones for every method of a seed."""
+    return data.batches(batches, batch_size, seed + 10_000)
+
+
 def recalibrate(model: nn.Module, data: ArrayData, *, batches: int = 8, batch_size: int = 64, seed: int = 0) -> None:
     from kaggle_tli.tli import recalibrate_norms
 
-    recalibrate_norms(model, (x for x, _ in data.batches(batches, batch_size, seed + 10_000)), max_batches=batches)
+    recalibrate_norms(model, _refit_batches(data, batches, batch_size, seed), max_batches=batches)
 
 
 def probe_head(model: nn.Module, data: ArrayData, *, batches: int = 8, batch_size: int = 64, seed: int = 0) -> dict:
     """`refit_head` on the batches `recalibrate` used (what `iterate` does); returns its verdict as row fields."""
     from kaggle_tli.tli import refit_head
 
-    result = refit_head(model, data.batches(batches, batch_size, seed + 10_000), max_batches=batches)
+    result = refit_head(model, _refit_batches(data, batches, batch_size, seed), max_batches=batches)
     return {"head_refitted": result.refitted, "head_acc_before": result.accuracy_before,
             "head_acc_probe": result.accuracy_probe}
 

@@ -56,6 +56,6 @@ def _start_accuracy(student: nn.Module, teacher: nn.Module, batches: list, input
     """Inject into a copy, refit BatchNorm and (where a probe helps) the classifier; held-out accuracy at step 0."""
     trial = copy.deepcopy(student)
     transfer(teacher, trial, input_size=input_size)
-    recalibrate_norms(trial, [b[0] if isinstance(b, (tuple, list)) else b for b in batches], max_batches=len(batches))
+    recalibrate_norms(trial, batches, max_batches=len(batches))  # it reads the images of (images, labels) pairs
     head = refit_head(trial, batches, max_batches=len(batches))
     return head.accuracy_probe if head.refitted else head.accuracy_before
