@@ -144,3 +144,9 @@ def test_rank_teachers_with_data_puts_the_teacher_whose_features_carry_the_task_
     assert start["trained"] > 0.9 and start["dead"] < 0.6, start
     assert len(list(batches)) == 14, "only max_batches are drawn, and every candidate sees the same ones"
     assert all(torch.equal(student.state_dict()[k], v) for k, v in before.items()), "the student is never changed"
+
+
+def test_float32_batches_feed_a_bfloat16_model():
+    net = _net().to(torch.bfloat16)
+    result = refit_head(net, _batches())  # float32 images, as a DataLoader gives them
+    assert result.images == 6 * 32 and net[4].weight.dtype == torch.bfloat16

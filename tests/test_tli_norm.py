@@ -38,3 +38,33 @@ def test_no_batches_or_a_failing_forward_keeps_the_old_statistics():
     with pytest.raises(RuntimeError):
         recalibrate_norms(net, [torch.randn(4, 3, 8, 8), torch.randn(4, 5, 8, 8)])  # second batch: wrong channels
     assert torch.equal(net[1].running_mean, before), "a failure mid-way must not leave half-refitted statistics"
+
+
+def test_draws_only_max_batches_from_a_generator():
+    net = _net()
+    net(torch.zeros(2, 3, 8, 8))
+    stream = iter([torch.randn(4, 3, 8, 8) for _ in range(5)])
+    assert recalibrate_norms(net, stream, max_batches=2) == 2
+    assert len(list(stream)) == 3, "a batch drawn but not used would be lost to the caller"
+
+
+def test_called_while_an_exception_is_being_handled_keeps_the_new_statistics():
+    net = _net()
+    net(torch.zeros(2, 3, 8, 8))
+    x = torch.randn(16, 3, 8, 8) * 3 + 5
+    try:
+        raise KeyError("handled by the caller")
+    except KeyError:
+        recalibrate_norms(net, [x])
+    with torch.no_grad():
+        expected = net[0](x).mean((0, 2, 3))
+    assert torch.allclose(net[1].running_mean, expected, atol=1e-4), "not undone by an unrelated, handled exception"
+
+
+def test_batches_follow_the_model_dtype_and_dict_batches_are_explained():
+    net = _net()
+    net(torch.zeros(2, 3, 8, 8))
+    net.to(torch.bfloat16)
+    assert recalibrate_norms(net, [(torch.randn(4, 3, 8, 8), torch.zeros(4))]) == 1
+    with pytest.raises(TypeError, match="image tensor"):
+        recalibrate_norms(net, [{"image": torch.randn(4, 3, 8, 8)}])

@@ -95,7 +95,7 @@ def _features(model: nn.Module, head: nn.Linear, batches: Iterable, max_batches:
         for batch in islice(batches, max_batches):
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                 raise ValueError("refit_head needs labelled batches: (images, class indices) pairs, e.g. a DataLoader")
-            logits = model(batch[0].to(device))
+            logits = model(batch[0].to(device, head.weight.dtype))
             if not isinstance(logits, torch.Tensor) or not head_out or logits.shape != head_out[-1]:
                 raise ValueError(f"{type(model).__name__}'s output is not what its last nn.Linear gives, so refit_head "
                                  "cannot tell which layer is the classifier; pass refit_head=False")
