@@ -235,6 +235,40 @@ def test_head_protection_reads_the_traced_logits_for_any_model():
     assert any("class count" in r["reason"] for r in report.rows if r["student"] == "4.weight")
 
 
+def test_the_first_output_of_a_multi_output_model_is_read_as_its_logits():
+    class LogitsAndFeatures(nn.Module):
+        def __init__(self, classes):
+            super().__init__()
+            torch.manual_seed(classes)
+            self.body = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.fc = nn.Linear(16, classes)
+
+        def forward(self, x):
+            features = self.body(x)
+            return self.fc(features), {"features": features}
+
+    teacher, student = LogitsAndFeatures(10), LogitsAndFeatures(5)
+    head = student.fc.weight.clone()
+    transfer(teacher, student, input_size=(3, 16, 16))
+    assert torch.equal(student.fc.weight, head), "the 16-wide features are not the logits: the 5-class head stays"
+    assert trace(student, (3, 16, 16)).output_shape == (1, 5)
+
+
+def test_with_several_teachers_the_head_comes_from_one_with_the_students_classes():
+    same, other = _model("resnet18", 0), _model("resnet18", 2, num_classes=10)
+    student = _model("resnet18", 1)
+    transfer([other, same], student)
+    assert torch.equal(student.fc.weight, same.fc.weight), "a 10-class teacher must not block the 7-class one"
+
+
+def test_a_compiled_model_is_traced_through_the_module_it_wraps():
+    teacher, student = _model("resnet10t", 0), _model("resnet10t", 1)
+    report = transfer(teacher, torch.compile(student), input_size=(3, 32, 32))  # compiled code is never run
+    assert {r["method"] for r in report.rows} == {"copy"} and report.coverage == 1.0
+    assert torch.equal(_logits(teacher, 32), _logits(student, 32))
+    assert tli_score(torch.compile(teacher), student) == 1.0
+
+
 def test_report_score_is_the_tli_score():
     teacher, student = _model("resnet18", 0), _model("resnet34", 1)
     expected = tli_score(teacher, student)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .activation import HOMOGENEOUS, SMOOTH_RELUS, sharpen_activations
-from .graph import Graph, Unit, trace
+from .graph import Graph, Unit, trace, unwrap_compiled
 from .inject import combo_injection, mix
 from .match import Alignment, Match, match_graphs
 from .report import TransferReport
@@ -59,6 +59,7 @@ def transfer(
     """
     start = time.perf_counter()
     teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    teachers, student = [unwrap_compiled(t) for t in teachers], unwrap_compiled(student)
     _check_models(teachers, student, lam, top_k)
     if not activation_scale >= 1.0:
         raise ValueError(f"activation_scale must be >= 1 (1 = off), got {activation_scale}")
@@ -70,15 +71,19 @@ def transfer(
         t_graph = trace(t, teacher_input_size or input_size)
         found.append(_Teacher(t_graph, match_graphs(s_graph, t_graph, top_k=top_k), _tensors(t)))
 
-    choices = {i: c for i in range(len(s_graph.units)) if (c := _best_teacher(found, i)) is not None}
+    same_classes = [t_idx for t_idx, t in enumerate(found) if not _heads_differ(s_graph, t.graph)]
+    head = set() if transfer_head or len(same_classes) == len(found) else _head_units(student, s_graph)
+    choices = {}
+    for i, unit in enumerate(s_graph.units):  # a classifier takes its weights only from a teacher with its classes
+        choice = _best_teacher(found, i, same_classes if unit.name in head else None)
+        if choice is not None:
+            choices[i] = choice
     zeroed = _identity_units(s_graph, found, choices) if extra_blocks == "identity" else set()
-    differ = _heads_differ(s_graph, [t.graph for t in found])
-    head = _head_units(student, s_graph) if differ and not transfer_head else set()
     s_tensors = _tensors(student)
     rows = []
     with torch.no_grad():
         for i, unit in enumerate(s_graph.units):
-            skip = _skip_reason(unit, choices.get(i), transfer_norm, unit.name in head)
+            skip = _skip_reason(unit, choices.get(i), transfer_norm, unit.name in head and i not in choices)
             for local, key in unit.tensors.items():
                 if skip:
                     rows.append(_row(key, s_tensors[key], unit.kind, "init", reason=skip))
@@ -205,29 +210,29 @@ def _head_units(model: nn.Module, graph: Graph) -> set[str]:
     return {u.name for u in graph.units if u.name in names or u.name.rpartition(".")[0] in names}
 
 
-def _heads_differ(student: Graph, teachers: list[Graph]) -> bool:
-    """Do the models predict a different number of outputs (classes)? Read off the traced logits, so it works for
-    any model, not only timm's (which also say `num_classes`)."""
-    width = student.output_shape[-1:]
-    return any(t.output_shape[-1:] != width for t in teachers)
+def _heads_differ(student: Graph, teacher: Graph) -> bool:
+    """Do the models predict a different number of outputs (classes)? Read off the traced logits (the first output
+    tensor), so it works for any model, not only timm's (which also say `num_classes`)."""
+    return teacher.output_shape[-1:] != student.output_shape[-1:]
 
 
-def _best_teacher(found: list[_Teacher], i: int) -> tuple[int, Match] | None:
+def _best_teacher(found: list[_Teacher], i: int, allowed: list[int] | None = None) -> tuple[int, Match] | None:
+    """The teacher (among `allowed`, default all) whose match for student unit `i` scores highest."""
     best = None
     for t_idx, t in enumerate(found):
-        m = t.alignment.matches.get(i)
+        m = t.alignment.matches.get(i) if allowed is None or t_idx in allowed else None
         if m is not None and (best is None or m.scores[0] > best[1].scores[0]):
             best = (t_idx, m)
     return best
 
 
 def _skip_reason(unit: Unit, choice, transfer_norm: bool, head_differs: bool) -> str:
+    if head_differs:
+        return "classifier: class count differs (transfer_head=True to fill it)"
     if choice is None:
         return "no matching teacher layer"
     if unit.kind == "norm" and not transfer_norm:
         return "norm transfer off"
-    if head_differs:
-        return "classifier: class count differs (transfer_head=True to fill it)"
     return ""
 
 

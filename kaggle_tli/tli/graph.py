@@ -182,18 +182,19 @@ def default_input_size(model: nn.Module) -> tuple[int, ...]:
 
 
 def _tensors_in(obj) -> Iterator[torch.Tensor]:
-    """Every tensor inside a model output: tensors, tuples, lists, dicts, dataclass-like objects."""
+    """Every tensor inside a model output, in order (the first is taken as the logits): tensors, tuples, lists,
+    dicts, dataclass-like objects."""
     stack = [obj]
     while stack:
         item = stack.pop()
         if isinstance(item, torch.Tensor):
             yield item
         elif isinstance(item, dict):
-            stack.extend(item.values())
+            stack.extend(reversed(list(item.values())))
         elif isinstance(item, (list, tuple)):
-            stack.extend(item)
+            stack.extend(reversed(item))
         elif hasattr(item, "__dict__") and not isinstance(item, nn.Module):
-            stack.extend(vars(item).values())
+            stack.extend(reversed(list(vars(item).values())))
 
 
 def _forward_meta(model: nn.Module, input_size: tuple[int, ...]):
@@ -402,10 +403,18 @@ def _label_branches(walk: _Walk, merges: list[int]) -> dict[int, tuple[int, int]
     return label
 
 
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module `torch.compile` wrapped (it shares its parameters): compiled code leaves no layer structure in the
+    autograd graph, and its parameter names carry an `_orig_mod.` prefix."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
 def trace(model: nn.Module, input_size: tuple[int, ...] | None = None) -> Graph:
     """Trace `model` once and describe every parameter-holding layer (see the module docstring)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap_compiled(model)
     if not any(True for _ in model.parameters()):
         raise ValueError(f"{type(model).__name__} has no parameters: there is nothing to transfer to or from.")
     size = tuple(input_size) if input_size is not None else default_input_size(model)
