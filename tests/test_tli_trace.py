@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kaggle_tli.tli import TraceError, trace
+from kaggle_tli.tli import TraceError, trace, transfer
 
 
 def _snapshot(model: nn.Module):
@@ -165,6 +165,28 @@ def test_forward_failure_names_the_size_and_the_fix():
     with pytest.raises(TraceError, match=r"\(1, 3, 224, 224\).*input_size="):
         trace(model)
     assert trace(model, (3, 2, 2)).units, "the right input_size traces"
+
+
+def test_input_size_mistakes_get_the_fix():
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=3)
+    with pytest.raises(TypeError, match=r"\(3, 224, 224\); got 64"):
+        trace(model, 64)
+    with pytest.raises(TraceError, match=r"excludes the batch dimension: pass input_size=\(3, 32, 32\)"):
+        trace(model, (1, 3, 32, 32))
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3)
+    with pytest.raises(TraceError, match=r"own input size is input_size=\(3, 224, 224\)"):
+        trace(vit, (3, 64, 64))
+
+
+def test_transfer_names_the_model_that_failed_and_offers_teacher_input_size():
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3)
+    resnet = timm.create_model("resnet10t", pretrained=False, num_classes=3)
+    with pytest.raises(TraceError, match=r"^teacher: VisionTransformer.*teacher_input_size="):
+        transfer(vit, resnet, input_size=(3, 64, 64))
+    with pytest.raises(TraceError, match=r"^student: VisionTransformer") as failure:
+        transfer(resnet, vit, input_size=(3, 64, 64))
+    assert "teacher_input_size" not in str(failure.value)
+    assert transfer(vit, resnet, input_size=(3, 64, 64), teacher_input_size=(3, 224, 224)).coverage > 0
 
 
 def test_model_without_parameters_is_refused():

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .activation import HOMOGENEOUS, SMOOTH_RELUS, sharpen_activations
-from .graph import Graph, Unit, trace, unwrap_compiled
+from .graph import Graph, Unit, trace_as, unwrap_compiled
 from .inject import combo_injection, mix
 from .match import Alignment, Match, match_graphs
 from .report import TransferReport
@@ -65,10 +65,11 @@ def transfer(
         raise ValueError(f"activation_scale must be >= 1 (1 = off), got {activation_scale}")
     if extra_blocks not in ("identity", "copy"):
         raise ValueError(f"extra_blocks={extra_blocks!r}: use 'identity' (keep the function) or 'copy'")
-    s_graph = trace(student, input_size)
+    s_graph = trace_as(student, input_size, "student")
     found = []
-    for t in teachers:
-        t_graph = trace(t, teacher_input_size or input_size)
+    for t_idx, t in enumerate(teachers):
+        role = "teacher" if len(teachers) == 1 else f"teacher {t_idx}"
+        t_graph = trace_as(t, teacher_input_size or input_size, role, teacher_input_size is None)
         found.append(_Teacher(t_graph, match_graphs(s_graph, t_graph, top_k=top_k), _tensors(t)))
 
     same_classes = [t_idx for t_idx, t in enumerate(found) if not _heads_differ(s_graph, t.graph)]

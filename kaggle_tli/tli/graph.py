@@ -253,12 +253,25 @@ def _run_forward(model: nn.Module, input_size: tuple[int, ...]):
                 return out, x, names, forward is _forward_meta
             except Exception as e:  # noqa: BLE001 - any failure of user code falls through to the next way
                 errors.append(f"{forward.__name__[1:]}: {type(e).__name__}: {e}")
-    shape = (1, *input_size)
+    own = default_input_size(model)
+    if len(input_size) == len(own) + 1 and input_size[0] == 1:
+        hint = f"input_size excludes the batch dimension: pass input_size={tuple(input_size[1:])}"
+    elif own != tuple(input_size):
+        hint = f"this model's own input size is input_size={own}"
+    else:
+        hint = "pass the size of one input the model accepts, without the batch dimension, as input_size=(C, H, W)"
     raise TraceError(
-        f"{type(model).__name__}: the forward pass failed on a dummy input of shape {shape} "
-        f"({'; '.join(errors)}). Pass the size of one input without the batch dimension, e.g. "
-        f"input_size={tuple(input_size[:1]) + (64,) * (len(input_size) - 1)}."
+        f"{type(model).__name__}: the forward pass failed on a dummy input of shape {(1, *input_size)} "
+        f"({'; '.join(errors)}). Fix: {hint}."
     )
+
+
+def _checked_size(input_size) -> tuple[int, ...]:
+    """`input_size` as a tuple of positive ints, refused with the fix when it is not one input's size."""
+    if isinstance(input_size, int) or not all(isinstance(n, int) and n > 0 for n in input_size):
+        raise TypeError(f"input_size is the size of one input without the batch dimension, a tuple of positive ints "
+                        f"such as (3, 224, 224); got {input_size!r}")
+    return tuple(input_size)
 
 
 # --------------------------------------------------------------------------------------------------- graph walk
@@ -417,7 +430,7 @@ def trace(model: nn.Module, input_size: tuple[int, ...] | None = None) -> Graph:
     model = unwrap_compiled(model)
     if not any(True for _ in model.parameters()):
         raise ValueError(f"{type(model).__name__} has no parameters: there is nothing to transfer to or from.")
-    size = tuple(input_size) if input_size is not None else default_input_size(model)
+    size = _checked_size(input_size) if input_size is not None else default_input_size(model)
     units, aliases = collect_units(model)
     out, x, tensor_names, meta = _run_forward(model, size)
     outputs = list(_tensors_in(out))
@@ -445,6 +458,17 @@ def trace(model: nn.Module, input_size: tuple[int, ...] | None = None) -> Graph:
     for unit in reached:
         unit.gate = consumer[unit.name] in gates
     return Graph(reached, blocks, unreached, size, meta, aliases, tuple(outputs[0].shape))
+
+
+def trace_as(model: nn.Module, input_size: tuple[int, ...] | None, role: str, offer_teacher_size: bool = False) -> Graph:
+    """trace(), with the failing model's role ("student", "teacher 1", ...) leading the message, and
+    `teacher_input_size` offered where a teacher was traced at the student's size."""
+    try:
+        return trace(model, input_size)
+    except TraceError as e:
+        extra = (" A teacher that takes inputs of another size than the student is traced at its own size with "
+                 "teacher_input_size=(C, H, W)." if offer_teacher_size and input_size is not None else "")
+        raise TraceError(f"{role}: {e}{extra}") from e
 
 
 def _input_leaf(roots, x):

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .api import transfer
-from .graph import trace
+from .graph import trace_as
 from .head import refit_head
 from .norm import recalibrate_norms
 from .score import graph_score
@@ -38,8 +38,9 @@ def rank_teachers(student: nn.Module, candidates: Mapping[str, nn.Module] | list
     """
     if not isinstance(candidates, Mapping):
         candidates = {f"{i}:{type(m).__name__}": m for i, m in enumerate(candidates)}
-    s_graph = trace(student, input_size)
-    scores = {name: graph_score(s_graph, trace(m, input_size)) for name, m in candidates.items()}
+    s_graph = trace_as(student, input_size, "student")
+    scores = {name: graph_score(s_graph, trace_as(m, input_size, f"candidate {name!r}"))
+              for name, m in candidates.items()}
     frame = pd.DataFrame({"teacher": list(scores), "tli_score": list(scores.values())})
     order = "tli_score"
     if batches is not None:
