@@ -96,7 +96,7 @@ def test_bad_input_is_explained_and_changes_nothing():
     with pytest.raises(ValueError, match="cannot tell which layer"):  # the last Linear does not give the output
         refit_head(nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.Unflatten(1, (2, 3))), _batches())
     headless = timm.create_model("resnet10t", pretrained=False, num_classes=0)
-    with pytest.raises(ValueError, match="not an nn.Linear"):
+    with pytest.raises(ValueError, match="none inside"):
         refit_head(headless, _batches())
     assert torch.equal(net[4].weight, weight)
 
@@ -150,3 +150,17 @@ def test_float32_batches_feed_a_bfloat16_model():
     net = _net().to(torch.bfloat16)
     result = refit_head(net, _batches())  # float32 images, as a DataLoader gives them
     assert result.images == 6 * 32 and net[4].weight.dtype == torch.bfloat16
+
+
+def test_a_head_with_layers_around_its_final_linear_is_refitted_there():
+    from kaggle_tli.registry import create_model, register_edit, replace_head, unregister_arch
+
+    register_edit("test_head_mlp_r10", base="resnet10t", edits=[replace_head("mlp")])
+    try:
+        model = create_model("test_head_mlp_r10", 3)
+    finally:
+        unregister_arch("test_head_mlp_r10")
+    last = [m for m in model.get_classifier().modules() if isinstance(m, nn.Linear)][-1]
+    assert classifier_of(model) is last
+    result = refit_head(model, [(torch.randn(8, 3, 16, 16), torch.arange(8) % 3)] * 2)
+    assert result.images == 16

@@ -38,14 +38,16 @@ class HeadRefit:
 
 
 def classifier_of(model: nn.Module) -> nn.Linear:
-    """The final linear layer: timm's `get_classifier()`, or for other models the last `nn.Linear` registered (checked
-    against the model's output when features are collected)."""
+    """The final linear layer: the last `nn.Linear` in timm's `get_classifier()` (a plain Linear, or a head such as
+    kaggle-tli's `replace_head("mlp")`), or for other models the last one registered. Checked against the model's
+    output when features are collected."""
     if hasattr(model, "get_classifier"):
         head = model.get_classifier()
-        if not isinstance(head, nn.Linear):
-            raise ValueError(f"{type(model).__name__}'s classifier is {type(head).__name__}, not an nn.Linear: nothing "
-                             "to refit; pass refit_head=False")
-        return head
+        linears = [m for m in head.modules() if isinstance(m, nn.Linear)] if isinstance(head, nn.Module) else []
+        if not linears:
+            raise ValueError(f"{type(model).__name__}'s classifier is {type(head).__name__}, not an nn.Linear and "
+                             "with none inside: nothing to refit; pass refit_head=False")
+        return linears[-1]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError(f"{type(model).__name__} has no nn.Linear classifier to refit; pass refit_head=False")
