@@ -269,6 +269,29 @@ def test_a_compiled_model_is_traced_through_the_module_it_wraps():
     assert tli_score(torch.compile(teacher), student) == 1.0
 
 
+def test_frozen_batchnorm_is_a_norm_and_every_buffer_has_a_row():
+    from timm.layers import freeze_batch_norm_2d
+
+    teacher, student = _model("resnet18", 0), freeze_batch_norm_2d(_model("resnet18", 1))
+    report = transfer(teacher, student)
+    assert {r["method"] for r in report.rows} == {"copy"}, "FrozenBatchNorm2d keeps its affine tensors as buffers"
+    assert torch.allclose(_logits(teacher, 32), _logits(student, 32), atol=1e-5)
+
+    class Normalised(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.5))
+            self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+        def forward(self, x):
+            return self.net(x - self.mean)
+
+    report = transfer(Normalised(), Normalised(), input_size=(3, 8, 8))
+    rows = {r["student"]: r for r in report.rows}
+    assert set(rows) == set(Normalised().state_dict()), "one row per student tensor"
+    assert rows["mean"]["method"] == "init" and "buffer" in rows["mean"]["reason"]
+
+
 def test_report_score_is_the_tli_score():
     teacher, student = _model("resnet18", 0), _model("resnet34", 1)
     expected = tli_score(teacher, student)

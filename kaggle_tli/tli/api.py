@@ -97,6 +97,10 @@ def transfer(
                 rows.append(row)
     for key in s_graph.unreached:
         rows.append(_row(key, s_tensors[key], "", "init", reason="never used by the forward pass"))
+    reported = {r["student"] for r in rows} | set(s_graph.aliases)
+    for key in student.state_dict(keep_vars=True):
+        if key not in reported:  # e.g. a model's own input-normalisation constants
+            rows.append(_row(key, s_tensors[key], "", "init", reason=_UNTRACED_BUFFER))
     sharpened = _sharpen(teachers, student, s_graph, found, choices, activation_scale, rows)
 
     params = {n for n, _ in student.named_parameters()}
@@ -167,6 +171,7 @@ def _classifier(model: nn.Module, graph: Graph) -> nn.Module | None:
     return dict(model.named_modules()).get(graph.units[-1].name) if graph.units else None
 
 
+_UNTRACED_BUFFER = "a buffer outside any traced layer: left as the student has it"
 _ZEROED = "extra block seeded from a repeated teacher block: residual zeroed so the block starts as an identity"
 
 

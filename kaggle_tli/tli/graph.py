@@ -150,9 +150,10 @@ def collect_units(model: nn.Module) -> tuple[list[Unit], dict[str, str]]:
                 continue
             seen[id(tensor)] = key
             fresh[local] = key
-        if not any(isinstance(t, nn.Parameter) for n, t in own if n in fresh):
-            continue  # buffers alone (or only tied copies) make no unit
         kind = _module_kind(module)
+        frozen_norm = kind == "norm" and "weight" in fresh  # FrozenBatchNorm2d keeps its affine tensors as buffers
+        if not frozen_norm and not any(isinstance(t, nn.Parameter) for n, t in own if n in fresh):
+            continue  # other buffers alone (or only tied copies) make no unit
         if kind is not None and "weight" in fresh:
             shape = tuple(module.weight.shape)
             units.append(Unit(mod_name, kind, shape, fresh))
@@ -200,11 +201,17 @@ def _tensors_in(obj) -> Iterator[torch.Tensor]:
 def _forward_meta(model: nn.Module, input_size: tuple[int, ...]):
     """Forward on meta copies: records the graph, computes nothing, leaves the model untouched."""
     tensors = {n: torch.empty_like(p, device="meta").requires_grad_(True) for n, p in model.named_parameters()}
-    tensors.update({n: torch.empty_like(b, device="meta") for n, b in model.named_buffers()})
+    # a frozen norm's weight and bias are buffers: traced like parameters, so the norm is found in the graph
+    tensors.update({n: torch.empty_like(b, device="meta").requires_grad_(_affine_buffer(n, b))
+                    for n, b in model.named_buffers()})
     dtype = next(iter(tensors.values())).dtype
     x = torch.empty((1, *input_size), device="meta", dtype=dtype, requires_grad=True)
     out = functional_call(model, tensors, (x,), tie_weights=True, strict=False)
     return out, x, {id(t): n for n, t in tensors.items()}
+
+
+def _affine_buffer(name: str, buffer: torch.Tensor) -> bool:
+    return buffer.is_floating_point() and name.rsplit(".", 1)[-1] in ("weight", "bias")
 
 
 def _forward_real(model: nn.Module, input_size: tuple[int, ...]):
