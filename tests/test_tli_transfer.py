@@ -1,6 +1,7 @@
 """transfer(): identity on the same architecture, function kept for a deeper student, coverage across families,
 and the options (top-k, norm, head, several teachers); tli_score and friends."""
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -74,6 +75,39 @@ def test_deeper_resnet_keeps_the_teachers_function():
     assert report.coverage == 1.0, "extra blocks are seeded from their neighbours, not left at init"
     zeroed = {r["student"] for r in report.rows if r["method"] == "zeroed"}
     assert zeroed and all(".bn2." in k for k in zeroed), "only the residual's last norm is zeroed"
+
+
+def test_deeper_transformer_repeats_whole_blocks_attention_from_attention():
+    # a transformer block is two merge-delimited halves (attention, MLP): an extra block must repeat the pair
+    teacher = _model("vit_tiny_patch16_224", 0, img_size=32, depth=4)
+    student = _model("vit_tiny_patch16_224", 1, img_size=32, depth=6)
+    report = transfer(teacher, student)
+    assert torch.allclose(_logits(teacher, 32), _logits(student, 32), atol=1e-5), "extra blocks start as identities"
+    for row in report.rows:
+        if row["method"] != "init":
+            assert row["method"] in ("copy", "zeroed"), row
+            assert row["student"].split(".")[-2:] == row["source"].split(".")[-2:], row  # qkv from qkv, fc1 from fc1
+    zeroed = {r["student"] for r in report.rows if r["method"] == "zeroed"}
+    layers = sorted(k.split(".", 2)[2].rsplit(".", 1)[0] for k in zeroed)
+    assert layers == ["attn.proj"] * 4 + ["mlp.fc2"] * 4, "two extra blocks, each an identity: weight and bias zeroed"
+
+
+def test_a_block_split_by_a_gate_is_not_mistaken_for_an_extra_block():
+    # regnety adds squeeze-excite to regnetx: every block becomes two halves with the same depth, nothing extra
+    report = transfer(_model("regnetx_002", 0), _model("regnety_002", 1))
+    assert not [r["student"] for r in report.rows if r["method"] == "zeroed"]
+
+
+def test_block_alignment_repeats_single_blocks_and_pairs():
+    from kaggle_tli.tli.match import align_blocks
+
+    single = align_blocks(np.array([[1.0, 0.2], [0.2, 1.0], [0.2, 1.0]]))
+    assert [(b.teacher, b.repeat) for b in single] == [(0, False), (1, False), (1, True)]
+    a, m = [1.0, 0.1, 0.1], [0.1, 1.0, 0.1]  # attention-like and MLP-like halves of two teacher blocks (0/1, 2/3)
+    gain = np.array([[x, y, x, y] for x, y in zip(a, m, strict=True)] * 2)[[0, 1, 0, 1, 0, 1]][:, :4]
+    pairs = align_blocks(gain)
+    assert [(b.teacher, b.repeat) for b in pairs] == [(0, False), (1, False), (2, False), (3, False), (2, True),
+                                                      (3, True)]
 
 
 CROSS_PAIRS = [

@@ -144,27 +144,34 @@ class BlockMap:
 def align_blocks(gain: np.ndarray, *, allow_repeat: bool = True) -> list[BlockMap]:
     """Monotone map of student blocks onto teacher blocks maximising the summed gain.
 
-    A student block takes a fresh teacher block (later than the last one used), repeats the previous student block's
-    teacher block (worth REPEAT_DISCOUNT of its gain), or takes none. `fresh[p, q]`: best total with block p on q;
-    `best[p, q]`: best total for the first p blocks using teacher blocks up to q.
+    A student block takes a fresh teacher block (later than the last one used), or none, or repeats one already used
+    (worth REPEAT_DISCOUNT of its gain): the previous student block's, or, for a pair of blocks, the pair before it.
+    Pairs matter because blocks end at every merge: a transformer block is an attention half and an MLP half, an
+    inverted-residual block with squeeze-excite a half before the gate and one after, so a deeper student's extra
+    block is two blocks that repeat the teacher's last two. Tables (1-based q, 0 = none yet): `fresh[p, q]` best
+    total with block p on q by a fresh move, `on[p, q]` with block p on q by any move, `back[p, q]` with block p on
+    q - 1 right after block p - 1 sat on q, `best[p, q]` best total for the first p blocks using blocks up to q.
     """
     P, Q = gain.shape
     neg = -np.inf
-    fresh = np.full((P + 1, Q + 1), neg)  # block p assigned to q, its last move fresh
-    on = np.full((P + 1, Q + 1), neg)  # block p assigned to q (fresh or repeat)
+    fresh = np.full((P + 1, Q + 1), neg)
+    on = np.full((P + 1, Q + 1), neg)
+    back = np.full((P + 1, Q + 1), neg)
     best = np.zeros((P + 1, Q + 1))
     for p in range(1, P + 1):
         g = gain[p - 1]
         fresh[p, 1:] = best[p - 1, :-1] + g
         on[p, 1:] = fresh[p, 1:]
         if allow_repeat:
-            on[p, 1:] = np.maximum(on[p, 1:], on[p - 1, 1:] + REPEAT_DISCOUNT * g)
+            on[p, 1:] = np.maximum(on[p, 1:], on[p - 1, 1:] + REPEAT_DISCOUNT * g)  # same block again
+            on[p, 1:] = np.maximum(on[p, 1:], back[p - 1, 1:] + REPEAT_DISCOUNT * g)  # second of a repeated pair
+            back[p, 2:] = on[p - 1, 2:] + REPEAT_DISCOUNT * g[:-1]  # first of a repeated pair
         row = np.maximum(best[p - 1], on[p])
         best[p] = np.maximum.accumulate(row)
-    return _trace_blocks(gain, fresh, on, best)
+    return _trace_blocks(gain, fresh, on, back, best)
 
 
-def _trace_blocks(gain, fresh, on, best) -> list[BlockMap]:
+def _trace_blocks(gain, fresh, on, back, best) -> list[BlockMap]:
     P, Q = gain.shape
     out: list[BlockMap] = [BlockMap(None, False) for _ in range(P)]
     p, q, state = P, Q, "best"
@@ -176,10 +183,17 @@ def _trace_blocks(gain, fresh, on, best) -> list[BlockMap]:
                 p -= 1  # block p left at init
             else:
                 state = "on"
+        elif state == "back":  # block p sits on q - 1, block p - 1 on q
+            out[p - 1] = BlockMap(q - 2, True)
+            p, state = p - 1, "on"
         else:  # block p sits on teacher block q
             is_fresh = on[p, q] == fresh[p, q]
             out[p - 1] = BlockMap(q - 1, not is_fresh)
-            p, q, state = (p - 1, q - 1, "best") if is_fresh else (p - 1, q, "on")
+            if is_fresh:
+                p, q, state = p - 1, q - 1, "best"
+            else:
+                again = on[p - 1, q] + REPEAT_DISCOUNT * gain[p - 1, q - 1]
+                p, state = p - 1, "on" if on[p, q] == again else "back"
     return out
 
 
