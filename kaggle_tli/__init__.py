@@ -47,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     # data, training, runs
     "ImageCsvData": "kaggle_tli.data",
     "DataError": "kaggle_tli.data",
+    "DataWarning": "kaggle_tli.data",
     "rebuild_data": "kaggle_tli.data",
     "seed_everything": "kaggle_tli.trainer",
     "Metric": "kaggle_tli.trainer",

@@ -25,6 +25,7 @@ import copy
 import difflib
 import os
 import random
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,10 @@ class DataError(ValueError):
 
 class DataNotFoundError(DataError, FileNotFoundError):
     """The competition folder or one of its CSV files is not there (both a DataError and a FileNotFoundError)."""
+
+
+class DataWarning(UserWarning):
+    """Something about the data that does not stop training (e.g. a broken test set) but needs a fix later."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,10 +176,25 @@ def _read_image(path: str, in_chans: int) -> np.ndarray:
     flag = cv2.IMREAD_GRAYSCALE if in_chans == 1 else cv2.IMREAD_COLOR
     image = cv2.imread(path, flag)
     if image is None:
-        raise DataError(f"cannot decode image {path!r}: the file is corrupt or not an image; replace or remove it")
+        raise _unreadable_image_error(path)
     if in_chans == 1:
         return image[:, :, None]
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _unreadable_image_error(path: str) -> DataError:
+    # cv2.imread returns None both for a missing file and for a corrupt one: tell the two apart
+    if not os.path.isfile(path):
+        return DataError(
+            f"image {path!r} is missing: the file was removed or moved after the data was checked. Restore it, "
+            "or build the data object again (ImageCsvData(...)) to list every missing image"
+        )
+    return DataError(
+        f"cannot decode image {path!r}: the file is corrupt, truncated or not an image. Unless told otherwise the "
+        "data check (check_images='header') decodes only 16 sampled images: build the data with "
+        "ImageCsvData(..., check_images='decode') to list every unreadable file, then replace those files or drop "
+        "their rows from the CSV"
+    )
 
 
 class EpochBatchSampler(Sampler):
@@ -349,6 +369,45 @@ def _first(items: Sequence[Any]) -> str:
     return shown + (", ..." if len(items) > _SHOW else "")
 
 
+def _csv_lines(rows: np.ndarray) -> str:
+    """Where the flagged `rows` of a table read by `read_csv` are in its file, as a text editor counts:
+    the header is line 1, so the row at position i is line i + 2 (pandas skips blank lines, which are
+    rare in a Kaggle CSV; a row's position would then lag behind its line)."""
+    lines = [int(i) + 2 for i in np.flatnonzero(rows)]
+    shown = ", ".join(str(n) for n in lines[:_SHOW]) + (", ..." if len(lines) > _SHOW else "")
+    return f"line{'s' if len(lines) > 1 else ''} {shown} (the header is line 1)"
+
+
+def _is_empty(values: pd.Series) -> np.ndarray:
+    """Empty cells of a column read as text (read_csv str_cols), where a blank cell is "" rather than NaN."""
+    return values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy()
+
+
+def _require_ids(table: pd.DataFrame, id_col: str, *, source: str) -> None:
+    """Fail on rows without an id: they name no image and no submission row."""
+    empty = _is_empty(table[id_col])
+    if empty.any():
+        raise DataError(
+            f"{source}: {int(empty.sum())} row(s) have an empty {id_col!r} value, on CSV {_csv_lines(empty)}; "
+            "fill in the ids or drop those rows"
+        )
+
+
+def _check_image_size(image_size: Any) -> None:
+    """Refuse a size no resize can produce, before albumentations fails on it deep inside a loader."""
+    is_pair = isinstance(image_size, (tuple, list))
+    sizes = list(image_size) if is_pair else [image_size]
+    if (is_pair and len(sizes) != 2) or not all(_is_positive_int(n) for n in sizes):
+        raise DataError(
+            f"image_size={image_size!r}: need a positive number of pixels, e.g. image_size=224, or a positive "
+            "(height, width) pair such as image_size=(224, 320)"
+        )
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+
+
 # --------------------------------------------------------------------------------------------------
 # the common data object
 
@@ -364,6 +423,7 @@ class KaggleData:
     in_chans: int
     test_ids: list
     sample_submission: pd.DataFrame | None
+    _test_problem: str | None = None  # why the test set cannot be used, when it cannot
 
     def __init__(
         self,
@@ -385,6 +445,7 @@ class KaggleData:
             raise DataNotFoundError(f"competition folder {str(self.root)!r} does not exist or is not a folder")
         if not isinstance(folds, int) or folds < 2:
             raise DataError(f"folds={folds!r}: need an integer >= 2 (5 is usual)")
+        _check_image_size(image_size)
         self.label_col, self.group_col = label_col, group_col
         self.image_size, self.folds, self.seed, self.hflip = image_size, folds, seed, hflip
         self._custom_transforms = train_transform is not None or valid_transform is not None
@@ -397,13 +458,11 @@ class KaggleData:
     def _encode(self, table: pd.DataFrame, source: str) -> None:
         """Fill `class_names` (sorted original labels) and `frame` with target and fold columns."""
         labels = table[self.label_col]
-        # labels are read as text (read_csv str_cols): an empty cell is "" rather than NaN
-        missing = labels.isna().to_numpy() | (labels.astype(str).str.strip() == "").to_numpy()
+        missing = _is_empty(labels)
         if missing.any():
-            bad = table.index[missing].tolist()
             raise DataError(
-                f"{source}: {len(bad)} row(s) have no {self.label_col!r} value (rows {_first(bad)}); "
-                "fill or drop them"
+                f"{source}: {int(missing.sum())} row(s) have no {self.label_col!r} value, on CSV "
+                f"{_csv_lines(missing)}; fill or drop them"
             )
         values = parse_labels(labels)
         check_class_sizes(pd.Series(values), self.folds)
@@ -483,7 +542,27 @@ class KaggleData:
 
     @property
     def has_test(self) -> bool:
-        return len(self.test_ids) > 0
+        """Whether there is a test set to predict; a broken one counts, so predicting reports what is wrong."""
+        return len(self.test_ids) > 0 or self._test_problem is not None
+
+    def _test_set_or_warning(self, find: Callable[[], tuple], empty: tuple) -> tuple:
+        """What `find` returns, the test set. A problem with it only warns here: it must not stop training on
+        sound training data; `test_dataset()` raises it when the test set is actually used."""
+        try:
+            return find()
+        except DataError as e:
+            self._test_problem = str(e).rstrip(".") + "."
+            warnings.warn(
+                f"the test set cannot be used: {self._test_problem} Training is not affected; predicting will "
+                "fail with this message until it is fixed.",
+                DataWarning,
+                stacklevel=3,  # the line that built the data object
+            )
+            return empty
+
+    def _require_test_set(self) -> None:
+        if self._test_problem is not None:
+            raise DataError(f"the test set cannot be used: {self._test_problem}")
 
     def train_loader(
         self, fold: int = 0, batch_size: int = 64, *, augment: bool = True, shuffle: bool = True,
@@ -523,15 +602,19 @@ class KaggleData:
     def spec(self) -> dict:
         """JSON description from which `rebuild_data` makes the same object again (for `predict`)."""
         return {
-            "type": type(self).__name__, "root": str(self.root), "kwargs": self._init_kwargs,
+            # absolute: a run made from `cd X && ... --data ../comp` must rebuild from any working directory
+            "type": type(self).__name__, "root": str(self.root.resolve()), "kwargs": self._init_kwargs,
             "custom_transforms": self._custom_transforms, "n_train": len(self.frame),
             "num_classes": self.num_classes, "in_chans": self.in_chans,
         }
 
+    def _test_summary(self) -> str:
+        return "a test set that cannot be used" if self._test_problem else f"{len(self.test_ids)} test samples"
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({str(self.root)!r}: {len(self.frame)} train samples, "
-            f"{self.num_classes} classes, {self.folds} folds, {len(self.test_ids)} test samples)"
+            f"{self.num_classes} classes, {self.folds} folds, {self._test_summary()})"
         )
 
 
@@ -589,15 +672,17 @@ class ImageCsvData(KaggleData):
         table = read_csv(self.root / csv, what="training CSV", str_cols=text_cols)
         require_column(table, id_col, source=source, param="id_col")
         require_column(table, label_col, source=source, param="label_col")
+        _require_ids(table, id_col, source=source)
         ids = table[id_col].astype(str).tolist()
         dupes = table[id_col][table[id_col].duplicated()].astype(str).unique().tolist()
         if dupes:
             raise DataError(f"{source}: {len(dupes)} id(s) appear more than once ({_first(dupes)}); ids must be unique")
         self.image_dir = self._find_image_dir(ids, image_dir, TRAIN_DIR_CANDIDATES, "training")
-        self.frame = pd.DataFrame({"id": ids, "path": self._resolve(ids, self.image_dir, "training")})
+        paths = self._resolve(ids, self.image_dir, "training", param="image_dir", id_source=source)
+        self.frame = pd.DataFrame({"id": ids, "path": paths})
         self._check_readable(self.frame["path"].tolist(), "training")
         self._encode(table, source)
-        self.test_ids, self.test_paths = self._find_test(test_dir, test_csv)
+        self.test_ids, self.test_paths = self._test_set_or_warning(lambda: self._find_test(test_dir, test_csv), ([], []))
 
     # ---- finding files --------------------------------------------------------------------------
 
@@ -616,15 +701,15 @@ class ImageCsvData(KaggleData):
             f"{[str(p.relative_to(self.root)) or '.' for p in tried]}; pass image_dir=<folder with the images>"
         )
 
-    def _resolve(self, ids: list[str], folder: Path, what: str) -> list[str]:
+    def _resolve(self, ids: list[str], folder: Path, what: str, *, param: str, id_source: str) -> list[str]:
         index = _index_folder(folder)
         found = [_lookup(index, i) for i in ids]
         missing = [i for i, f in zip(ids, found, strict=True) if f is None]
         if missing:
             raise DataError(
                 f"{len(missing)} of {len(ids)} {what} images are missing from {str(folder)!r} "
-                f"(first: {_first(missing)}). Check image_dir= and that the ids match the file names "
-                f"(with or without one of the extensions {IMAGE_EXTS})."
+                f"(first: {_first(missing)}). Check {param}= and that the ids of {id_source} match the file "
+                f"names (with or without one of the extensions {IMAGE_EXTS})."
             )
         return [str(folder / f) for f in found]
 
@@ -644,28 +729,40 @@ class ImageCsvData(KaggleData):
             )
 
     def _find_test(self, test_dir: str | Path | None, test_csv: str | None) -> tuple[list, list[str]]:
-        ids: list | None = None
-        if self.sample_submission is not None:
-            ids = self.sample_submission.iloc[:, 0].astype(str).tolist()
-        elif test_csv is not None:
-            table = read_csv(self.root / test_csv, what="test CSV", str_cols=(self.id_col,))
-            require_column(table, self.id_col, source=repr(test_csv), param="id_col")
-            ids = table[self.id_col].astype(str).tolist()
-        folders = [test_dir] if test_dir is not None else [c for c in TEST_DIR_CANDIDATES if (self.root / c).is_dir()]
-        if not folders:
-            if ids is not None and test_dir is None:
-                return [], []  # a sample submission without test images: nothing to predict here
-            raise DataError(f"test_dir={str(test_dir)!r} is not a folder under {str(self.root)!r}")
-        folder = Path(folders[0]) if Path(folders[0]).is_absolute() else self.root / folders[0]
-        if not folder.is_dir():
-            raise DataError(f"test_dir={str(test_dir)!r} is not a folder under {str(self.root)!r}")
+        ids, id_source = self._listed_test_ids(test_csv)
+        folder = self._test_folder(test_dir)
+        if folder is None:
+            return [], []  # no test images here (often so on a training notebook): nothing to predict
         if ids is None:
             names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTS))
             with_ext = "." in str(self.frame["id"].iloc[0])
             ids = names if with_ext else [os.path.splitext(n)[0] for n in names]
-        paths = self._resolve([str(i) for i in ids], folder, "test")
+        paths = self._resolve([str(i) for i in ids], folder, "test", param="test_dir", id_source=id_source)
         self._check_readable(paths, "test")
         return ids, paths
+
+    def _listed_test_ids(self, test_csv: str | None) -> tuple[list | None, str]:
+        """The test ids in submission order (sample submission first, then test_csv), and where they come from;
+        None when neither lists them (the test folder's listing is used then)."""
+        if self.sample_submission is not None:
+            source = "the sample submission"
+            _require_ids(self.sample_submission, self.sample_submission.columns[0], source=source)
+            return self.sample_submission.iloc[:, 0].astype(str).tolist(), source
+        if test_csv is None:
+            return None, "the test folder"
+        table = read_csv(self.root / test_csv, what="test CSV", str_cols=(self.id_col,))
+        require_column(table, self.id_col, source=repr(test_csv), param="id_col")
+        _require_ids(table, self.id_col, source=repr(test_csv))
+        return table[self.id_col].astype(str).tolist(), repr(test_csv)
+
+    def _test_folder(self, test_dir: str | Path | None) -> Path | None:
+        if test_dir is None:
+            found = [self.root / c for c in TEST_DIR_CANDIDATES if (self.root / c).is_dir()]
+            return found[0] if found else None
+        folder = Path(test_dir) if Path(test_dir).is_absolute() else self.root / test_dir
+        if not folder.is_dir():
+            raise DataError(f"test_dir={str(test_dir)!r} is not a folder under {str(self.root)!r}")
+        return folder
 
     # ---- datasets -------------------------------------------------------------------------------
 
@@ -674,6 +771,7 @@ class ImageCsvData(KaggleData):
         return ImageDataset(rows["path"].tolist(), rows["target"].to_numpy(), self.transform(train), self.in_chans)
 
     def test_dataset(self) -> ImageDataset:
+        self._require_test_set()
         return ImageDataset(self.test_paths, np.full(len(self.test_paths), -1), self.transform(False), self.in_chans)
 
 
@@ -742,6 +840,7 @@ class PixelCsvData(KaggleData):
         require_column(table, label_col, source=source, param="label_col")
         if id_col is not None:
             require_column(table, id_col, source=source, param="id_col")
+            _require_ids(table, id_col, source=source)
         reserved = {label_col, id_col, group_col, "fold"}
         self.pixel_cols = [c for c in table.columns if c not in reserved]
         self.image_shape = self._shape(image_shape, len(self.pixel_cols), source)
@@ -750,7 +849,8 @@ class PixelCsvData(KaggleData):
         ids = table[id_col].astype(str).tolist() if id_col else [str(i) for i in range(len(table))]
         self.frame = pd.DataFrame({"id": ids})
         self._encode(table, source)
-        self.test_ids, self.test_images = self._find_test(test_csv)
+        empty = [], np.zeros((0, *self.image_shape), dtype=np.uint8)
+        self.test_ids, self.test_images = self._test_set_or_warning(lambda: self._find_test(test_csv), empty)
 
     def _shape(self, given: tuple[int, ...] | None, n: int, source: str) -> tuple[int, int, int]:
         if given is not None:
@@ -803,6 +903,7 @@ class PixelCsvData(KaggleData):
         return ArrayDataset(self.images[indices], self.frame["target"].to_numpy()[indices], self.transform(train))
 
     def test_dataset(self) -> ArrayDataset:
+        self._require_test_set()
         return ArrayDataset(self.test_images, np.full(len(self.test_images), -1), self.transform(False))
 
 
@@ -817,6 +918,15 @@ def rebuild_data(spec: dict, root: str | Path | None = None) -> KaggleData:
     kind = _DATA_TYPES.get(spec.get("type", ""))
     if kind is None:
         raise ValueError(f"cannot rebuild data of type {spec.get('type')!r}; pass the data object itself")
+    if spec.get("custom_transforms"):
+        warnings.warn(
+            "this run was trained with custom train_transform= / valid_transform= pipelines, which run.json "
+            "cannot store: the data is rebuilt with the default albumentations pipelines instead, so training "
+            "and prediction no longer see the images the run saw. Pass the data object built with your "
+            "transforms, e.g. iterate(prev_run, arch, data=data) or predict(run, test=data)",
+            DataWarning,
+            stacklevel=2,
+        )
     kwargs = dict(spec.get("kwargs", {}))
     for key in ("image_size", "image_shape"):
         if isinstance(kwargs.get(key), list):

@@ -333,10 +333,19 @@ def _format_csv_line(values: Mapping[str, str], header: list[str], eol: str) -> 
 
 
 def _check_header(header: list[str], path: Path) -> None:
-    if "run_id" not in header or _SCHEMA_COLUMN not in header:
+    missing = [name for name in ("run_id", _SCHEMA_COLUMN) if name not in header]
+    if missing:
+        named = " and ".join(repr(name) for name in missing)
+        columns = "column" if len(missing) == 1 else "columns"
+        if missing == [_SCHEMA_COLUMN]:
+            # run ids are there: most likely a ledger whose schema column was dropped by hand or by a tool
+            fix = (f"If it is a kaggle-tli ledger, add a '{_SCHEMA_COLUMN}' column holding {SCHEMA_VERSION} on "
+                   f"every row; otherwise point Ledger at a runs folder or its {LEDGER_NAME}.")
+        else:
+            fix = f"Point Ledger at a runs folder or its {LEDGER_NAME}."
         raise LedgerError(
-            f"{path} does not look like a kaggle-tli ledger: its header {header[:6]!r} lacks the "
-            f"'run_id' and 'schema' columns. Point Ledger at a runs folder or its {LEDGER_NAME}."
+            f"{path} does not look like a kaggle-tli ledger: its header {header[:6]!r} lacks the {named} "
+            f"{columns}. {fix} The file was left untouched."
         )
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:

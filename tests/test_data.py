@@ -5,7 +5,9 @@ Budget: < 15 s on 2 cores (no model is trained here).
 
 from __future__ import annotations
 
+import os
 import shutil
+import warnings
 from pathlib import Path
 
 import albumentations as A
@@ -14,7 +16,15 @@ import pandas as pd
 import pytest
 import torch
 
-from kaggle_tli.data import DataError, EpochBatchSampler, ImageCsvData, PixelCsvData, rebuild_data
+from kaggle_tli.data import (
+    DataError,
+    DataWarning,
+    EpochBatchSampler,
+    ImageCsvData,
+    ImageDataset,
+    PixelCsvData,
+    rebuild_data,
+)
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -249,3 +259,115 @@ def test_a_class_with_one_member_must_be_dropped_or_merged(image_competition, tm
     message = str(err.value)
     assert "'lonely'" in message and "drop" in message and "merge" in message, message
     assert "folds=" not in message, f"no folds value can split a single member, none may be suggested: {message}"
+
+
+# ------------------------------------------------------------------- failures after construction
+
+
+def test_an_image_that_breaks_mid_epoch_names_the_full_decode_check(image_competition, tmp_path):
+    root = _copy(image_competition, tmp_path / "c")
+    path = root / "train" / "tr0007.png"
+    path.write_bytes(path.read_bytes()[:40])  # what the sampled default check can miss
+    data = ImageCsvData(root, image_size=32, check_images="none")
+    row = int(np.flatnonzero(data.frame["id"] == "tr0007")[0])
+    with pytest.raises(DataError) as err:
+        data.dataset(np.array([row]), train=True)[0]
+    message = str(err.value)
+    assert "tr0007.png" in message and "check_images='decode'" in message, message
+    with pytest.raises(DataError, match="tr0007"):  # the option the message names exists and finds the file
+        ImageCsvData(root, check_images="decode")
+
+
+def test_an_image_deleted_after_the_check_is_reported_missing_not_corrupt(tmp_path):
+    dataset = ImageDataset([str(tmp_path / "gone.png")], np.zeros(1), None)
+    with pytest.raises(DataError) as err:
+        dataset.load(0)
+    message = str(err.value)
+    assert "gone.png" in message and "is missing" in message and "corrupt" not in message, message
+
+
+def test_a_missing_test_image_warns_and_fails_only_when_predicting(image_competition, tmp_path):
+    root = _copy(image_competition, tmp_path / "c")
+    (root / "test" / "te0003.png").unlink()
+    with pytest.warns(DataWarning, match=r"1 of 15 test images are missing .*test_dir=") as caught:
+        data = ImageCsvData(root, image_size=32)
+    assert "image_dir=" not in str(caught[0].message), f"the test set's option is test_dir=: {caught[0].message}"
+    x, _ = data.dataset(np.arange(2), train=True)[0]  # training is not blocked
+    assert x.shape == (3, 32, 32)
+    assert data.has_test, "a broken test set must reach test_dataset(), which says what is wrong"
+    with pytest.raises(DataError, match=r"'te0003'.*test_dir="):
+        data.test_dataset()
+
+
+def test_no_test_images_at_all_does_not_block_training(image_competition, tmp_path):
+    root = _copy(image_competition, tmp_path / "c")
+    shutil.rmtree(root / "test")
+    (root / "sample_submission.csv").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        data = ImageCsvData(root, image_size=32)
+    assert len(data) == 60 and not data.has_test
+
+
+# ------------------------------------------------------------------------- messages that point
+
+
+def test_an_empty_id_is_reported_with_its_csv_line(image_competition, tmp_path):
+    root = _copy(image_competition, tmp_path / "c")
+    table = pd.read_csv(root / "train.csv")
+    table.loc[4, "id"] = None  # the 5th data row: line 6 of the file
+    table.to_csv(root / "train.csv", index=False)
+    with pytest.raises(DataError) as err:
+        ImageCsvData(root)
+    message = str(err.value)
+    assert "empty 'id'" in message and "line 6" in message and "missing" not in message, message
+
+
+def test_an_empty_label_is_reported_with_its_csv_line(image_competition, tmp_path):
+    root = _copy(image_competition, tmp_path / "c")
+    table = pd.read_csv(root / "train.csv")
+    table.loc[9, "label"] = None
+    table.to_csv(root / "train.csv", index=False)
+    line = (root / "train.csv").read_text().splitlines()[10]
+    assert line.endswith(","), f"line 11 must be the row without a label: {line!r}"
+    with pytest.raises(DataError, match=r"no 'label' value, on CSV line 11 \(the header is line 1\)"):
+        ImageCsvData(root)
+
+
+@pytest.mark.parametrize("size", [0, -3, (32, 0), (32,), 32.5])
+def test_a_size_no_image_can_have_is_refused_at_construction(image_competition, pixel_competition, size):
+    with pytest.raises(DataError, match=r"image_size=.*positive"):
+        ImageCsvData(image_competition, image_size=size)
+    with pytest.raises(DataError, match=r"image_size=.*positive"):
+        PixelCsvData(pixel_competition, image_size=size)
+
+
+# ------------------------------------------------------------------------------ rebuilding a spec
+
+
+def test_spec_root_is_absolute_so_a_run_rebuilds_from_another_directory(image_competition, tmp_path, monkeypatch):
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(here)
+    relative = os.path.relpath(image_competition, here)
+    data = ImageCsvData(relative, image_size=32)
+    spec = data.spec()
+    assert spec["root"] == str(Path(image_competition).resolve()), f"root must be absolute: {spec['root']}"
+    monkeypatch.chdir(elsewhere)
+    assert len(rebuild_data(spec)) == len(data), "the spec must rebuild from any working directory"
+    monkeypatch.chdir(here)
+    old = {**spec, "root": relative}  # a run.json written before roots were absolute
+    assert len(rebuild_data(old)) == len(data), "an old relative root must load as before"
+
+
+def test_rebuilding_custom_transforms_warns_and_names_the_fix(image_competition):
+    mine = A.Compose([A.Resize(16, 16), A.Normalize()])
+    spec = ImageCsvData(image_competition, image_size=32, train_transform=mine).spec()
+    assert spec["custom_transforms"] is True
+    with pytest.warns(DataWarning, match=r"cannot store.*iterate\(prev_run, arch, data=data\)"):
+        rebuilt = rebuild_data(spec)
+    assert rebuilt.dataset(np.arange(1), train=True)[0][0].shape == (3, 32, 32), "defaults at the run's size"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        rebuild_data(ImageCsvData(image_competition, image_size=32).spec())

@@ -349,6 +349,29 @@ def test_a_file_that_is_not_a_ledger_is_refused(tmp_path):
     assert path.read_text() == "id,label\n1,cat\n"
 
 
+@pytest.mark.parametrize("dropped", ["schema", "run_id"])
+def test_a_header_missing_one_key_column_names_only_that_column(tmp_path, dropped):
+    ledger = Ledger(tmp_path)
+    _chain(ledger, "r0", "r1")
+    with ledger.path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = [c for c in FILE_COLUMNS if c != dropped]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=kept, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    ledger.path.write_text(buffer.getvalue())
+    before = ledger.path.read_bytes()
+    other = "run_id" if dropped == "schema" else "schema"
+    for action in (lambda: Ledger(tmp_path).rows(), lambda: Ledger(tmp_path).append({"run_id": "r2"})):
+        with pytest.raises(LedgerError, match=f"lacks the '{dropped}' column\\.") as err:
+            action()
+        assert f"'{other}'" not in str(err.value).split("lacks")[1], f"only the missing column is named: {err.value}"
+    if dropped == "schema":
+        assert f"add a 'schema' column holding {SCHEMA_VERSION}" in str(err.value), str(err.value)
+    assert ledger.path.read_bytes() == before, "a refused ledger must be left byte for byte as it was"
+
+
 def test_a_ledger_from_a_newer_schema_is_refused_and_never_rewritten(tmp_path):
     ledger = Ledger(tmp_path)
     ledger.append({"run_id": "old"})
