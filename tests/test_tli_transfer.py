@@ -92,6 +92,15 @@ def test_deeper_transformer_repeats_whole_blocks_attention_from_attention():
     assert layers == ["attn.proj"] * 4 + ["mlp.fc2"] * 4, "two extra blocks, each an identity: weight and bias zeroed"
 
 
+def test_deeper_se_resnet_keeps_the_teachers_function():
+    # the gate's multiply ends the block that holds the layers and the add after it holds none
+    teacher, student = _model("seresnet18", 0), _model("seresnet34", 1)
+    report = transfer(teacher, student)
+    assert torch.allclose(_logits(teacher, 32), _logits(student, 32), atol=1e-5), "extra blocks start as identities"
+    zeroed = {r["student"] for r in report.rows if r["method"] == "zeroed"}
+    assert zeroed and all(".bn2." in k for k in zeroed), zeroed
+
+
 def test_a_block_split_by_a_gate_is_not_mistaken_for_an_extra_block():
     # regnety adds squeeze-excite to regnetx: every block becomes two halves with the same depth, nothing extra
     report = transfer(_model("regnetx_002", 0), _model("regnety_002", 1))

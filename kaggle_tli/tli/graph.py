@@ -460,10 +460,10 @@ def trace(model: nn.Module, input_size: tuple[int, ...] | None = None) -> Graph:
     unreached = [n for n in all_params if n not in reached_keys]
 
     merges = sorted((n for n in walk.nodes if walk.is_merge(n)), key=walk.seq)
-    blocks = _split_blocks(walk, reached, consumer, merges)
     gates = _gate_paths(walk)
     for unit in reached:
         unit.gate = consumer[unit.name] in gates
+    blocks = _split_blocks(walk, reached, consumer, merges)
     return Graph(reached, blocks, unreached, size, meta, aliases, tuple(outputs[0].shape))
 
 
@@ -512,8 +512,24 @@ def _split_blocks(walk: _Walk, units: list[Unit], consumer: dict[str, int], merg
             u = units[i]
             u.block, u.depth, u.block_len, u.branch = new_idx, depth, len(idx), canonical[raw_branch[i]]
         merge = merges[b] if b < len(merges) else None
-        blocks.append(Block(idx, walk.name(merge) if merge else "", _zero_unit(walk, merge, idx, units, raw_branch)))
+        zero = _zero_unit(walk, merge, idx, units, raw_branch)
+        if zero is None and b + 1 not in members:
+            zero = _zero_before_gated_add(walk, merges, b, idx, units)
+        blocks.append(Block(idx, walk.name(merge) if merge else "", zero))
     return blocks
+
+
+def _zero_before_gated_add(walk: _Walk, merges: list, b: int, idx: list[int], units: list[Unit]) -> int | None:
+    """SE-ResNet's blocks end `x + se(bn2(...))`: the gate's multiply ends the block that holds the layers, and the
+    add right after it holds none, so its shortcut is an identity. Zeroing the last layer before the gate zeroes
+    what the multiply passes on, and the residual block starts as an identity."""
+    if b + 1 >= len(merges) or walk.name(merges[b]) != "MulBackward0":
+        return None
+    add = merges[b + 1]
+    if walk.name(add) not in ("AddBackward0", "AddBackward1") or merges[b] not in walk.children[add]:
+        return None
+    main = [i for i in idx if not units[i].gate]
+    return max(main, key=lambda i: units[i].order) if main else None
 
 
 def _canonical_branches(raw: list[int]) -> dict[int, int]:
