@@ -302,6 +302,7 @@ class Run:
     def weights_path(self, which: str = "last", fold: int | None = None) -> Path:
         """Path of the `which` weights ("last" | "best" | "ema") of `fold` (default: the primary fold)."""
         path = self.path / weights_name(which, fold, self.primary_fold)
+        check_run_dir_exists(self)
         if not path.is_file():
             present = sorted(p.name for p in self.path.glob("*.safetensors"))
             raise FileNotFoundError(f"run {self.id!r} has no {path.name} (weights present: {present or 'none'})")
@@ -351,6 +352,7 @@ def _read_info(path: Path) -> dict:
 def load_run(path_or_id: str | Path | Run, runs: str | Path | None = None) -> Run:
     """A `Run` from a run directory, its run.json, or a run id looked up in `runs` (default "runs")."""
     if isinstance(path_or_id, Run):
+        check_run_dir_exists(path_or_id)
         return path_or_id
     candidate = Path(path_or_id).expanduser()
     if candidate.name == RUN_JSON:
@@ -363,6 +365,17 @@ def load_run(path_or_id: str | Path | Run, runs: str | Path | None = None) -> Ru
     close = difflib.get_close_matches(str(path_or_id), known, n=3, cutoff=0.4)
     hint = f" Closest runs in {str(search)!r}: {close}." if close else f" Runs in {str(search)!r}: {known[-5:] or 'none'}."
     raise FileNotFoundError(f"no run {str(path_or_id)!r}: not a run directory (with {RUN_JSON}).{hint}")
+
+
+def check_run_dir_exists(run: Run) -> None:
+    """A `Run` object outlives its directory (deleted or moved after load_run): say so, rather than report its
+    files one by one as missing."""
+    if not run.path.is_dir():
+        raise FileNotFoundError(
+            f"run {run.id!r}: its directory {str(run.path)!r} no longer exists (deleted or moved since it was "
+            "loaded); the ledger may still list it. Load the run from where it is now (load_run(<new path>)), or "
+            "train it again"
+        )
 
 
 def write_run_info(path: Path, info: dict) -> None:

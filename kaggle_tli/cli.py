@@ -64,11 +64,22 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item!r}: write KEY=VALUE, e.g. --set ema=true")
-        try:
-            cfg[key.replace("-", "_")] = json.loads(raw)
-        except json.JSONDecodeError:
-            cfg[key.replace("-", "_")] = raw  # a bare string such as optimizer=adam
+        cfg[key.replace("-", "_")] = _parse_value(raw)
     return cfg
+
+
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _parse_value(raw: str) -> Any:
+    """A --set value: a boolean word (any case: a string "False" would switch an option on), JSON (numbers,
+    lists, null), or else the bare string (optimizer=adam)."""
+    if raw.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[raw.strip().lower()]
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 def _load_data(args: argparse.Namespace, run: str | None = None):
@@ -151,7 +162,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     if args.import_from:
         print(f"imported {ledger.import_rows(args.import_from)} rows from {args.import_from}")
     if args.lineage:
-        rows = ledger.lineage(args.lineage)
+        rows = _lineage(ledger, args.lineage)
         print(" <- ".join(f"{r['run_id']} ({r['arch']}, cv {r['cv']})" for r in rows))
     else:
         frame = ledger.to_frame()
@@ -162,6 +173,15 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"lineage plot -> {ledger.plot_lineage(args.plot, run_id=args.lineage)}")
     return 0
+
+
+def _lineage(ledger: Any, run_id: str) -> list[dict]:
+    try:
+        return ledger.lineage(run_id)
+    except KeyError as e:  # the ledger's "no such run": the user's to fix, not a traceback
+        known = [row["run_id"] for row in ledger.rows()][-5:]
+        raise ValueError(f"{e.args[0]}; the last runs there: {known or 'none'} (kaggle-tli ledger --runs "
+                         f"{ledger.path.parent} lists them all)") from e
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -343,11 +363,14 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: printed as one message, not a traceback. (TypeError: an unknown
     training option; the rest are kaggle-tli's own errors or missing/unreadable files.)"""
+    from kaggle_tli.checkpoint import UnsafeCheckpointError
     from kaggle_tli.registry import ArchBuildError, UnknownArchError
     from kaggle_tli.tli import TraceError
 
-    errors: list[type[BaseException]] = [FileNotFoundError, PermissionError, ValueError, TypeError, UnknownArchError,
-                                         ArchBuildError, TraceError]
+    # FileExistsError: an output folder that is not empty; Not/IsADirectoryError: a file where a folder goes
+    errors: list[type[BaseException]] = [FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+                                         PermissionError, ValueError, TypeError, UnknownArchError, ArchBuildError,
+                                         TraceError, UnsafeCheckpointError]
     try:
         from kaggle_tli.kaggle import KaggleError
 

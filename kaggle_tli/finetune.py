@@ -7,8 +7,8 @@ any later process; it starts from a seeded random init (ledger init "kaiming") o
 `pretrained=True, pretrained_file=...`, from a local timm weights file (ledger init "pretrained").
 kaggle-tli never downloads weights (code competitions run offline): attach the weights as a Kaggle
 dataset and point `pretrained_file` at the file. Everything is checked (the config keys, the
-architecture name, the folds, the weights file, the input size) before the run directory and ledger
-row exist.
+architecture name, the folds, the weights file, the input size and channels, one logit per class) before
+the run directory and ledger row exist.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from kaggle_tli.checkpoint import Run
-from kaggle_tli.data import KaggleData
+from kaggle_tli.data import DataError, KaggleData
 from kaggle_tli.trainer import StageRequest, TrainConfig, fold_plan, seed_everything, start_run
 
 
@@ -82,13 +82,13 @@ def _pretrained_file(arch: str | dict, pretrained: bool, given: str | Path | Non
 
 def _build(arch: str | dict, data: KaggleData, seed: int, weights: Path | None) -> tuple[dict, nn.Module]:
     """The arch spec (weights never in it) and the step-0 model, built through the registry."""
-    from kaggle_tli.registry import arch_spec, create_model, create_model_from_spec
+    from kaggle_tli.registry import create_model, create_model_from_spec
 
     if isinstance(arch, dict):
         spec = arch
         check_spec_classes(spec, data)
     else:
-        spec = arch_spec(arch, data.num_classes, in_chans=data.in_chans)
+        spec = spec_for_data(arch, data)
     seed_everything(seed)
     if weights is None:
         return spec, create_model_from_spec(spec)
@@ -119,4 +119,38 @@ def check_spec_classes(spec: dict, data: KaggleData) -> None:
             "classes; make the spec with arch_spec(name, data.num_classes)"
         )
     if spec.get("in_chans") is not None and int(spec["in_chans"]) != data.in_chans:
-        raise ValueError(f"the architecture spec has in_chans={spec['in_chans']} but the data has {data.in_chans}")
+        raise ValueError(
+            f"the architecture spec has in_chans={spec['in_chans']} but the data has {data.in_chans}-channel images; "
+            f"make the spec with arch_spec(name, data.num_classes, in_chans={data.in_chans}), or read the images "
+            f"with {spec['in_chans']} channel(s) (ImageCsvData(..., in_chans={spec['in_chans']}))"
+        )
+
+
+def spec_for_data(arch: str, data: KaggleData) -> dict:
+    """The spec of registered / timm `arch` for the data's classes and input channels."""
+    from kaggle_tli.registry import arch_spec
+
+    check_arch_channels(arch, data.in_chans)
+    return arch_spec(arch, data.num_classes, in_chans=data.in_chans)
+
+
+def check_arch_channels(arch: str, in_chans: int, *, run_id: str | None = None) -> None:
+    """An architecture registered for a number of input channels (a change_in_chans edit) must get that many: the
+    stages build models for the data's channels (or, in iterate, the teacher run's), which would silently undo
+    the edit."""
+    from kaggle_tli.registry import fixed_in_chans
+
+    fixed = fixed_in_chans(arch)
+    if fixed is None or fixed == in_chans:
+        return
+    if run_id is None:
+        source, fix = "the data", f"read the images with {fixed} channel(s) (ImageCsvData(..., in_chans={fixed}))"
+    else:
+        source = f"run {run_id!r}, whose task it continues,"
+        fix = (f"start from a run trained on {fixed}-channel images (finetune on ImageCsvData(..., "
+               f"in_chans={fixed})) instead of {run_id!r}")
+    raise DataError(
+        f"{arch!r} is registered for {fixed}-channel images (change_in_chans({fixed}) or in_chans={fixed} in its "
+        f"registration) but {source} has {in_chans}-channel images. Either {fix}, or register {arch!r} without "
+        f"change_in_chans({fixed}) so it takes the {in_chans} channels"
+    )

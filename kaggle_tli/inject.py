@@ -14,6 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from .checkpoint import Run, load_run, load_weights, weights_metadata
+from .finetune import check_arch_channels
 from .registry import arch_spec, create_model, create_model_from_spec
 from .tli import TransferReport
 from .tli import transfer as _engine_transfer
@@ -112,4 +113,6 @@ def inject(
 def student_spec(run: Run, new_arch: str, *, num_classes: int | None = None) -> dict:
     """The registry spec of `new_arch` for `run`'s task: its class count and input channels."""
     classes = run.num_classes if num_classes is None else num_classes
-    return arch_spec(new_arch, num_classes=classes, in_chans=int(run.arch.get("in_chans") or 3))
+    in_chans = int(run.arch.get("in_chans") or 3)
+    check_arch_channels(new_arch, in_chans, run_id=run.id)
+    return arch_spec(new_arch, num_classes=classes, in_chans=in_chans)

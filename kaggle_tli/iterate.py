@@ -14,12 +14,13 @@ from typing import Any
 
 from .checkpoint import Run, load_run
 from .data import KaggleData, rebuild_data
-from .inject import inject, student_spec
+from .inject import student_spec, transfer
 from .ledger import Ledger
 from .registry import create_model_from_spec
 from .resume import resume, runs_dir_for
 from .tli import recalibrate_norms
 from .tli import refit_head as fit_head
+from .trainer import check_input_size
 
 INITS = ("tli", "kaiming")
 
@@ -59,18 +60,22 @@ def iterate(
     """
     if init not in INITS:
         raise ValueError(f"init={init!r}: use 'tli' (inject the previous run's weights) or 'kaiming' (from scratch)")
+    _check_arch_name(new_arch)
     prev = load_run(prev_run, runs=runs)
     data = _data_for(prev, data)
+    spec = student_spec(prev, new_arch)
+    student = create_model_from_spec(spec)
+    # before any weight moves or any statistic is refit: a student that cannot take the data's images, or
+    # has another class count, fails with the stages' own message rather than inside the refits
+    check_input_size(student, data, new_arch)
+    teacher = prev.build_model(which) if init == "tli" else None  # a missing weights file fails here too
     out_dir = runs_dir_for(prev, runs)
     Ledger(out_dir).import_lineage(prev.id, near=prev.path)  # a prev_run from a bundle brings its ancestors
 
     report = None
-    if init == "tli":
-        student, report, spec = inject(prev, new_arch, which=which, lam=lam, top_k=top_k, transfer_norm=transfer_norm,
-                                       extra_blocks=extra_blocks, activation_scale=activation_scale)
-    else:
-        spec = student_spec(prev, new_arch)
-        student = create_model_from_spec(spec)
+    if teacher is not None:
+        report = transfer(teacher, student, lam=lam, top_k=top_k, transfer_norm=transfer_norm,
+                          extra_blocks=extra_blocks, activation_scale=activation_scale)
     fold = int(train_cfg.get("fold", prev.config.get("fold", prev.primary_fold)))
     if recalibrate:
         recalibrate_norms(student, _training_batches(data, fold), max_batches=recalibrate_batches)
@@ -85,6 +90,16 @@ def iterate(
         files["transfer.csv"] = report.to_csv()
     return resume(student, data, arch=spec, parent=prev, stage="inject", init=init, extra=extra, files=files,
                   runs=out_dir, **train_cfg)
+
+
+def _check_arch_name(new_arch: Any) -> None:
+    """iterate builds the student from a name, its class count and channels from prev_run."""
+    if isinstance(new_arch, dict):
+        raise TypeError(
+            f"iterate takes an architecture name, not a spec dict ({new_arch.get('name')!r}): the student's class "
+            "count and channels come from prev_run. For other build options, register a variant and pass its "
+            "name: kt.register_edit('my_arch', base='<name>', edits=[], kwargs={'img_size': 32})"
+        )
 
 
 def _training_batches(data: KaggleData, fold: int):

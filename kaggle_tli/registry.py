@@ -66,6 +66,7 @@ __all__ = [
     "list_archs",
     "create_model",
     "arch_spec",
+    "fixed_in_chans",
     "create_model_from_spec",
     "swap_activation",
     "change_kernel_size",
@@ -630,10 +631,14 @@ def _split_weight_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], set
     return {k: v for k, v in kwargs.items() if k not in _WEIGHT_KWARGS}, dropped
 
 
-def _effective_in_chans(node: Mapping[str, Any], explicit: int | None) -> int:
-    """The caller's value, else the outermost change_in_chans edit, else a default kwarg, else 3."""
-    if explicit is not None:
-        return explicit
+def fixed_in_chans(name: str) -> int | None:
+    """The input channels architecture ``name`` is registered with (a ``change_in_chans`` edit, or ``in_chans``
+    in its registered kwargs), or None when it takes whatever the caller passes (timm names, factories)."""
+    return _recipe_in_chans(_resolve(name))
+
+
+def _recipe_in_chans(node: Mapping[str, Any]) -> int | None:
+    """The outermost change_in_chans edit, else an in_chans default kwarg, down the build tree; else None."""
     while node["kind"] == "edit":
         for d in reversed(node["edits"]):
             if d.get("op") == ChangeInChans.op:
@@ -643,6 +648,16 @@ def _effective_in_chans(node: Mapping[str, Any], explicit: int | None) -> int:
         node = node["base"]
     if "in_chans" in node.get("kwargs", {}):
         return int(node["kwargs"]["in_chans"])
+    return None
+
+
+def _effective_in_chans(node: Mapping[str, Any], explicit: int | None) -> int:
+    """The caller's value, else the outermost change_in_chans edit, else a default kwarg, else 3."""
+    if explicit is not None:
+        return explicit
+    recipe = _recipe_in_chans(node)
+    if recipe is not None:
+        return recipe
     entry = _REGISTRY.get(node["name"]) if node["kind"] == "factory" else None
     if entry is not None and entry.factory is not None:
         default = _param_default(entry.factory, "in_chans")

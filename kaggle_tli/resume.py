@@ -38,7 +38,7 @@ from torch import nn
 
 from kaggle_tli.checkpoint import Run, load_run, load_weights, weights_name
 from kaggle_tli.data import KaggleData
-from kaggle_tli.finetune import check_data, check_spec_classes
+from kaggle_tli.finetune import check_data, check_spec_classes, spec_for_data
 from kaggle_tli.trainer import StageRequest, TrainConfig, continue_run, fold_plan, start_run
 
 _STAGES = ("finetune", "inject", "resume")
@@ -80,11 +80,9 @@ def _from_module(
     model: nn.Module, data: KaggleData, arch: str | dict | None, parent: Any, stage: str, init: str,
     extra: dict | None, files: dict | None, runs: Any, cfg: dict,
 ) -> Run:
-    from kaggle_tli.registry import arch_spec
-
     if arch is None:
         raise TypeError("resume(model, ...) needs arch=<name or arch_spec dict> so the run can rebuild the model")
-    spec = arch if isinstance(arch, dict) else arch_spec(arch, data.num_classes, in_chans=data.in_chans)
+    spec = arch if isinstance(arch, dict) else spec_for_data(arch, data)
     check_spec_classes(spec, data)
     parent_run = load_run(parent, runs) if parent is not None else None
     config, data = _config_and_split(parent_run, data, cfg)

@@ -41,6 +41,7 @@ import shutil
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,9 @@ _LOG_FLUSH_EVERY = 50  # steps between log.csv writes: one .item() sync per flus
 
 # --------------------------------------------------------------------------------------------------
 # configuration
+
+
+_BOOL_FIELDS = ("ema", "eval_at_start", "pretrained", "progress")  # TrainConfig's on/off switches
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,14 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name}={value!r}: must be a positive integer or None")
+        for name in _BOOL_FIELDS:  # a string "False" is truthy: it would switch the option on
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(
+                    f"{name}={value!r}: must be True or False, not a {type(value).__name__} (a string such as "
+                    f"'False' counts as true); pass {name}=False, or on the command line --set {name}=false"
+                )
+            object.__setattr__(self, name, bool(value))
         choices = {"optimizer": ("adamw", "adam", "sgd"), "scheduler": ("cosine", "constant"),
                    "device": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
@@ -161,6 +173,14 @@ class TrainConfig:
         """Rebuild a config saved in run.json; keys this version does not know are dropped."""
         valid = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in saved.items() if k in valid}
+        for name in _BOOL_FIELDS:
+            if isinstance(kwargs.get(name), str):  # `--set ema=False` of older versions, which trained as true
+                warnings.warn(
+                    f"the saved config has {name}={kwargs[name]!r}, a string, which trained as {name}="
+                    f"{bool(kwargs[name])}; read as {bool(kwargs[name])} (what the run did). Pass {name}=... to "
+                    "change it in a new run", UserWarning, stacklevel=2,
+                )
+                kwargs[name] = bool(kwargs[name])
         if isinstance(kwargs.get("metric"), str) and kwargs["metric"].startswith("callable:"):
             raise ValueError(
                 f"the saved config used a custom metric function ({kwargs['metric']}); pass metric=<function> again"
@@ -1223,26 +1243,49 @@ def _abandon_setup(run_dir: Path, ledger: Any, error: BaseException, *, remove_b
 
 def check_input_size(model: nn.Module, data: KaggleData, arch: str) -> None:
     """One dummy forward pass of a (2, C, H, W) zero batch the size of the data's images (eval mode,
-    no grad), so that a model that cannot take them (a 224-px ViT given 32-px images) fails here,
-    before a run directory or ledger row exists, rather than inside the training loop."""
+    no grad), so that a model that cannot take them (a 224-px ViT given 32-px images), or that does not
+    output one logit per class of the data, fails here, before a run directory or ledger row exists,
+    rather than inside the training loop (or, for a wrong class count, not at all)."""
     shape = tuple(data.dataset(np.arange(1), train=False)[0][0].shape)  # what the valid pipeline makes
     device = next(model.parameters(), torch.empty(0)).device
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros((2, *shape), device=device))
+            out = model(torch.zeros((2, *shape), device=device))
     except (AssertionError, RuntimeError, ValueError, IndexError, TypeError) as e:
-        c, h, w = shape
-        raise DataError(
-            f"{arch!r} cannot take the data's {h}x{w} images with {c} channel(s): {type(e).__name__}: "
-            f"{str(e).strip() or '(no message)'}. Make the data the size the model expects (image_size= of "
-            f"ImageCsvData / PixelCsvData, e.g. the model's pretrained_cfg input_size), or build the model for "
-            f"this size: ViT-like models take img_size=, e.g. arch=arch_spec({arch!r}, data.num_classes, "
-            f"in_chans={c}, img_size={h if h == w else (h, w)})"
-        ) from e
+        raise DataError(_input_size_message(arch, shape, e)) from e
     finally:
         model.train(was_training)
+    _check_output_width(out, data.num_classes, arch)
+
+
+def _input_size_message(arch: str, shape: tuple[int, ...], error: Exception) -> str:
+    c, h, w = shape
+    size = h if h == w else (h, w)
+    return (
+        f"{arch!r} cannot take the data's {h}x{w} images with {c} channel(s): {type(error).__name__}: "
+        f"{str(error).strip().rstrip('.') or '(no message)'}. Make the data the size the model expects (image_size= of "
+        f"ImageCsvData / PixelCsvData, e.g. the model's pretrained_cfg input_size), or build the model for this "
+        f"size: ViT-like models take img_size=, so register a variant and use its name, e.g. "
+        f"kt.register_edit('{arch}_{h}px', base={arch!r}, edits=[], kwargs={{'img_size': {size}}})"
+    )
+
+
+def _check_output_width(out: Any, num_classes: int, arch: str) -> None:
+    """The training loss indexes the logits by class: a model with fewer outputs than the data has classes
+    fails mid-run, one with more trains silently on logits that mean nothing."""
+    logits = out[0] if isinstance(out, (tuple, list)) else out  # multi-output models: logits first
+    width = logits.shape[-1] if isinstance(logits, torch.Tensor) and logits.ndim == 2 else None
+    if width == num_classes:
+        return
+    got = f"{width} values per image" if width is not None else (
+        f"a {type(logits).__name__} of shape {tuple(getattr(logits, 'shape', ()))}")
+    raise DataError(
+        f"{arch!r} outputs {got}, but the data has {num_classes} classes: the model needs one logit per class. "
+        f"Build it with num_classes={num_classes} (a registered factory must pass its num_classes argument to "
+        "its classifier, e.g. timm.create_model(..., num_classes=num_classes))"
+    )
 
 
 def continue_run(run: Run, data: KaggleData, overrides: dict) -> Run:
@@ -1377,7 +1420,7 @@ def _ledger_start_fields(req: StageRequest, info: dict, run_dir: Path, folds: li
         "parent_run_id": info["parent_id"], "stage": req.stage, "arch": req.spec.get("name"),
         "parent_arch": info["parent_arch"], "init": req.init, "fold": _fold_label(folds),
         "epochs": req.cfg.epochs, "metric": resolve_metric(req.cfg.metric).name, "seed": req.cfg.seed,
-        "config_hash": info["config_hash"], "git_sha": git_sha(), "checkpoint": str(run_dir),
+        "config_hash": info["config_hash"], "git_sha": git_sha(), "checkpoint": str(run_dir.resolve()),
     }
     fields.update({k: req.extra[k] for k in _LEDGER_EXTRA if k in req.extra})
     return fields
@@ -1390,7 +1433,7 @@ def _ledger_row_from_info(run: Run) -> dict:
         "parent_run_id": info.get("parent_id"), "stage": info.get("stage"), "arch": run.arch.get("name"),
         "parent_arch": info.get("parent_arch"), "init": info.get("init"), "fold": _fold_label(info.get("fold_plan", [0])),
         "epochs": cfg.get("epochs"), "metric": str(cfg.get("metric")), "seed": cfg.get("seed"),
-        "config_hash": info.get("config_hash"), "git_sha": git_sha(), "checkpoint": str(run.path),
+        "config_hash": info.get("config_hash"), "git_sha": git_sha(), "checkpoint": str(run.path.resolve()),
         **{k: info.get("extra", {})[k] for k in _LEDGER_EXTRA if k in info.get("extra", {})},
     }
 

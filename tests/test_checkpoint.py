@@ -169,3 +169,15 @@ def test_weights_names_and_missing_weights(tmp_path):
         run.weights_path("best")
     with pytest.raises(ValueError, match="which="):
         weights_name("final")
+
+
+def test_a_run_whose_directory_was_deleted_says_so(tmp_path):
+    import shutil
+
+    run = load_run(_fake_run(tmp_path, "gone"))
+    shutil.rmtree(run.path)
+    match = r"run 'gone': its directory .*gone' no longer exists.*the ledger may still list it"
+    with pytest.raises(FileNotFoundError, match=match):
+        load_run(run)  # what predict, iterate and resume do first with a Run
+    with pytest.raises(FileNotFoundError, match=match):
+        run.weights_path("best")  # not "has no model_best.safetensors (weights present: none)"

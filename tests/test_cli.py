@@ -56,6 +56,43 @@ def test_train_options_and_set_parse_into_a_config():
         _train_config(args)
 
 
+@pytest.mark.parametrize("word, value", [("False", False), ("false", False), ("no", False), ("OFF", False),
+                                         ("True", True), ("yes", True), ("On", True)])
+def test_set_boolean_words_become_booleans(word, value):
+    """--set ema=False stored the string "False", which switched EMA on."""
+    from kaggle_tli.cli import _train_config
+    from kaggle_tli.trainer import TrainConfig
+
+    args = build_parser().parse_args(["finetune", "resnet18", "--data", "d", "--set", f"ema={word}"])
+    cfg = _train_config(args)
+    assert cfg == {"ema": value} and TrainConfig.from_kwargs(**cfg).ema is value, cfg
+
+
+def _fake_run(folder):
+    from kaggle_tli.checkpoint import atomic_write_json
+
+    folder.mkdir(parents=True)
+    atomic_write_json(folder / "run.json", {"schema": 1, "id": folder.name, "arch": {"name": "resnet10t"},
+                                            "num_classes": 2, "status": "done", "folds": {"0": {"status": "done"}}})
+    (folder / "model.safetensors").write_bytes(b"weights")
+    return folder
+
+
+def test_user_errors_on_files_and_the_ledger_are_one_line(tmp_path, capsys):
+    run = _fake_run(tmp_path / "runs" / "r1")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    assert main(["bundle", str(run), "-o", str(busy)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "not empty" in err and "Traceback" not in err, err
+    assert (busy / "notes.txt").read_text() == "mine" and len(list(busy.iterdir())) == 1
+
+    assert main(["ledger", "--runs", str(tmp_path / "runs"), "--lineage", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: run 'nope' is not in") and "Traceback" not in err, err
+
+
 def test_iterate_and_predict_reuse_the_runs_recorded_data_options(tmp_path, make_image_competition):
     """`--data` alone means: the run's own data options on that folder (a 32-px run stays at 32 px)."""
     from kaggle_tli.cli import _load_data

@@ -1,11 +1,14 @@
 """iterate(): stages 3 + 4 end to end on a tiny competition, lineage in the ledger, TLI vs Kaiming at step 0."""
 
+import re
+import shutil
+
 import pandas as pd
 import pytest
 
 from kaggle_tli import registry
 from kaggle_tli.checkpoint import load_run
-from kaggle_tli.data import ImageCsvData
+from kaggle_tli.data import DataError, ImageCsvData
 from kaggle_tli.finetune import finetune
 from kaggle_tli.iterate import iterate
 from kaggle_tli.ledger import Ledger
@@ -100,6 +103,43 @@ def test_bad_input_is_explained(teacher, tmp_path):
     (empty / "run.json").write_text((run.path / "run.json").read_text())
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         iterate(empty, "resnet10t", data)
+
+
+def test_a_student_that_cannot_train_on_the_data_is_refused_before_any_refit(teacher, tmp_path, monkeypatch):
+    """Input size, class count and input channels are checked before TLI, the refits, the run directory and the
+    ledger, with the stages' own messages; the size hint works in iterate as written."""
+    import timm
+
+    import kaggle_tli
+
+    run, data, _ = teacher
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # registrations here end with the test
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"'vit_tiny_patch16_224' cannot take the data's 32x32 images") as err:
+        iterate(run, "vit_tiny_patch16_224", data, runs=out, max_steps=1)
+    registry.register_arch("fixed2_test")(lambda num_classes, **kw: timm.create_model("resnet10t", num_classes=2))
+    with pytest.raises(DataError, match=r"'fixed2_test' outputs 2 values per image, but the data has 4 classes"):
+        iterate(run, "fixed2_test", data, runs=out, max_steps=1)
+    registry.register_edit("grey_test", base="resnet10t", edits=[registry.change_in_chans(1)])
+    with pytest.raises(DataError, match=r"'grey_test' is registered for 1-channel images.*has 3-channel"):
+        iterate(run, "grey_test", data, runs=out, max_steps=1)
+    with pytest.raises(TypeError, match="not a spec dict.*register_edit"):
+        iterate(run, registry.arch_spec("resnet10t", 4), data, runs=out, max_steps=1)
+    assert not out.exists(), "a refused student leaves no run directory and no ledger"
+
+    hint = re.search(r"kt\.register_edit\(.*\)$", str(err.value))
+    assert hint, str(err.value)
+    eval(hint.group(0), {"kt": kaggle_tli})  # the fix the message gives, as the user would paste it
+    child = iterate(run, "vit_tiny_patch16_224_32px", data, runs=out, max_steps=1)
+    assert child.status == "done" and child.arch["kwargs"] == {} and child.parent_id == run.id
+
+
+def test_a_run_whose_directory_was_deleted_says_so(teacher, tmp_path):
+    run, data, _ = teacher
+    copy = load_run(shutil.copytree(run.path, tmp_path / run.id))
+    shutil.rmtree(copy.path)
+    with pytest.raises(FileNotFoundError, match=r"directory .* no longer exists.*the ledger may still list it"):
+        iterate(copy, "resnet10t", data, max_steps=1)
 
 
 def test_failing_factory_other_classes_and_newer_ledger_are_explained(teacher, make_image_competition, tmp_path):

@@ -258,6 +258,17 @@ def test_change_in_chans_and_the_stem_of_a_factory_without_it() -> None:
     assert adapted[0].in_channels == 1 and run32(adapted, in_chans=1).shape == (2, 2)
 
 
+def test_fixed_in_chans_is_what_the_registration_sets() -> None:
+    """The stages refuse data with other channels only where the architecture itself fixes them."""
+    reg.register_edit("r18_gray", base="resnet18", edits=[reg.change_in_chans(1)])
+    reg.register_edit("r18_gray_silu", base="r18_gray", edits=[reg.swap_activation("silu")])
+    reg.register_arch("tiny_rgba", kwargs={"in_chans": 4})(tiny_net)
+    reg.register_arch("tiny_any")(tiny_net)
+    fixed = {name: reg.fixed_in_chans(name) for name in ("resnet18", "r18_gray", "r18_gray_silu", "tiny_rgba",
+                                                           "tiny_any")}
+    assert fixed == {"resnet18": None, "r18_gray": 1, "r18_gray_silu": 1, "tiny_rgba": 4, "tiny_any": None}, fixed
+
+
 def test_replace_head_with_mlp_and_a_registered_head() -> None:
     reg.register_edit("r18_mlp", base="resnet18", edits=[reg.replace_head("mlp", hidden=64, dropout=0.1)])
     fc = reg.create_model("r18_mlp", 6).fc

@@ -74,6 +74,16 @@ def test_bad_option_values(kwargs, match):
         TrainConfig(**kwargs)
 
 
+@pytest.mark.parametrize("name", ["ema", "eval_at_start", "pretrained", "progress"])
+def test_boolean_options_refuse_strings_that_would_read_as_true(name):
+    with pytest.raises(ValueError, match=rf"{name}='false': must be True or False.*--set {name}=false"):
+        TrainConfig(**{name: "false"})
+    assert getattr(TrainConfig(**{name: np.bool_(True)}), name) is True, "a numpy bool is a bool"
+    with pytest.warns(UserWarning, match=f"{name}='False', a string, which trained as {name}=True"):
+        saved = TrainConfig.from_dict({name: "False"})  # run.json of an older `--set ema=False`: what it did
+    assert getattr(saved, name) is True
+
+
 def test_config_hash_is_canonical():
     assert TrainConfig(lr=0.1, epochs=2).config_hash() == TrainConfig(epochs=2, lr=0.1).config_hash()
     assert TrainConfig(lr=0.1).config_hash() != TrainConfig(lr=0.2).config_hash()
@@ -265,12 +275,70 @@ def test_bad_input_fails_before_any_run_directory(stage1, data, tmp_path):
         (lambda: finetune("resnet10t", data, runs=runs, pretrained=True), ValueError, "Kaggle dataset.*pretrained_file="),
         # a ViT made for 160 px given 32-px images: timm's assertion, before the run exists
         (lambda: finetune("test_vit3", data, runs=runs), DataError,
-         r"'test_vit3' cannot take the data's 32x32 images.*doesn't match model.*image_size=.*img_size=32"),
+         r"'test_vit3' cannot take the data's 32x32 images.*doesn't match model.*image_size=.*'img_size': 32"),
     ]
     for call, kind, match in cases:
         with pytest.raises(kind, match=match):
             call()
     assert not runs.exists(), "a failed check must leave no run directory and no ledger"
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Architectures registered by a test are gone after it."""
+    from kaggle_tli import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    return registry
+
+
+def test_an_architecture_registered_for_other_channels_is_refused_not_rebuilt(scratch_registry, data,
+                                                                              image_competition, tmp_path):
+    """change_in_chans(1) must not be undone by the data's 3 channels: refused before the run exists, and kept
+    when the data has 1 channel."""
+    scratch_registry.register_edit("test_r10_grey", base="resnet10t", edits=[scratch_registry.change_in_chans(1)])
+    runs = tmp_path / "runs"
+    match = r"'test_r10_grey' is registered for 1-channel images.*the data has 3-channel.*in_chans=1"
+    with pytest.raises(DataError, match=match):
+        finetune("test_r10_grey", data, runs=runs, max_steps=1, **FAST)
+    with pytest.raises(DataError, match=match):
+        resume(scratch_registry.create_model("test_r10_grey", 3), data, arch="test_r10_grey", runs=runs)
+    assert not runs.exists(), "a refused architecture leaves no run directory and no ledger"
+
+    grey = ImageCsvData(image_competition, image_size=32, in_chans=1)
+    run = finetune("test_r10_grey", grey, runs=runs, max_steps=1, **FAST)
+    assert run.arch["in_chans"] == 1 and run.build_model().conv1[0].in_channels == 1
+
+
+def test_a_model_without_one_logit_per_class_is_refused_before_any_run(scratch_registry, data, tmp_path):
+    """A factory that ignores num_classes: more logits would train silently, fewer would fail mid-run."""
+    import timm
+
+    for width in (1000, 2):
+        scratch_registry.register_arch(f"test_fixed{width}")(
+            lambda num_classes, width=width, **kw: timm.create_model("resnet10t", num_classes=width, **kw))
+    runs = tmp_path / "runs"
+    for width in (1000, 2):
+        match = rf"'test_fixed{width}' outputs {width} values per image, but the data has 3 classes.*num_classes=3"
+        with pytest.raises(DataError, match=match):
+            finetune(f"test_fixed{width}", data, runs=runs, max_steps=1, **FAST)
+        model = scratch_registry.create_model(f"test_fixed{width}", 3)
+        with pytest.raises(DataError, match=match):
+            resume(model, data, arch=f"test_fixed{width}", runs=runs, max_steps=1)
+    assert not runs.exists(), "a refused model leaves no run directory and no ledger"
+
+
+def test_ledger_checkpoint_is_absolute_and_a_deleted_run_says_so(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = finetune("resnet10t", data, max_steps=1, **FAST)  # runs="runs": relative to the working directory
+    row = Ledger("runs").get(run.id)
+    assert Path(row["checkpoint"]).is_absolute() and row["checkpoint"] == str(run.path), row["checkpoint"]
+
+    import shutil
+
+    shutil.rmtree(run.path)
+    with pytest.raises(FileNotFoundError, match=r"directory .* no longer exists.*the ledger may still list it"):
+        predict(run)
 
 
 def test_a_newer_ledger_is_refused_before_any_run_directory(data, tmp_path):
