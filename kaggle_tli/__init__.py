@@ -19,7 +19,7 @@ _EXPORTS: dict[str, str] = {
     "TransferReport": "kaggle_tli.tli",
     "tli_score": "kaggle_tli.tli",
     "similarity_matrix": "kaggle_tli.tli",
-    "rank_teachers": "kaggle_tli.tli",
+    "rank_teachers": "kaggle_tli.inject",
     "trace": "kaggle_tli.tli",
     "recalibrate_norms": "kaggle_tli.tli",
     "refit_head": "kaggle_tli.tli",

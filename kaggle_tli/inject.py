@@ -8,15 +8,17 @@ architecture through the registry, and injects.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pandas as pd
 from torch import nn
 
 from .checkpoint import Run, load_run, load_weights, weights_metadata
 from .finetune import check_arch_channels
 from .registry import arch_spec, create_model, create_model_from_spec
 from .tli import TransferReport
+from .tli import rank_teachers as _engine_rank
 from .tli import transfer as _engine_transfer
 
 TeacherLike = nn.Module | Run | str | Path
@@ -88,6 +90,31 @@ def transfer(
     return _engine_transfer(teachers if many else teachers[0], student, lam=lam, top_k=top_k,
                             transfer_norm=transfer_norm, transfer_head=transfer_head, extra_blocks=extra_blocks,
                             activation_scale=activation_scale, input_size=input_size)
+
+
+def rank_teachers(
+    student: nn.Module,
+    candidates: Mapping[str, TeacherLike] | Sequence[TeacherLike],
+    *,
+    which: str = "last",
+    runs: str | Path | None = None,
+    **options,
+) -> pd.DataFrame:
+    """`kaggle_tli.tli.rank_teachers` with candidates given as modules, `Run`s, run ids or directories, or
+    `.safetensors` files written by kaggle-tli (a list is named by run id or path). `options`: `input_size`,
+    `batches`, `max_batches`, `progress`."""
+    if not isinstance(candidates, Mapping):
+        candidates = {_candidate_name(c, i): c for i, c in enumerate(candidates)}
+    loaded = {name: load_teacher(c, which=which, runs=runs) for name, c in candidates.items()}
+    return _engine_rank(student, loaded, **options)
+
+
+def _candidate_name(candidate: TeacherLike, i: int) -> str:
+    if isinstance(candidate, Run):
+        return candidate.id
+    if isinstance(candidate, nn.Module):
+        return f"{i}:{type(candidate).__name__}"
+    return str(candidate)
 
 
 def inject(

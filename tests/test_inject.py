@@ -5,7 +5,7 @@ import torch
 
 from kaggle_tli import registry
 from kaggle_tli.checkpoint import save_weights, write_run_info
-from kaggle_tli.inject import inject, load_teacher, transfer
+from kaggle_tli.inject import inject, load_teacher, rank_teachers, transfer
 
 
 def _fake_run(root, arch="resnet10t", num_classes=3, seed=0):
@@ -54,3 +54,12 @@ def test_weights_file_without_architecture_is_explained(tmp_path):
         load_teacher(bad)
     with pytest.raises(FileNotFoundError, match="no run"):
         load_teacher(tmp_path / "missing-run")
+
+
+def test_rank_teachers_takes_runs_and_names_them(tmp_path):
+    same, _ = _fake_run(tmp_path, "resnet10t")
+    other, _ = _fake_run(tmp_path, "mobilenetv3_small_050")
+    student = registry.create_model("resnet10t", num_classes=3)
+    ranked = rank_teachers(student, [other, same], input_size=(3, 32, 32))
+    assert list(ranked["teacher"]) == [str(same), str(other)], ranked
+    assert rank_teachers(student, {"run": same}, input_size=(3, 32, 32))["tli_score"].iloc[0] == 1.0
