@@ -306,24 +306,30 @@ def _reshaped(unit: Unit, local: str, target: Tensor, tensors: list[Tensor], wei
 def _identity_units(graph: Graph, found: list[_Teacher], choices: dict) -> set[int]:
     """Units to zero so that student blocks repeating a teacher block start as identities (Net2Net's deeper
     transform): the last layer of a residual branch whose shortcut is an identity, in a block seeded from a teacher
-    block already used upstream, when that layer's own teacher layer already seeded an earlier student layer.
+    block already used upstream.
 
-    The second condition tells an extra block from the second half of a block the student has split: a
-    squeeze-excite multiply ends a block, so regnety's blocks map onto regnetx's in two halves, and the half after
-    the gate seeds from teacher layers nothing has used yet; zeroing it would delete a block the teacher has.
+    Except the second half of a block a squeeze-excite gate splits: regnety's blocks map onto regnetx's in two
+    halves, the first taking a teacher block afresh and the one after the gate's multiply repeating it, and zeroing
+    that would delete a block the teacher has. An extra block's first half is a repeat itself.
     """
-    repeated = set()
+    out = set()
     for t_idx, t in enumerate(found):
+        previous = None
         for block, bm in zip(graph.blocks, t.alignment.block_map, strict=True):
-            if bm.repeat and block.zero_unit is not None:
-                repeated.add((block.zero_unit, t_idx))
-    out, used = set(), set()
-    for i in sorted(choices):  # student units in execution order
-        t_idx, match = choices[i]
-        source = (t_idx, match.sources[0])
-        if (i, t_idx) in repeated and source in used:
-            out.add(i)
-        used.add(source)
+            z = block.zero_unit
+            if bm.repeat and z is not None and choices.get(z, (None,))[0] == t_idx and not _second_half(previous, bm):
+                out.add(z)
+            previous = (block, bm)
     return out
+
+
+def _second_half(previous, bm) -> bool:
+    """Does this block finish the previous one, cut at a gate's multiply, on the same fresh teacher block? (Not when
+    the multiply closes a whole residual block, as in SE-ResNet, where the previous block has its own zero unit.)"""
+    if previous is None:
+        return False
+    block, prev_bm = previous
+    cut = block.merge == "MulBackward0" and block.zero_unit is None
+    return cut and not prev_bm.repeat and prev_bm.teacher == bm.teacher
 
 
