@@ -309,16 +309,22 @@ def _identity_units(graph: Graph, found: list[_Teacher], choices: dict) -> set[i
     block already used upstream.
 
     Except the second half of a block a squeeze-excite gate splits: regnety's blocks map onto regnetx's in two
-    halves, the first taking a teacher block afresh and the one after the gate's multiply repeating it, and zeroing
-    that would delete a block the teacher has. An extra block's first half is a repeat itself.
+    halves, the first taking a teacher block afresh and the one after the gate's multiply repeating it with teacher
+    layers nothing has used yet, and zeroing that would delete a block the teacher has. (Across families the zeroing
+    stays: students learnt faster with those blocks as identities, docs/benchmarks.md.)
     """
+    first_use: dict[tuple[int, int], int] = {}  # (teacher, teacher unit) -> the first student unit it seeds
+    for i in sorted(choices):  # student units in execution order
+        first_use.setdefault((choices[i][0], choices[i][1].sources[0]), i)
     out = set()
     for t_idx, t in enumerate(found):
         previous = None
         for block, bm in zip(graph.blocks, t.alignment.block_map, strict=True):
             z = block.zero_unit
-            if bm.repeat and z is not None and choices.get(z, (None,))[0] == t_idx and not _second_half(previous, bm):
-                out.add(z)
+            if bm.repeat and z is not None and choices.get(z, (None,))[0] == t_idx:
+                novel = first_use[t_idx, choices[z][1].sources[0]] == z
+                if not (novel and _second_half(previous, bm)):
+                    out.add(z)
             previous = (block, bm)
     return out
 
