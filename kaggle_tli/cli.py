@@ -366,11 +366,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from kaggle_tli.checkpoint import UnsafeCheckpointError
     from kaggle_tli.registry import ArchBuildError, UnknownArchError
     from kaggle_tli.tli import TraceError
+    from kaggle_tli.trainer import RunBusyError
 
     # FileExistsError: an output folder that is not empty; Not/IsADirectoryError: a file where a folder goes
     errors: list[type[BaseException]] = [FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
                                          PermissionError, ValueError, TypeError, UnknownArchError, ArchBuildError,
-                                         TraceError, UnsafeCheckpointError]
+                                         TraceError, UnsafeCheckpointError, RunBusyError]
     try:
         from kaggle_tli.kaggle import KaggleError
 

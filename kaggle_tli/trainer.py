@@ -84,6 +84,10 @@ _LOG_FLUSH_EVERY = 50  # steps between log.csv writes: one .item() sync per flus
 _BOOL_FIELDS = ("ema", "eval_at_start", "pretrained", "progress")  # TrainConfig's on/off switches
 
 
+class RunBusyError(RuntimeError):
+    """Another process holds the run's lock: it is training that run right now."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every training option; saved as run.json["config"]. Unknown keys are a TypeError.
@@ -941,7 +945,7 @@ def _accelerator(cfg: TrainConfig) -> Any:
 
     cuda = torch.cuda.is_available() if cfg.device == "auto" else cfg.device == "cuda"
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' but no CUDA device is available; use device='auto' or 'cpu'")
+        raise ValueError("device='cuda' but no CUDA device is available; use device='auto' or 'cpu'")
     amp = cfg.amp in (True, "fp16") or (cfg.amp == "auto" and cuda)
     if amp and not cuda:
         raise ValueError("amp=fp16 needs a CUDA device; use amp='auto' or False on CPU")
@@ -1318,7 +1322,8 @@ def continue_run(run: Run, data: KaggleData, overrides: dict) -> Run:
     try:
         lock.acquire(timeout=0)
     except Timeout as e:
-        raise RuntimeError(f"run {run.id!r} is being trained by another process right now (its lock is held)") from e
+        raise RunBusyError(f"run {run.id!r} is being trained by another process right now (its lock is held): wait "
+                           "for that process to finish or stop it, then continue the run") from e
     try:
         folds = fold_plan(cfg, data.folds)
         _reopen(run, cfg, state, ledger)

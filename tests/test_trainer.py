@@ -471,7 +471,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_resume_is_bit_identical(reference,
     run = load_run(run_dir)
     assert run.status == "interrupted" and Ledger(runs).get(run.id)["status"] == "interrupted"
     with FileLock(str(run_dir / ".lock")):  # another process still training it: refused
-        with pytest.raises(RuntimeError, match="being trained by another process"):
+        with pytest.raises(trainer.RunBusyError, match="being trained by another process"):
             resume(run, data)
     _assert_same_run(reference, resume(run, data))
 
