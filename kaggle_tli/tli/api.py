@@ -99,7 +99,7 @@ def transfer(
         rows.append(_row(key, s_tensors[key], "", "init", reason="never used by the forward pass"))
     reported = {r["student"] for r in rows} | set(s_graph.aliases)
     for key in student.state_dict(keep_vars=True):
-        if key not in reported:  # e.g. a model's own input-normalisation constants
+        if key not in reported and key in s_tensors:  # e.g. a model's own input-normalisation constants
             rows.append(_row(key, s_tensors[key], "", "init", reason=_UNTRACED_BUFFER))
     sharpened = _sharpen(teachers, student, s_graph, found, choices, activation_scale, rows)
 
