@@ -1,5 +1,6 @@
 """Tracing: what the graph says about each layer, and that tracing leaves models exactly as they were."""
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -169,8 +170,10 @@ def test_forward_failure_names_the_size_and_the_fix():
 
 def test_input_size_mistakes_get_the_fix():
     model = timm.create_model("resnet10t", pretrained=False, num_classes=3)
-    with pytest.raises(TypeError, match=r"\(3, 224, 224\); got 64"):
-        trace(model, 64)
+    for wrong in (64, 64.0, (3, 32.0, 32), (3, True, 32)):
+        with pytest.raises(TypeError, match=r"\(3, 224, 224\); got "):
+            trace(model, wrong)
+    assert trace(model, (np.int64(3), 32, 32)).input_size == (3, 32, 32)
     with pytest.raises(TraceError, match=r"excludes the batch dimension: pass input_size=\(3, 32, 32\)"):
         trace(model, (1, 3, 32, 32))
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3)

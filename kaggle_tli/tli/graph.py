@@ -21,6 +21,7 @@ import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -275,10 +276,12 @@ def _run_forward(model: nn.Module, input_size: tuple[int, ...]):
 
 def _checked_size(input_size) -> tuple[int, ...]:
     """`input_size` as a tuple of positive ints, refused with the fix when it is not one input's size."""
-    if isinstance(input_size, int) or not all(isinstance(n, int) and n > 0 for n in input_size):
+    ints = isinstance(input_size, (tuple, list, torch.Size)) and all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0 for n in input_size)
+    if not ints:
         raise TypeError(f"input_size is the size of one input without the batch dimension, a tuple of positive ints "
                         f"such as (3, 224, 224); got {input_size!r}")
-    return tuple(input_size)
+    return tuple(int(n) for n in input_size)
 
 
 # --------------------------------------------------------------------------------------------------- graph walk
