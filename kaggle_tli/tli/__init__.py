@@ -8,10 +8,12 @@
     rank       rank.py    rank_teachers: by TLI score, or by how well the injected student starts (needs data)
     refit      norm.py, head.py   BatchNorm statistics and the classifier fitted on a few batches (needs data)
     report     report.py  TransferReport: one row per student tensor
+    guard      guard.py   after a transfer: no meta tensor, the teacher untouched, the student finite
 """
 
 from .api import transfer
 from .graph import Graph, TraceError, Unit, trace
+from .guard import TransferIntegrityError
 from .head import HeadRefit, refit_head
 from .inject import center_crop, combo_injection, resize
 from .norm import recalibrate_norms
@@ -23,6 +25,7 @@ __all__ = [
     "Graph",
     "HeadRefit",
     "TraceError",
+    "TransferIntegrityError",
     "TransferReport",
     "Unit",
     "center_crop",

@@ -16,12 +16,12 @@ after the rescaling than before, or everything is put back.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
-
-from .graph import _Restore
 
 # activations that tend to ReLU when sharpened: f(s * z) / s -> relu(z) as s -> infinity
 SMOOTH_RELUS = frozenset({"silu", "gelu", "mish", "softplus", "elu"})
@@ -87,17 +87,32 @@ def _probe(model: nn.Module, head: nn.Module, norms: list[nn.Module], x: Tensor)
     hooks = [m.register_forward_pre_hook(lambda mod, args: rms.__setitem__(id(mod), _rms(args[0]))) for m in norms]
     hooks.append(head.register_forward_pre_hook(lambda mod, args: features.append(args[0].detach().clone())))
     try:
-        with _Restore(model):
-            model.eval()
-            for m in model.modules():
-                if isinstance(m, _BatchNorm):
-                    m.train()
+        with _batch_statistics(model):
             first = next(model.parameters())
             model(x.to(device=first.device, dtype=first.dtype))  # teacher and student may live on other devices
     finally:
         for h in hooks:
             h.remove()
     return features[0].flatten(1).double().cpu(), rms
+
+
+@contextmanager
+def _batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Eval mode, except that BatchNorm normalises with the batch's own statistics and records none of them: no
+    buffer is written, so the model's tensors (and their version counters) stay exactly as they were."""
+    training = {m: m.training for m in model.modules()}
+    tracking = {m: m.track_running_stats for m in model.modules() if isinstance(m, _BatchNorm)}
+    try:
+        model.eval()
+        for m in tracking:
+            m.train()
+            m.track_running_stats = False
+        yield
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+        for m, flag in tracking.items():
+            m.track_running_stats = flag
 
 
 def _rms(t: Tensor) -> float:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .activation import HOMOGENEOUS, SMOOTH_RELUS, sharpen_activations
 from .graph import Graph, Unit, trace_as, unwrap_compiled
+from .guard import check_student, check_unchanged, fingerprint
 from .inject import combo_injection, mix
 from .match import Alignment, Match, match_graphs
 from .report import TransferReport
@@ -65,6 +66,7 @@ def transfer(
         raise ValueError(f"activation_scale must be >= 1 (1 = off), got {activation_scale}")
     if extra_blocks not in ("identity", "copy"):
         raise ValueError(f"extra_blocks={extra_blocks!r}: use 'identity' (keep the function) or 'copy'")
+    teacher_prints = [fingerprint(t) for t in teachers]
     s_graph = trace_as(student, input_size, "student")
     found = []
     for t_idx, t in enumerate(teachers):
@@ -102,6 +104,9 @@ def transfer(
         if key not in reported and key in s_tensors:  # e.g. a model's own input-normalisation constants
             rows.append(_row(key, s_tensors[key], "", "init", reason=_UNTRACED_BUFFER))
     sharpened = _sharpen(teachers, student, s_graph, found, choices, activation_scale, rows)
+    for t_idx, (t, before) in enumerate(zip(teachers, teacher_prints, strict=True)):
+        check_unchanged(t, before, "teacher" if len(teachers) == 1 else f"teacher {t_idx}")
+    check_student(student)
 
     params = {n for n, _ in student.named_parameters()}
     counted = [r for r in rows if r["student"] in params]

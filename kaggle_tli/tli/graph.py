@@ -4,7 +4,7 @@ A unit is a module of a known kind (conv, linear, norm, embedding) with all its 
 lives directly on some other module (`cls_token`, `pos_embed`, a layer-scale `gamma`). Units are what get matched and
 injected: a conv's bias and a norm's running statistics travel with the weight they belong to.
 
-The trace runs one forward pass with `torch.func.functional_call` on *meta* copies of the parameters, buffers and
+The trace runs one forward pass with *meta* copies swapped in for the parameters, buffers and
 input: the autograd graph is recorded (shapes only, no arithmetic), so tracing costs the same at 224 px as at 32 px and
 cannot touch the model's real tensors, BatchNorm statistics included. Models whose forward does not run on the meta
 device are traced for real, with every parameter, buffer, training flag and `requires_grad` restored afterwards.
@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
 
 # 3x224x224 for timm models without a pretrained_cfg: what almost every ImageNet model accepts.
 _DEFAULT_INPUT_SIZE = (3, 224, 224)
@@ -163,6 +163,9 @@ def collect_units(model: nn.Module) -> tuple[list[Unit], dict[str, str]]:
             tensor = dict(own)[local]
             if isinstance(tensor, nn.Parameter):
                 units.append(Unit(key, "other", tuple(tensor.shape), {"": key}))
+    for key, tensor in model.state_dict(keep_vars=True).items():  # a module registered under two names (CoaT)
+        if seen.get(id(tensor), key) != key:
+            aliases.setdefault(key, seen[id(tensor)])
     return units, aliases
 
 
@@ -201,14 +204,43 @@ def _tensors_in(obj) -> Iterator[torch.Tensor]:
 
 def _forward_meta(model: nn.Module, input_size: tuple[int, ...]):
     """Forward on meta copies: records the graph, computes nothing, leaves the model untouched."""
-    tensors = {n: torch.empty_like(p, device="meta").requires_grad_(True) for n, p in model.named_parameters()}
-    # a frozen norm's weight and bias are buffers: traced like parameters, so the norm is found in the graph
-    tensors.update({n: torch.empty_like(b, device="meta").requires_grad_(_affine_buffer(n, b))
-                    for n, b in model.named_buffers()})
-    dtype = next(iter(tensors.values())).dtype
-    x = torch.empty((1, *input_size), device="meta", dtype=dtype, requires_grad=True)
-    out = functional_call(model, tensors, (x,), tie_weights=True, strict=False)
-    return out, x, {id(t): n for n, t in tensors.items()}
+    with _meta_tensors(model) as names:
+        dtype = next(iter(model.parameters())).dtype
+        x = torch.empty((1, *input_size), device="meta", dtype=dtype, requires_grad=True)
+        out = model(x)
+    return out, x, names
+
+
+@contextmanager
+def _meta_tensors(model: nn.Module) -> Iterator[dict[int, str]]:
+    """Every parameter and buffer of `model` swapped for a meta copy that requires grad, restored on exit.
+
+    Swapped once per module *object*, however many names it is registered under: CoaT shares one position-encoding
+    module between blocks, and `torch.func.functional_call` swaps per name and restores in the same order, so the
+    second name's "original" was already the meta copy and the real tensors never came back. A tensor shared by two
+    modules (tied weights) gets one meta copy, so the tie survives. Yields id(meta copy) -> state_dict key.
+    """
+    copies: dict[int, torch.Tensor] = {}  # id(real tensor) -> its meta copy
+    names: dict[int, str] = {}
+    swapped: list[tuple[dict, str, torch.Tensor]] = []  # (module._parameters or _buffers, local name, real tensor)
+    try:
+        for mod_name, module in model.named_modules():  # each module object once
+            prefix = f"{mod_name}." if mod_name else ""
+            for table, is_param in ((module._parameters, True), (module._buffers, False)):
+                for local, real in list(table.items()):
+                    if real is None:
+                        continue
+                    if id(real) not in copies:
+                        # a frozen norm's weight and bias are buffers: traced like parameters, so the norm is found
+                        grad = is_param or _affine_buffer(local, real)
+                        copies[id(real)] = torch.empty_like(real, device="meta").requires_grad_(grad)
+                        names[id(copies[id(real)])] = f"{prefix}{local}"
+                    swapped.append((table, local, real))
+                    table[local] = copies[id(real)]
+        yield names
+    finally:
+        for table, local, real in reversed(swapped):
+            table[local] = real
 
 
 def _affine_buffer(name: str, buffer: torch.Tensor) -> bool:
@@ -227,16 +259,18 @@ def _forward_real(model: nn.Module, input_size: tuple[int, ...]):
 
 
 class _Restore:
-    """Snapshot of everything a real forward pass could change; restored on exit, exceptions included."""
+    """Training flags and `requires_grad` restored on exit, exceptions included; with `buffers`, also every buffer a
+    real forward pass changed. A buffer is written back only where it differs, so an untouched model keeps its
+    tensors' version counters (the transfer's integrity check reads them)."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, model: nn.Module, *, buffers: bool):
+        self.model, self.with_buffers = model, buffers
 
     def __enter__(self):
         m = self.model
         self.training = {name: mod.training for name, mod in m.named_modules()}
         self.requires_grad = {name: p.requires_grad for name, p in m.named_parameters()}
-        self.buffers = {name: b.detach().clone() for name, b in m.named_buffers()}
+        self.buffers = {name: b.detach().clone() for name, b in m.named_buffers()} if self.with_buffers else {}
         return self
 
     def __exit__(self, *exc):
@@ -247,14 +281,17 @@ class _Restore:
             p.requires_grad_(self.requires_grad[name])
         with torch.no_grad():
             for name, b in m.named_buffers():
-                b.copy_(self.buffers[name])
+                saved = self.buffers.get(name)
+                if saved is not None and not torch.equal(b, saved):
+                    b.copy_(saved)
         return False
 
 
 def _run_forward(model: nn.Module, input_size: tuple[int, ...]):
     errors = []
     for forward in (_forward_meta, _forward_real):
-        with _Restore(model), torch.enable_grad():
+        # the meta pass never touches a real tensor; only the real one needs its buffers saved
+        with _Restore(model, buffers=forward is _forward_real), torch.enable_grad():
             model.eval()
             try:
                 out, x, names = forward(model, input_size)
