@@ -1,6 +1,7 @@
 """The TLI engine: two `nn.Module`s in, a report out. Knows nothing about Kaggle, runs or files.
 
     trace      graph.py   execution graph -> ordered layers with block, depth, branch, activation
+               forward.py the one forward pass on meta copies that records it; units.py the layers themselves
     match      match.py   score every pair as arrays; order-preserving block and layer alignment
     inject     inject.py  ComboInjection (centre crop + resize) for any rank, top-k mixing
     sharpen    activation.py  a smooth activation replacing the teacher's ReLU made to act like it (norms x s)
@@ -12,7 +13,8 @@
 """
 
 from .api import transfer
-from .graph import Graph, TraceError, Unit, trace
+from .forward import TraceError
+from .graph import trace
 from .guard import TransferIntegrityError
 from .head import HeadRefit, refit_head
 from .inject import center_crop, combo_injection, resize
@@ -20,6 +22,7 @@ from .norm import recalibrate_norms
 from .rank import rank_teachers
 from .report import TransferReport
 from .score import similarity_matrix, tli_score
+from .units import Graph, Unit
 
 __all__ = [
     "Graph",

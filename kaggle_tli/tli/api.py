@@ -10,12 +10,14 @@ import torch
 from torch import Tensor, nn
 
 from .activation import HOMOGENEOUS, SMOOTH_RELUS, sharpen_activations
-from .graph import Graph, Unit, trace_as, unwrap_compiled
+from .forward import unwrap_compiled
+from .graph import trace_as
 from .guard import check_student, check_unchanged, fingerprint
 from .inject import combo_injection, mix
 from .match import Alignment, Match, match_graphs
 from .report import TransferReport
 from .score import graph_score
+from .units import Graph, Unit
 
 
 @dataclass

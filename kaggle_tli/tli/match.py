@@ -17,7 +17,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from .graph import Graph, Unit
+from .units import Graph, Unit
 
 KINDS = ("conv", "dwconv", "linear", "norm", "embedding", "other")
 

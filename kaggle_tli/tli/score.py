@@ -9,8 +9,9 @@ import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 
-from .graph import Graph, trace
+from .graph import trace
 from .match import match_graphs
+from .units import Graph
 
 
 def graph_score(a: Graph, b: Graph) -> float:
