@@ -12,9 +12,11 @@ from torch import Tensor, nn
 from .activation import HOMOGENEOUS, SMOOTH_RELUS, sharpen_activations
 from .forward import unwrap_compiled
 from .graph import trace_as
+from .grow import GROWTH_MODES
+from .growth_align import GrowthAlignment, align_growth
 from .guard import check_student, check_unchanged, fingerprint
-from .inject import combo_injection, mix
 from .match import Alignment, Match, match_graphs
+from .place import Growth, place_identity, place_tensor, report_row
 from .report import TransferReport
 from .score import graph_score
 from .units import Graph, Unit
@@ -39,6 +41,9 @@ def transfer(
     activation_scale: float = 4.0,
     input_size: tuple[int, ...] | None = None,
     teacher_input_size: tuple[int, ...] | None = None,
+    method: str = "auto",
+    growth_jitter: float = 0.1,
+    seed: int = 0,
 ) -> TransferReport:
     """Inject the teacher's weights into `student` (in place) and report what happened to every student tensor.
 
@@ -59,6 +64,12 @@ def transfer(
         computes nearly the teacher's ReLU (see activation.py); kept only if a probe batch shows the student closer
         to the teacher. 1 = off. 4 keeps resnet18 -> resnet18-with-SiLU at the teacher's accuracy at step 0.
     input_size: (C, H, W) for the dummy forward pass; default from timm's pretrained_cfg.
+    teacher_input_size: the teacher's own (C, H, W) where it differs from the student's.
+    method: "auto" grows a student that has the teacher's structure up to widths and depths so that it computes
+        exactly what the teacher did (grow.py: new units silent behind BatchNorm, duplicated channels behind a
+        LayerNorm), and uses ComboInjection elsewhere; "combo" is the paper's ComboInjection everywhere.
+    growth_jitter: how unevenly duplicated channels split their fan-out (0 = evenly, Net2Net; the copies then get
+        equal gradients), drawn with `seed`. The function is kept either way.
     """
     start = time.perf_counter()
     teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
@@ -66,6 +77,11 @@ def transfer(
     _check_models(teachers, student, lam, top_k)
     if not activation_scale >= 1.0:
         raise ValueError(f"activation_scale must be >= 1 (1 = off), got {activation_scale}")
+    if method not in ("auto", "combo"):
+        raise ValueError(f"method={method!r}: use 'auto' (growth that keeps the function where the structure "
+                         "allows, ComboInjection elsewhere) or 'combo' (ComboInjection everywhere)")
+    if not 0.0 <= growth_jitter < 1.0:
+        raise ValueError(f"growth_jitter must be in [0, 1), got {growth_jitter}")
     if extra_blocks not in ("identity", "copy"):
         raise ValueError(f"extra_blocks={extra_blocks!r}: use 'identity' (keep the function) or 'copy'")
     teacher_prints = [fingerprint(t) for t in teachers]
@@ -78,33 +94,41 @@ def transfer(
 
     same_classes = [t_idx for t_idx, t in enumerate(found) if not _heads_differ(s_graph, t.graph)]
     head = set() if transfer_head or len(same_classes) == len(found) else _head_units(student, s_graph)
-    choices = {}
-    for i, unit in enumerate(s_graph.units):  # a classifier takes its weights only from a teacher with its classes
-        choice = _best_teacher(found, i, same_classes if unit.name in head else None)
-        if choice is not None:
-            choices[i] = choice
-    zeroed = _identity_units(s_graph, found, choices) if extra_blocks == "identity" else set()
+    grown = align_growth(s_graph, found[0].graph) if method == "auto" and len(found) == 1 else None
+    if grown is None:
+        choices = _matched_choices(s_graph, found, head, same_classes)
+        zeroed = _identity_units(s_graph, found, choices) if extra_blocks == "identity" else set()
+    else:
+        choices, zeroed = _grown_choices(grown, head, s_graph, found), grown.zeroed
+        if extra_blocks == "copy":
+            zeroed = set()
+    growth = _growth_plan(student, s_graph, found, choices, grown, growth_jitter, seed)
+    shortcuts = grown.identity if grown is not None else set()
     s_tensors = _tensors(student)
     rows = []
     with torch.no_grad():
         for i, unit in enumerate(s_graph.units):
+            if i in shortcuts:
+                rows += [place_identity(unit, local, key, s_tensors[key]) for local, key in unit.tensors.items()]
+                continue
             skip = _skip_reason(unit, choices.get(i), transfer_norm, unit.name in head and i not in choices)
             for local, key in unit.tensors.items():
                 if skip:
-                    rows.append(_row(key, s_tensors[key], unit.kind, "init", reason=skip))
-                    continue
-                t_idx, match = choices[i]
-                row = _inject_tensor(unit, local, key, s_tensors[key], found[t_idx], t_idx, match, lam)
+                    row = report_row(key, s_tensors[key], unit.kind, "init", reason=skip)
+                else:
+                    t_idx, match = choices[i]
+                    row = place_tensor(unit, local, key, s_tensors[key], _sources(found[t_idx], match, local),
+                                       match, t_idx, lam, growth)
                 if i in zeroed and local in ("weight", "bias", ""):
                     s_tensors[key].zero_()
-                    row.update(method="zeroed", fraction=1.0, reason=_ZEROED)
+                    row.update(method="zeroed", fraction=1.0, blended=0.0, reason=_ZEROED)
                 rows.append(row)
     for key in s_graph.unreached:
-        rows.append(_row(key, s_tensors[key], "", "init", reason="never used by the forward pass"))
+        rows.append(report_row(key, s_tensors[key], "", "init", reason="never used by the forward pass"))
     reported = {r["student"] for r in rows} | set(s_graph.aliases)
     for key in student.state_dict(keep_vars=True):
         if key not in reported and key in s_tensors:  # e.g. a model's own input-normalisation constants
-            rows.append(_row(key, s_tensors[key], "", "init", reason=_UNTRACED_BUFFER))
+            rows.append(report_row(key, s_tensors[key], "", "init", reason=_UNTRACED_BUFFER))
     sharpened = _sharpen(teachers, student, s_graph, found, choices, activation_scale, rows)
     for t_idx, (t, before) in enumerate(zip(teachers, teacher_prints, strict=True)):
         check_unchanged(t, before, "teacher" if len(teachers) == 1 else f"teacher {t_idx}")
@@ -114,12 +138,15 @@ def transfer(
     counted = [r for r in rows if r["student"] in params]
     total = sum(r["numel"] for r in counted)
     covered = sum(r["fraction"] * r["numel"] for r in counted)
+    blended = sum(r["blended"] * r["numel"] for r in counted)
     return TransferReport(
         rows=rows,
         score=max(graph_score(s_graph, t.graph) for t in found),
         coverage=covered / total if total else 0.0,
+        blended=blended / total if total else 0.0,
         settings=dict(lam=lam, top_k=top_k, transfer_norm=transfer_norm, transfer_head=transfer_head,
-                      extra_blocks=extra_blocks, teachers=len(found), **sharpened),
+                      extra_blocks=extra_blocks, method=method, growth=growth.mode if growth else "none",
+                      teachers=len(found), **sharpened),
         unreached_student=list(s_graph.unreached),
         unreached_teacher=[n for t in found for n in t.graph.unreached],
         seconds=time.perf_counter() - start,
@@ -249,65 +276,56 @@ def _skip_reason(unit: Unit, choice, transfer_norm: bool, head_differs: bool) ->
     return ""
 
 
-def _row(key: str, tensor: Tensor, kind: str, method: str, *, source="", source_shape="", teacher="", score=None,
-         weights="", fraction=0.0, reason="") -> dict:
-    return dict(student=key, shape=tuple(tensor.shape), kind=kind, method=method, source=source,
-                source_shape=source_shape, teacher=teacher, score=score, weights=weights, fraction=fraction,
-                numel=tensor.numel(), reason=reason)
+def _sources(teacher: _Teacher, match: Match, local: str) -> list[tuple[str, Tensor, float]]:
+    """(teacher key, tensor, mixing weight) of each of a match's sources that has a tensor named `local`."""
+    out = []
+    for j, w in zip(match.sources, match.weights, strict=True):
+        key = teacher.graph.units[j].tensors.get(local)
+        if key is not None:
+            out.append((key, teacher.tensors[key], w))
+    return out
 
 
-def _geometry(unit: Unit, local: str, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(fan-in dims, kernel spatial dims) of a unit's tensor."""
-    if local != "weight" or unit.kind not in ("conv", "dwconv", "linear") or rank < 2:
-        return (), ()
-    return tuple(range(1, rank)), tuple(range(2, rank))
+def _matched_choices(s_graph: Graph, found: list[_Teacher], head: set[str], same_classes: list[int]) -> dict:
+    """Student unit -> (teacher index, match) from the score-based alignment; a classifier takes its weights only
+    from a teacher with its class count."""
+    choices = {}
+    for i, unit in enumerate(s_graph.units):
+        choice = _best_teacher(found, i, same_classes if unit.name in head else None)
+        if choice is not None:
+            choices[i] = choice
+    return choices
 
 
-def _as_rank(t: Tensor, rank: int) -> Tensor:
-    """A linear's (O, I) weight seen as an (O, I, 1, 1) conv, and back."""
-    if t.dim() < rank:
-        return t.reshape(*t.shape, *([1] * (rank - t.dim())))
-    if t.dim() > rank:
-        return t.reshape(*t.shape[:rank - 1], -1) if all(s == 1 for s in t.shape[rank:]) else t
-    return t
+def _grown_choices(grown: GrowthAlignment, head: set[str], s_graph: Graph, found: list[_Teacher]) -> dict:
+    """Student unit -> (0, match) from the growth alignment: every pair is sure; an inserted branch repeats a
+    teacher block; a classifier whose class count differs is left to the head rule."""
+    scores = found[0].alignment.scores
+    choices = {}
+    for table, repeat in ((grown.pairs, False), (grown.seeded, True)):
+        for i, j in table.items():
+            if s_graph.units[i].name not in head:
+                score = float(scores[i, j]) if scores is not None else 1.0
+                choices[i] = (0, Match([j], [1.0], [score], repeat=repeat, sure=True))
+    return choices
 
 
-def _inject_tensor(unit: Unit, local: str, key: str, target: Tensor, teacher: _Teacher, t_idx: int, match: Match,
-                   lam: float) -> dict:
-    """Write one student tensor from its match's source(s); returns its report row."""
-    sources = [(teacher.graph.units[j].tensors.get(local), w) for j, w in zip(match.sources, match.weights,
-                                                                             strict=True)]
-    sources = [(k, w) for k, w in sources if k is not None]
-    if not sources:
-        return _row(key, target, unit.kind, "init", reason=f"teacher layer has no '{local}'")
-    keys = [k for k, _ in sources]
-    tensors = [teacher.tensors[k] for k in keys]
-    total = sum(w for _, w in sources)
-    weights = [w / total for _, w in sources]
-    common = dict(source="+".join(keys), source_shape="+".join(str(tuple(t.shape)) for t in tensors),
-                  teacher=t_idx, score=round(match.scores[0], 4))
-    if not target.is_floating_point():  # num_batches_tracked: a counter, taken from the best source
-        if tensors[0].numel() == target.numel():
-            target.copy_(tensors[0].reshape(target.shape))
-        return _row(key, target, unit.kind, "copy", fraction=1.0, **common)
-    values, fraction = _reshaped(unit, local, target, tensors, weights, lam)
-    target.copy_(values)
-    same = len(tensors) == 1 and tuple(tensors[0].shape) == tuple(target.shape)
-    method = "copy" if same else ("mix" if len(tensors) > 1 else "combo")
-    return _row(key, target, unit.kind, method, weights="+".join(f"{w:.4f}" for w in weights), fraction=fraction,
-                **common)
-
-
-def _reshaped(unit: Unit, local: str, target: Tensor, tensors: list[Tensor], weights: list[float],
-              lam: float) -> tuple[Tensor, float]:
-    """The teacher tensor(s) ComboInjected into `target`'s shape and mixed; and the share written from them."""
-    rank = max(target.dim(), *(t.dim() for t in tensors))
-    like = _as_rank(target, rank)
-    fan_in, spatial = _geometry(unit, local, rank)
-    injected = [combo_injection(_as_rank(t, rank), like, lam, fan_in_dims=fan_in, spatial_dims=spatial)
-                for t in tensors]
-    values = mix([v for v, _ in injected], weights)
-    return values.reshape(target.shape), max(f for _, f in injected)
+def _growth_plan(student: nn.Module, graph: Graph, found: list[_Teacher], choices: dict,
+                 grown: GrowthAlignment | None, jitter: float, seed: int) -> Growth | None:
+    """Function-preserving growth applies when the student is the teacher grown (growth_align.py); across
+    families ComboInjection stays the method. The mode is "duplicate" when a grown layer is a norm over channels
+    (LayerNorm, GroupNorm), else "silent" (grow.py)."""
+    if grown is None:
+        return None
+    modules = dict(student.named_modules())
+    channel_norms = {u.name for u in graph.units if u.kind == "norm"
+                     and "BatchNorm" not in type(modules.get(u.name)).__name__}
+    grown_norm = any(graph.units[i].name in channel_norms
+                     and graph.units[i].shape != found[t].graph.units[m.sources[0]].shape
+                     for i, (t, m) in choices.items())
+    groups = {u.name: getattr(modules.get(u.name), "groups", 1) for u in graph.units if u.kind == "conv"}
+    return Growth(GROWTH_MODES[1] if grown_norm else GROWTH_MODES[0], jitter,
+                  torch.Generator().manual_seed(seed), groups, channel_norms)
 
 
 def _identity_units(graph: Graph, found: list[_Teacher], choices: dict) -> set[int]:

@@ -15,7 +15,7 @@ import bisect
 from torch import nn
 
 from .forward import TraceError, checked_size, default_input_size, run_forward, tensors_in, unwrap_compiled
-from .units import Block, Graph, Unit, collect_units
+from .units import Block, Graph, Segment, Unit, collect_units
 
 __all__ = ["Block", "Graph", "TraceError", "Unit", "default_input_size", "trace", "trace_as", "unwrap_compiled"]
 
@@ -232,7 +232,8 @@ def trace(model: nn.Module, input_size: tuple[int, ...] | None = None) -> Graph:
     for unit in reached:
         unit.gate = consumer[unit.name] in gates
     blocks = _split_blocks(walk, reached, consumer, merges)
-    return Graph(reached, blocks, unreached, size, meta, aliases, tuple(outputs[0].shape))
+    segments = _segments(walk, reached, consumer, merges)
+    return Graph(reached, blocks, unreached, size, meta, aliases, tuple(outputs[0].shape), segments)
 
 
 def trace_as(model: nn.Module, input_size: tuple[int, ...] | None, role: str, offer_teacher_size: bool = False) -> Graph:
@@ -322,3 +323,48 @@ def _zero_unit(walk: _Walk, merge, idx: list[int], units: list[Unit], raw_branch
         return None
     branch = with_layers.pop()
     return max((i for i in idx if raw_branch[i] == branch), key=lambda i: units[i].order)
+
+
+def _all_upstream(walk: _Walk, start: int) -> set[int]:
+    """Data nodes feeding `start`, through merges, back to the input."""
+    found, stack = set(), [start]
+    while stack:
+        nid = stack.pop()
+        if nid in found or nid not in walk.data:
+            continue
+        found.add(nid)
+        stack.extend(walk.children[nid])
+    return found
+
+
+def _segments(walk: _Walk, units: list[Unit], consumer: dict[str, int], merges: list[int]) -> list[Segment]:
+    """For every add of two data paths: the layers on each input that the other input does not share. One side
+    without layers makes the other a residual branch (squeeze-excite gates and all); a side holding only a 1x1 conv
+    (and its norm) beside a longer one is a projection shortcut, and the longer one its branch. Kept only where the
+    layers run contiguously."""
+    unit_at = {consumer[u.name]: i for i, u in enumerate(units)}
+    out = []
+    for m in merges:
+        if walk.name(m) not in ("AddBackward0", "AddBackward1"):
+            continue
+        inputs = [c for c in walk.children[m] if c in walk.data]
+        if len(inputs) != 2:
+            continue
+        ups = [_all_upstream(walk, c) for c in inputs]
+        sides = [sorted(unit_at[n] for n in ups[k] - ups[1 - k] if n in unit_at) for k in (0, 1)]
+        sides.sort(key=len)
+        short, long_ = sides
+        if not long_ or long_ != list(range(long_[0], long_[-1] + 1)):
+            continue
+        if not short:
+            main = [i for i in long_ if not units[i].gate]
+            out.append(Segment("residual", long_, max(main) if main else None))
+        elif short == list(range(short[0], short[-1] + 1)) and _projection(units, short):
+            out += [Segment("shortcut", short), Segment("branch", long_)]
+    return out
+
+
+def _projection(units: list[Unit], idx: list[int]) -> bool:
+    kinds = [units[i].kind for i in idx]
+    one_by_one = all(s == 1 for s in units[idx[0]].shape[2:])
+    return kinds in (["conv"], ["conv", "norm"]) and one_by_one

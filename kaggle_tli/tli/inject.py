@@ -58,6 +58,21 @@ def crop_fraction(teacher_shape: Sequence[int], student_shape: Sequence[int]) ->
     return overlap / total if total else 0.0
 
 
+def determined_fraction(teacher_shapes: Sequence[Sequence[int]], student_shape: Sequence[int], lam: float,
+                        spatial_dims: Sequence[int] = ()) -> float:
+    """Share of a ComboInjected (and mixed) tensor's elements that the teacher alone determines, whatever the
+    student's init: everywhere when lam = 0 (pure resize); otherwise where every source's centre crop reaches, along
+    kernel dimensions too (their margin is zero, not init). The rest blends the init in (0 < lam < 1) or keeps it
+    (lam = 1)."""
+    if lam == 0.0:
+        return 1.0
+    share = 1.0
+    for d, s in enumerate(student_shape):
+        if d not in spatial_dims and s:
+            share *= min(min(t[d] for t in teacher_shapes), s) / s
+    return share
+
+
 def _resize_dim(x: Tensor, dim: int, size: int) -> Tensor:
     """Resize one axis: linear interpolation with aligned corners to grow, area averaging (adaptive average
     pooling's windows, through a cumulative sum) to shrink. Gathers, not dense matrices: cost grows with the

@@ -205,6 +205,7 @@ class Match:
     weights: list[float]  # mixing weights, sum to 1
     scores: list[float]
     repeat: bool = False  # seeded from a teacher block that an earlier student block already used
+    sure: bool = False  # aligned inside blocks of the same layer structure (or by growth_align)
 
 
 @dataclass
@@ -212,6 +213,7 @@ class Alignment:
     matches: dict[int, Match]  # student unit index -> match (absent: left at init)
     block_map: list[BlockMap]
     total: float  # summed score of one-to-one matches (repeats excluded): the basis of tli_score
+    scores: np.ndarray | None = None  # (n_student, n_teacher) pair scores, -1 where a pair may never match
 
 
 def match_graphs(student: Graph, teacher: Graph, *, top_k: int = 1, allow_repeat: bool = True) -> Alignment:
@@ -237,9 +239,10 @@ def match_graphs(student: Graph, teacher: Graph, *, top_k: int = 1, allow_repeat
                 sure.update(s_i for s_i, _ in inner[p, bm.teacher])
     pairs.update(_fill_gaps(scores, pairs))
     pairs.update(_partner_norms(student, teacher, scores, pairs))
-    matches = {i: _candidates(scores[i], j, 1 if i in sure else top_k, rep) for i, (j, rep) in sorted(pairs.items())}
+    matches = {i: _candidates(scores[i], j, 1 if i in sure else top_k, rep, i in sure)
+               for i, (j, rep) in sorted(pairs.items())}
     total = sum(scores[i, j] for i, (j, rep) in pairs.items() if not rep)
-    return Alignment(matches, block_map, float(total))
+    return Alignment(matches, block_map, float(total), scores)
 
 
 def _same_structure(student: Graph, teacher: Graph, p: int, q: int) -> bool:
@@ -298,7 +301,7 @@ def _partner_norms(student: Graph, teacher: Graph, scores: np.ndarray,
     return out
 
 
-def _candidates(row: np.ndarray, aligned: int, top_k: int, repeat: bool) -> Match:
+def _candidates(row: np.ndarray, aligned: int, top_k: int, repeat: bool, sure: bool) -> Match:
     """The aligned teacher unit first, then the next best compatible ones; softmax over scores (paper eq. 1)."""
     sources = [aligned]
     if top_k > 1:
@@ -307,4 +310,4 @@ def _candidates(row: np.ndarray, aligned: int, top_k: int, repeat: bool) -> Matc
     z = np.array([row[j] for j in sources])
     w = np.exp(z - z.max())
     w = w / w.sum()
-    return Match([int(j) for j in sources], [float(x) for x in w], [float(x) for x in z], repeat)
+    return Match([int(j) for j in sources], [float(x) for x in w], [float(x) for x in z], repeat, sure)

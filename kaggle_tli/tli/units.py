@@ -47,6 +47,17 @@ class Block:
 
 
 @dataclass
+class Segment:
+    """The layers on one input of an add, back to where that input forked from the other: a residual branch (the
+    other input carries no layers, so zeroing `zero_unit` makes the add an identity), or a projection shortcut and
+    the branch beside it."""
+
+    kind: str  # "residual" | "shortcut" | "branch"
+    units: list[int]  # indices into Graph.units, in execution order
+    zero_unit: int | None = None  # residual: the layer whose zeroing silences the branch
+
+
+@dataclass
 class Graph:
     units: list[Unit]  # reached units, in execution order
     blocks: list[Block]
@@ -55,6 +66,7 @@ class Graph:
     meta: bool  # traced on the meta device (no arithmetic, nothing touched)
     aliases: dict[str, str] = field(default_factory=dict)  # tied parameter name -> the name it shares storage with
     output_shape: tuple[int, ...] = ()  # of the first output tensor, batch of 1 (logits: (1, num_classes))
+    segments: list[Segment] = field(default_factory=list)  # residual branches and projection shortcuts
 
     def __len__(self) -> int:
         return len(self.units)
