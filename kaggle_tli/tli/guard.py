@@ -65,7 +65,12 @@ def check_student(student: nn.Module) -> None:
             "no values. This is a bug in kaggle_tli's engine: please report it with the architecture names, and "
             "rebuild the student before training it.")
     with torch.no_grad():
-        bad = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        floats = [(n, t) for n, t in tensors.items() if t.is_floating_point() and t.numel()]
+        # one sum per tensor is finite when every element is (and is cheaper than isfinite); only a non-finite sum
+        # (or one overflowed by huge finite values) is looked at element by element
+        sums = torch.stack([t.sum(dtype=torch.float64).cpu() for _, t in floats]) if floats else torch.zeros(0)
+        suspects = [floats[k] for k in torch.nonzero(~torch.isfinite(sums)).flatten().tolist()]
+        bad = [n for n, t in suspects if not bool(torch.isfinite(t).all())]
     if bad:
         raise TransferIntegrityError(
             f"the student has non-finite values (NaN or inf) after the transfer in {len(bad)} tensors ({_listed(bad)}). "
