@@ -241,7 +241,7 @@ def cmd_kernel_init(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("transfer", "convergence", "norm", "teachers", "overhead", "quick")
+BENCHES = ("transfer", "convergence", "norm", "teachers", "overhead", "sweep", "quick")
 
 
 # --------------------------------------------------------------------------------------------------- parser
