@@ -1,0 +1,72 @@
+"""Kaggle competition data: CSV + image folder, or the pixel-CSV shape of Digit Recognizer.
+
+A data object reads and checks a competition folder once, at construction, so that every problem
+(a misnamed column, missing or unreadable images, a class too small for the folds, an empty CSV)
+is reported as a `DataError` *before* a run directory or a ledger row exists. It never writes into
+the competition folder (on Kaggle `/kaggle/input` is read-only): the fold split lives in memory as
+a `fold` column and each run saves it as `folds.csv` in its own directory.
+
+    data = ImageCsvData("/kaggle/input/my-comp", image_size=224)      # train.csv + train/ images
+    data = PixelCsvData("/kaggle/input/digit-recognizer")             # label + pixel0..pixel783
+
+Ids, and labels that are not plain integers, are kept as the text the CSV holds: id "0001" stays
+"0001" (pandas would read 1, and the image and the submission row would be lost), class "01" stays
+"01". Labels written as plain integers ("0".."9") are integer classes.
+
+What a trainer needs from a data object (the `KaggleData` interface): `num_classes`, `class_names`,
+`in_chans`, `frame` (one row per training sample with `id`, `label`, `target`, `fold`),
+`fold_indices(fold)`, `dataset(indices, train=...)`, `test_dataset()`, `test_ids`,
+`sample_submission`, `spec()` (to rebuild it for `predict`) and `with_folds(...)`.
+
+The package, one idea per module: `errors` (what users catch), `tables` (CSVs as written, labels, folds),
+`pipeline` (albumentations, datasets, the epoch batch sampler), `base` (`KaggleData`) and `competitions`
+(`ImageCsvData`, `PixelCsvData`, `open_competition`, `rebuild_data`).
+"""
+
+from .base import KaggleData
+from .competitions import (
+    IMAGE_EXTS,
+    TEST_DIR_CANDIDATES,
+    TRAIN_DIR_CANDIDATES,
+    ImageCsvData,
+    PixelCsvData,
+    open_competition,
+    rebuild_data,
+)
+from .errors import DataError, DataNotFoundError, DataWarning
+from .pipeline import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ArrayDataset,
+    AugmentedDataset,
+    EpochBatchSampler,
+    ImageDataset,
+    default_transforms,
+)
+from .tables import check_class_sizes, make_folds, parse_labels, read_csv, require_column
+
+__all__ = [
+    "IMAGE_EXTS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TEST_DIR_CANDIDATES",
+    "TRAIN_DIR_CANDIDATES",
+    "ArrayDataset",
+    "AugmentedDataset",
+    "DataError",
+    "DataNotFoundError",
+    "DataWarning",
+    "EpochBatchSampler",
+    "ImageCsvData",
+    "ImageDataset",
+    "KaggleData",
+    "PixelCsvData",
+    "check_class_sizes",
+    "default_transforms",
+    "make_folds",
+    "open_competition",
+    "parse_labels",
+    "read_csv",
+    "rebuild_data",
+    "require_column",
+]
