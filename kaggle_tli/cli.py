@@ -85,8 +85,8 @@ def _parse_value(raw: str) -> Any:
 def _load_data(args: argparse.Namespace, run: str | None = None):
     """The data from the command line; for an existing run, its recorded data options on the new --data root
     unless options are given (so a 32-px run is not silently predicted at 224 px)."""
-    from kaggle_tli.checkpoint import load_run
     from kaggle_tli.data import open_competition, rebuild_data
+    from kaggle_tli.runs import load_run
 
     explicit = any(getattr(args, k) is not None for k in _DATA_OPTIONS)
     if run is not None and not explicit:
@@ -102,7 +102,7 @@ def _load_data(args: argparse.Namespace, run: str | None = None):
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from kaggle_tli.finetune import finetune
+    from kaggle_tli.stages.finetune import finetune
 
     run = finetune(args.arch, _load_data(args), runs=args.runs or "runs", **_train_config(args))
     print(f"{run.id}: cv {run.metrics.get('cv')} -> {run.path}")
@@ -110,7 +110,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_iterate(args: argparse.Namespace) -> int:
-    from kaggle_tli.iterate import iterate
+    from kaggle_tli.stages.iterate import iterate
 
     data = _load_data(args, run=args.prev_run) if args.data else None
     run = iterate(args.prev_run, args.arch, data, init=args.init, which=args.which, lam=args.lam, top_k=args.top_k,
@@ -125,7 +125,7 @@ def cmd_iterate(args: argparse.Namespace) -> int:
 
 def cmd_inject(args: argparse.Namespace) -> int:
     from kaggle_tli.checkpoint import save_weights
-    from kaggle_tli.inject import inject
+    from kaggle_tli.stages.inject import inject
 
     student, report, spec = inject(args.prev_run, args.arch, which=args.which, lam=args.lam, top_k=args.top_k,
                                    transfer_norm=not args.no_norm, extra_blocks=args.extra_blocks,
@@ -185,7 +185,7 @@ def _lineage(ledger: Any, run_id: str) -> list[dict]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from kaggle_tli.trainer import predict
+    from kaggle_tli.stages.predict import predict
 
     test = _load_data(args, run=args.run) if args.data else None
     submission = predict(args.run, test, tta=not args.no_tta, out=args.output)
@@ -366,7 +366,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from kaggle_tli.checkpoint import UnsafeCheckpointError
     from kaggle_tli.registry import ArchBuildError, UnknownArchError
     from kaggle_tli.tli import TraceError
-    from kaggle_tli.trainer import RunBusyError
+    from kaggle_tli.train import RunBusyError
 
     # FileExistsError: an output folder that is not empty; Not/IsADirectoryError: a file where a folder goes
     errors: list[type[BaseException]] = [FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,

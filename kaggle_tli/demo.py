@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .checkpoint import Run
+from .runs import Run
 
 EDITED_ARCH = "resnet18_silu_k5"
 
@@ -90,10 +90,8 @@ def run_demo(out: str | Path = "demo_out", *, quick: bool = False) -> dict:
     import torch
 
     from .data import ImageCsvData
-    from .finetune import finetune
-    from .iterate import iterate
     from .ledger import Ledger
-    from .trainer import check_submission, predict
+    from .stages import check_submission, finetune, iterate, predict
 
     start = time.perf_counter()
     torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -15,18 +15,15 @@ from torch import nn
 
 from kaggle_tli.checkpoint import (
     CorruptCheckpointError,
-    Run,
     UnsafeCheckpointError,
-    atomic_write_json,
-    atomic_write_text,
-    load_run,
     load_state,
     load_weights,
     save_state,
     save_weights,
     weights_metadata,
-    weights_name,
 )
+from kaggle_tli.files import atomic_write_json, atomic_write_text
+from kaggle_tli.runs import Run, load_run, weights_name
 
 
 def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):

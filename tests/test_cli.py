@@ -61,7 +61,7 @@ def test_train_options_and_set_parse_into_a_config():
 def test_set_boolean_words_become_booleans(word, value):
     """--set ema=False stored the string "False", which switched EMA on."""
     from kaggle_tli.cli import _train_config
-    from kaggle_tli.trainer import TrainConfig
+    from kaggle_tli.train import TrainConfig
 
     args = build_parser().parse_args(["finetune", "resnet18", "--data", "d", "--set", f"ema={word}"])
     cfg = _train_config(args)
@@ -69,7 +69,7 @@ def test_set_boolean_words_become_booleans(word, value):
 
 
 def _fake_run(folder):
-    from kaggle_tli.checkpoint import atomic_write_json
+    from kaggle_tli.files import atomic_write_json
 
     folder.mkdir(parents=True)
     atomic_write_json(folder / "run.json", {"schema": 1, "id": folder.name, "arch": {"name": "resnet10t"},
@@ -97,7 +97,7 @@ def test_iterate_and_predict_reuse_the_runs_recorded_data_options(tmp_path, make
     """`--data` alone means: the run's own data options on that folder (a 32-px run stays at 32 px)."""
     from kaggle_tli.cli import _load_data
     from kaggle_tli.data import ImageCsvData
-    from kaggle_tli.finetune import finetune
+    from kaggle_tli.stages import finetune
 
     root = make_image_competition(tmp_path / "comp", digits=(0, 1), per_class=10)
     run = finetune("resnet10t", ImageCsvData(root, image_size=32, folds=2), runs=tmp_path / "runs", epochs=1,
@@ -112,7 +112,7 @@ def test_iterate_and_predict_reuse_the_runs_recorded_data_options(tmp_path, make
 def test_iterate_passes_the_refit_switches_through(monkeypatch, capsys):
     import importlib
 
-    it = importlib.import_module("kaggle_tli.iterate")  # the package's `iterate` attribute is the function
+    it = importlib.import_module("kaggle_tli.stages.iterate")  # the package's `iterate` attribute is the function
     seen = {}
 
     class FakeRun:

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from kaggle_tli.data import ImageCsvData
-from kaggle_tli.finetune import finetune
 from kaggle_tli.ledger import Ledger
+from kaggle_tli.stages.finetune import finetune
 
 
 @pytest.fixture

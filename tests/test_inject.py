@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from kaggle_tli import registry
-from kaggle_tli.checkpoint import save_weights, write_run_info
-from kaggle_tli.inject import inject, load_teacher, rank_teachers, transfer
+from kaggle_tli.checkpoint import save_weights
+from kaggle_tli.runs import write_run_info
+from kaggle_tli.stages.inject import inject, load_teacher, rank_teachers, transfer
 
 
 def _fake_run(root, arch="resnet10t", num_classes=3, seed=0):

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 
 from kaggle_tli import registry
-from kaggle_tli.checkpoint import load_run
 from kaggle_tli.data import DataError, ImageCsvData
-from kaggle_tli.finetune import finetune
-from kaggle_tli.iterate import iterate
 from kaggle_tli.ledger import Ledger
+from kaggle_tli.runs import load_run
+from kaggle_tli.stages.finetune import finetune
+from kaggle_tli.stages.iterate import iterate
 
 FAST = dict(batch_size=16, lr=3e-3, progress=False)
 
@@ -178,7 +178,7 @@ def test_killed_iterate_leaves_a_whole_row_marked_running(teacher, tmp_path):
     script = (
         "import torch; torch.set_num_threads(1)\n"
         "from kaggle_tli.data import ImageCsvData\n"
-        "from kaggle_tli.iterate import iterate\n"
+        "from kaggle_tli.stages.iterate import iterate\n"
         f"data = ImageCsvData({str(data.root)!r}, image_size=32, folds=3)\n"
         f"iterate({str(run.path)!r}, 'resnet10t', data, runs={str(out)!r}, epochs=1000, progress=False)\n"
     )

@@ -181,8 +181,7 @@ def one_torch_thread():
 def test_unfinished_run_bundle_carries_its_state_and_resumes(image_competition, tmp_path, one_torch_thread):
     """An interrupted run, bundled with the defaults, continues from its bundle in another notebook."""
     from kaggle_tli.data import ImageCsvData
-    from kaggle_tli.finetune import finetune
-    from kaggle_tli.resume import resume
+    from kaggle_tli.stages import finetune, resume
 
     data = ImageCsvData(image_competition, image_size=32)
     # a budget below the trainer's stop reserve stops it right after its first step

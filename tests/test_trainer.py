@@ -22,13 +22,13 @@ import torch
 from filelock import FileLock
 
 import kaggle_tli
-from kaggle_tli.checkpoint import CorruptCheckpointError, load_run, load_state, load_weights
+from kaggle_tli.checkpoint import CorruptCheckpointError, load_state, load_weights
 from kaggle_tli.data import DataError, ImageCsvData, PixelCsvData
-from kaggle_tli.finetune import finetune
 from kaggle_tli.ledger import Ledger, LedgerSchemaError
 from kaggle_tli.registry import arch_spec
-from kaggle_tli.resume import resume
-from kaggle_tli.trainer import Metric, TrainConfig, check_submission, predict, resolve_metric
+from kaggle_tli.runs import load_run
+from kaggle_tli.stages import check_submission, finetune, predict, resume
+from kaggle_tli.train import Metric, TrainConfig, resolve_metric
 
 FAST = dict(batch_size=16, lr=3e-3, progress=False)
 REPO = Path(kaggle_tli.__file__).resolve().parent.parent
@@ -411,9 +411,9 @@ _KILLER = """
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-import kaggle_tli.trainer as trainer
+import kaggle_tli.train.loop as trainer
 from kaggle_tli.data import ImageCsvData
-from kaggle_tli.finetune import finetune
+from kaggle_tli.stages.finetune import finetune
 from kaggle_tli.registry import arch_spec
 
 calls = 0
@@ -451,7 +451,8 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference, data, image_c
 
 
 def test_ctrl_c_marks_the_run_interrupted_and_resume_is_bit_identical(reference, data, tmp_path, monkeypatch):
-    import kaggle_tli.trainer as trainer
+    import kaggle_tli.train.loop as trainer
+    from kaggle_tli.train import RunBusyError
 
     calls = {"n": 0}
     original = trainer._micro_step
@@ -471,7 +472,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_resume_is_bit_identical(reference,
     run = load_run(run_dir)
     assert run.status == "interrupted" and Ledger(runs).get(run.id)["status"] == "interrupted"
     with FileLock(str(run_dir / ".lock")):  # another process still training it: refused
-        with pytest.raises(trainer.RunBusyError, match="being trained by another process"):
+        with pytest.raises(RunBusyError, match="being trained by another process"):
             resume(run, data)
     _assert_same_run(reference, resume(run, data))
 

@@ -1,20 +1,22 @@
 """Write a benchmark's results into one output folder: `<stem>.csv`, `<stem>.md` (a markdown table) and PNGs.
 
 Shared by every benchmark. Figures are built with `matplotlib.figure.Figure` (no pyplot), so nothing depends on
-the interactive backend or leaks open figures; files are written atomically (temp file + `os.replace`) so an
+the interactive backend or leaks open figures; files are written atomically (`kaggle_tli.files`) so an
 interrupted run never leaves half a table behind.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import numbers
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
+
+from kaggle_tli.files import atomic_write_bytes
 
 
 def prepare_dir(out_dir: str | Path) -> Path:
@@ -27,21 +29,6 @@ def prepare_dir(out_dir: str | Path) -> Path:
             f"benchmark output {str(path)!r} exists and is not a folder: pass another output folder"
         ) from e
     return path
-
-
-def _temp_beside(path: Path) -> Path:
-    # opened by name rather than mkstemp: mkstemp's 0600 mode would make shared results unreadable to others
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = _temp_beside(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _cell(value: object, fmt: str | None) -> str:
@@ -71,11 +58,11 @@ def write_table(frame: pd.DataFrame, out_dir: str | Path, stem: str, *, title: s
     default `frame`, then `notes` as paragraphs); return both paths."""
     out = prepare_dir(out_dir)
     csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
-    _write_atomic(csv_path, frame.to_csv(index=False).encode())
+    atomic_write_bytes(csv_path, frame.to_csv(index=False).encode())
     parts = [f"# {title}\n"] if title else []
     parts.append(markdown_table(frame if view is None else view, formats))
     parts += [f"\n{n}" for n in notes]
-    _write_atomic(md_path, ("\n".join(parts) + "\n").encode())
+    atomic_write_bytes(md_path, ("\n".join(parts) + "\n").encode())
     return csv_path, md_path
 
 
@@ -88,11 +75,6 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 120) -> Path:
     """Save `fig` as PNG (tight bounding box) atomically and return the path."""
     path = Path(path)
     prepare_dir(path.parent)
-    tmp = _temp_beside(path)
-    try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, bbox_inches="tight", format="png")
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -75,7 +75,7 @@ def _bare_steps(arch: str, data: Any, batch_size: int, lr: float, steps: int, se
 
 def _our_steps(arch: str, data: Any, batch_size: int, lr: float, steps: int, seed: int, device: str, runs: Path) -> list[float]:
     """kaggle-tli's loop (finetune, one fold, no evaluation inside the timed steps)."""
-    from kaggle_tli.finetune import finetune
+    from kaggle_tli.stages import finetune
 
     train_idx, _ = data.fold_indices(0)
     epochs = -(-steps // max(1, len(train_idx) // batch_size)) + 1

@@ -159,7 +159,7 @@ def load_bundle(
     """
     bundle_dir = locate_bundle(path, run_id=run_id, dataset=dataset)
     validate_bundle(bundle_dir, for_upload=False)
-    from kaggle_tli.checkpoint import load_run
+    from kaggle_tli.runs import load_run
 
     run = load_run(bundle_dir)
     if ledger is not None:
@@ -415,7 +415,7 @@ def _resolve_run(run: Any, runs: str | Path | None) -> tuple[Path, dict]:
         path = Path(run)
         info = _read_json(path / "run.json")
     elif isinstance(run, str | os.PathLike):
-        from kaggle_tli.checkpoint import load_run  # a run id: the runs folder resolves it
+        from kaggle_tli.runs import load_run  # a run id: the runs folder resolves it
 
         loaded = load_run(run, runs)
         path, info = Path(loaded.path), dict(loaded.info)

@@ -12,17 +12,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import Run, load_run
-from .data import KaggleData, rebuild_data
-from .inject import student_spec, transfer
-from .ledger import Ledger
-from .registry import create_model_from_spec
-from .resume import resume, runs_dir_for
-from .tli import recalibrate_norms
-from .tli import refit_head as fit_head
-from .trainer import check_input_size
+from kaggle_tli.data import KaggleData, rebuild_data
+from kaggle_tli.ledger import Ledger
+from kaggle_tli.registry import create_model_from_spec
+from kaggle_tli.runs import Run, load_run
+from kaggle_tli.stages.inject import student_spec, transfer
+from kaggle_tli.stages.resume import resume, runs_dir_for
+from kaggle_tli.tli import recalibrate_norms
+from kaggle_tli.tli import refit_head as fit_head
+from kaggle_tli.train.checks import check_input_size
 
-INITS = ("tli", "kaiming")
+_ITERATE_INITS = ("tli", "kaiming")  # how an iterate student starts (a subset of the ledger's INITS)
 
 
 def iterate(
@@ -54,11 +54,11 @@ def iterate(
         the validation fold) before training, so the student's evaluation is meaningful from step 0.
     refit_head: after a TLI injection, fit a linear probe on the same batches and keep it as the classifier if it
         predicts clearly better than the injected head on the half of them it was not fitted on (across families the
-        injected head reads scrambled features: chance at step 0, 0.58 with the probe in the benchmark; a
+        injected head reads scrambled features: chance at step 0, see docs/benchmarks.md for the probe's gain; a
         same-family head is kept). A Kaiming student keeps timm's init.
     train_cfg: any `TrainConfig` field; the rest is inherited from prev_run's config.
     """
-    if init not in INITS:
+    if init not in _ITERATE_INITS:
         raise ValueError(f"init={init!r}: use 'tli' (inject the previous run's weights) or 'kaiming' (from scratch)")
     _check_arch_name(new_arch)
     prev = load_run(prev_run, runs=runs)

@@ -18,9 +18,11 @@ from typing import Any
 
 from torch import nn
 
-from kaggle_tli.checkpoint import Run
-from kaggle_tli.data import DataError, KaggleData
-from kaggle_tli.trainer import StageRequest, TrainConfig, fold_plan, seed_everything, start_run
+from kaggle_tli.data import KaggleData
+from kaggle_tli.registry import create_model, create_model_from_spec
+from kaggle_tli.runs import Run
+from kaggle_tli.train import StageRequest, TrainConfig, fold_plan, seed_everything, start_run
+from kaggle_tli.train.checks import check_data, check_spec_classes, spec_for_data
 
 
 def finetune(
@@ -82,8 +84,6 @@ def _pretrained_file(arch: str | dict, pretrained: bool, given: str | Path | Non
 
 def _build(arch: str | dict, data: KaggleData, seed: int, weights: Path | None) -> tuple[dict, nn.Module]:
     """The arch spec (weights never in it) and the step-0 model, built through the registry."""
-    from kaggle_tli.registry import create_model, create_model_from_spec
-
     if isinstance(arch, dict):
         spec = arch
         check_spec_classes(spec, data)
@@ -100,57 +100,3 @@ def _build(arch: str | dict, data: KaggleData, seed: int, weights: Path | None) 
         pretrained_cfg_overlay=dict(file=str(weights)), **kwargs,
     )
     return spec, model
-
-
-def check_data(data: Any) -> None:
-    """Stages take a data object (`ImageCsvData`, `PixelCsvData`), not a path."""
-    if not isinstance(data, KaggleData):
-        raise TypeError(
-            f"data must be a kaggle_tli data object, got {type(data).__name__}; "
-            "make one with ImageCsvData(folder) or PixelCsvData(folder)"
-        )
-
-
-def check_spec_classes(spec: dict, data: KaggleData) -> None:
-    """An architecture spec must have the data's number of classes and input channels."""
-    if int(spec.get("num_classes", -1)) != data.num_classes:
-        raise ValueError(
-            f"the architecture spec has num_classes={spec.get('num_classes')} but the data has {data.num_classes} "
-            "classes; make the spec with arch_spec(name, data.num_classes)"
-        )
-    if spec.get("in_chans") is not None and int(spec["in_chans"]) != data.in_chans:
-        raise ValueError(
-            f"the architecture spec has in_chans={spec['in_chans']} but the data has {data.in_chans}-channel images; "
-            f"make the spec with arch_spec(name, data.num_classes, in_chans={data.in_chans}), or read the images "
-            f"with {spec['in_chans']} channel(s) (ImageCsvData(..., in_chans={spec['in_chans']}))"
-        )
-
-
-def spec_for_data(arch: str, data: KaggleData) -> dict:
-    """The spec of registered / timm `arch` for the data's classes and input channels."""
-    from kaggle_tli.registry import arch_spec
-
-    check_arch_channels(arch, data.in_chans)
-    return arch_spec(arch, data.num_classes, in_chans=data.in_chans)
-
-
-def check_arch_channels(arch: str, in_chans: int, *, run_id: str | None = None) -> None:
-    """An architecture registered for a number of input channels (a change_in_chans edit) must get that many: the
-    stages build models for the data's channels (or, in iterate, the teacher run's), which would silently undo
-    the edit."""
-    from kaggle_tli.registry import fixed_in_chans
-
-    fixed = fixed_in_chans(arch)
-    if fixed is None or fixed == in_chans:
-        return
-    if run_id is None:
-        source, fix = "the data", f"read the images with {fixed} channel(s) (ImageCsvData(..., in_chans={fixed}))"
-    else:
-        source = f"run {run_id!r}, whose task it continues,"
-        fix = (f"start from a run trained on {fixed}-channel images (finetune on ImageCsvData(..., "
-               f"in_chans={fixed})) instead of {run_id!r}")
-    raise DataError(
-        f"{arch!r} is registered for {fixed}-channel images (change_in_chans({fixed}) or in_chans={fixed} in its "
-        f"registration) but {source} has {in_chans}-channel images. Either {fix}, or register {arch!r} without "
-        f"change_in_chans({fixed}) so it takes the {in_chans} channels"
-    )

@@ -14,12 +14,13 @@ from pathlib import Path
 import pandas as pd
 from torch import nn
 
-from .checkpoint import Run, load_run, load_weights, weights_metadata
-from .finetune import check_arch_channels
-from .registry import arch_spec, create_model, create_model_from_spec
-from .tli import TransferReport
-from .tli import rank_teachers as _engine_rank
-from .tli import transfer as _engine_transfer
+from kaggle_tli.checkpoint import load_weights, weights_metadata
+from kaggle_tli.registry import arch_spec, create_model, create_model_from_spec
+from kaggle_tli.runs import Run, load_run
+from kaggle_tli.tli import TransferReport
+from kaggle_tli.tli import rank_teachers as _engine_rank
+from kaggle_tli.tli import transfer as _engine_transfer
+from kaggle_tli.train.checks import check_arch_channels
 
 TeacherLike = nn.Module | Run | str | Path
 

@@ -10,7 +10,7 @@ What `resume(x, data, **cfg)` does depends on `x`:
   else from the parent's primary-fold weights. Fresh optimizer and schedule.
 * an **unfinished** run (status "interrupted" or "failed", or "running" but no longer held by any
   process, e.g. after a SIGKILL or a dead Kaggle session): the **same run continues** from its last
-  `state.pt`, exactly (see trainer.py). Only runtime options may change (`time_budget_s`,
+  `state.pt`, exactly (see kaggle_tli.train). Only runtime options may change (`time_budget_s`,
   `num_workers`, `checkpoint_every_steps`, `device`, `progress`; `num_processes` only while no
   checkpoint exists, since the position inside an epoch is counted per process). A read-only run
   directory (an attached Kaggle dataset) is first copied into `runs`.
@@ -36,13 +36,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from kaggle_tli.checkpoint import Run, load_run, load_weights, weights_name
+from kaggle_tli.checkpoint import load_weights
 from kaggle_tli.data import KaggleData
-from kaggle_tli.finetune import check_data, check_spec_classes, spec_for_data
-from kaggle_tli.trainer import StageRequest, TrainConfig, continue_run, fold_plan, start_run
-
-_STAGES = ("finetune", "inject", "resume")
-_INITS = ("tli", "kaiming", "pretrained", "resume")
+from kaggle_tli.ledger import INITS, STAGES, Ledger
+from kaggle_tli.registry import create_model_from_spec
+from kaggle_tli.runs import Run, load_run, weights_name
+from kaggle_tli.train import StageRequest, TrainConfig, continue_run, fold_plan, start_run
+from kaggle_tli.train.checks import check_data, check_spec_classes, spec_for_data
 
 
 def resume(
@@ -60,8 +60,8 @@ def resume(
 ) -> Run:
     """Train on from a module, a finished run (new child run) or an unfinished run (continued in place)."""
     check_data(data)
-    if stage not in _STAGES or init not in _INITS:
-        raise ValueError(f"stage={stage!r} / init={init!r}: stage is one of {_STAGES}, init one of {_INITS}")
+    if stage not in STAGES or init not in INITS:
+        raise ValueError(f"stage={stage!r} / init={init!r}: stage is one of {STAGES}, init one of {INITS}")
     if isinstance(run_or_model, nn.Module):
         return _from_module(run_or_model, data, arch, parent, stage, init, extra, files, runs, cfg)
     run = load_run(run_or_model, runs)
@@ -137,8 +137,6 @@ def _config_and_split(parent: Run | None, data: KaggleData, cfg: dict) -> tuple[
 def _matching_state(model: nn.Module, spec: dict) -> tuple[dict[str, torch.Tensor], nn.Module]:
     """The module's weights, checked to load strictly into the architecture `spec` rebuilds, and that
     rebuilt model (on the CPU, for the input-size check)."""
-    from kaggle_tli.registry import create_model_from_spec
-
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     rebuilt = create_model_from_spec(spec)
     try:
@@ -165,8 +163,5 @@ def _writable(run: Run, runs: str | Path | None) -> Run:
     target = Path(runs or "runs").expanduser() / run.id
     if not target.exists():
         shutil.copytree(run.path, target, ignore=shutil.ignore_patterns(".lock", ".*.tmp"))
-        from kaggle_tli.ledger import Ledger
-
         Ledger(target.parent).import_lineage(run.id, near=run.path)
     return load_run(target)
-

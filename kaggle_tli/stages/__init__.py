@@ -1,0 +1,23 @@
+"""The pipeline's stages, one public verb per module: finetune, inject, resume, iterate, predict."""
+
+from kaggle_tli.stages.finetune import finetune
+from kaggle_tli.stages.inject import TeacherLike, inject, load_teacher, rank_teachers, student_spec, transfer
+from kaggle_tli.stages.iterate import iterate
+from kaggle_tli.stages.predict import check_submission, make_submission, predict
+from kaggle_tli.stages.resume import resume, runs_dir_for
+
+__all__ = [
+    "TeacherLike",
+    "check_submission",
+    "finetune",
+    "inject",
+    "iterate",
+    "load_teacher",
+    "make_submission",
+    "predict",
+    "rank_teachers",
+    "resume",
+    "runs_dir_for",
+    "student_spec",
+    "transfer",
+]

@@ -1,0 +1,255 @@
+"""Training configuration: `TrainConfig`, the validation `Metric`, seeding and the fold plan.
+
+Steps are optimizer steps (one per `grad_accum` micro-batches); the config is a frozen dataclass saved as
+run.json["config"], so a run can be continued or repeated with exactly its settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import inspect
+import json
+import math
+import random
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sklearn.metrics as skm
+import torch
+
+_BOOL_FIELDS = ("ema", "eval_at_start", "pretrained", "progress")  # TrainConfig's on/off switches
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training option; saved as run.json["config"]. Unknown keys are a TypeError.
+
+    Steps are optimizer steps (one per `grad_accum` micro-batches). `batch_size` is per process.
+    """
+
+    epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int | None = None  # default: 2 x batch_size
+    lr: float = 1e-3
+    optimizer: str = "adamw"  # "adamw" | "adam" (the paper: Adam at 3e-3) | "sgd"
+    weight_decay: float = 0.01
+    scheduler: str = "cosine"  # "cosine" (timm, warmup, stepped per optimizer step) | "constant"
+    warmup_steps: int | None = None  # default: 5% of the planned steps, at most 500
+    min_lr: float = 0.0
+    grad_accum: int = 1
+    clip_grad: float | None = None
+    label_smoothing: float = 0.0
+    amp: str | bool = "auto"  # "auto": fp16 + GradScaler on CUDA, off on CPU; True/"fp16"; False
+    ema: bool = False  # timm ModelEmaV3 (with decay warm-up); the EMA weights are the ones evaluated
+    ema_decay: float = 0.999
+    early_stopping: int | None = None  # patience, in evaluations without improvement
+    time_budget_s: float | None = None  # stop cleanly (evaluate, checkpoint) before this many seconds
+    seed: int = 42
+    num_workers: int = 0
+    fold: int = 0  # the primary fold: its last weights are model.safetensors, the teacher for TLI
+    train_folds: tuple[int, ...] | str | None = None  # None: only `fold`; "all"; or a list of folds
+    metric: str | Callable = "accuracy"  # "accuracy", an sklearn metric or scorer name, or a callable
+    max_steps: int | None = None  # cap on optimizer steps per fold (tests, benchmarks, quick looks)
+    eval_every_steps: int | None = None  # evaluate every N steps as well as at each epoch end
+    eval_at_start: bool = False  # evaluate before the first step (the step-0 metric of a TLI student)
+    checkpoint_every_steps: int | None = None  # state.pt every N steps as well as at each epoch end
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    num_processes: int = 1  # > 1: data parallel through accelerate.notebook_launcher (gloo on CPU)
+    pretrained: bool = False  # stage 1 only: start from the registry's pretrained weights
+    progress: bool = True  # tqdm progress bars
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train_folds, list):
+            object.__setattr__(self, "train_folds", tuple(self.train_folds))
+        positive = ("epochs", "batch_size", "grad_accum", "num_processes")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r}: must be a positive integer")
+        for name in ("max_steps", "eval_every_steps", "checkpoint_every_steps", "early_stopping", "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r}: must be a positive integer or None")
+        for name in _BOOL_FIELDS:  # a string "False" is truthy: it would switch the option on
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(
+                    f"{name}={value!r}: must be True or False, not a {type(value).__name__} (a string such as "
+                    f"'False' counts as true); pass {name}=False, or on the command line --set {name}=false"
+                )
+            object.__setattr__(self, name, bool(value))
+        choices = {"optimizer": ("adamw", "adam", "sgd"), "scheduler": ("cosine", "constant"),
+                   "device": ("auto", "cpu", "cuda")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {allowed}")
+        if self.amp not in ("auto", "fp16", True, False, "no", "off"):
+            raise ValueError(f"amp={self.amp!r}: use 'auto', True / 'fp16', or False")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr!r}: must be > 0")
+        if self.train_folds is not None and self.train_folds != "all" and not isinstance(self.train_folds, tuple):
+            raise ValueError(f"train_folds={self.train_folds!r}: use None, 'all' or a list of fold numbers")
+        resolve_metric(self.metric)  # an unknown metric name fails here, before any run exists
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> TrainConfig:
+        """`TrainConfig(**kwargs)` with a helpful TypeError for a misspelt option."""
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in kwargs if k not in valid]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, valid, n=1, cutoff=0.6)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise TypeError(f"unknown training option(s) {', '.join(hints)}; valid options: {', '.join(valid)}")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> TrainConfig:
+        """Rebuild a config saved in run.json; keys this version does not know are dropped."""
+        valid = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in saved.items() if k in valid}
+        for name in _BOOL_FIELDS:
+            if isinstance(kwargs.get(name), str):  # `--set ema=False` of older versions, which trained as true
+                warnings.warn(
+                    f"the saved config has {name}={kwargs[name]!r}, a string, which trained as {name}="
+                    f"{bool(kwargs[name])}; read as {bool(kwargs[name])} (what the run did). Pass {name}=... to "
+                    "change it in a new run", UserWarning, stacklevel=2,
+                )
+                kwargs[name] = bool(kwargs[name])
+        if isinstance(kwargs.get("metric"), str) and kwargs["metric"].startswith("callable:"):
+            raise ValueError(
+                f"the saved config used a custom metric function ({kwargs['metric']}); pass metric=<function> again"
+            )
+        return cls(**kwargs)
+
+    def replace(self, **kwargs: Any) -> TrainConfig:
+        """A copy with some options changed (unknown keys are a TypeError)."""
+        return TrainConfig.from_kwargs(**{**self._fields(), **kwargs})
+
+    def _fields(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_dict(self) -> dict:
+        """JSON-ready: a callable metric is recorded by name."""
+        out = self._fields()
+        if callable(out["metric"]):
+            out["metric"] = f"callable:{getattr(out['metric'], '__module__', '?')}.{_name_of(out['metric'])}"
+        if isinstance(out["train_folds"], tuple):
+            out["train_folds"] = list(out["train_folds"])
+        return out
+
+    def config_hash(self) -> str:
+        """sha1 of the canonical JSON of the config (sorted keys): equal configs, equal hash."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha1(canonical.encode()).hexdigest()
+
+
+def _name_of(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics
+
+
+# sklearn functions that score probabilities rather than labels
+_PROBA_FUNCS = {"log_loss", "roc_auc_score", "average_precision_score", "top_k_accuracy_score", "brier_score_loss"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A validation metric. `fn(y_true, y_pred)` gets class indices, or probabilities (N, C) when
+    `needs_proba` (binary problems get the positive-class column, except for log_loss/top-k)."""
+
+    name: str
+    fn: Callable
+    needs_proba: bool = False
+    greater_is_better: bool = True
+    sign: float = 1.0
+    kwargs: dict = field(default_factory=dict)
+
+    def __call__(self, y_true: np.ndarray, probs: np.ndarray) -> float:
+        kwargs = dict(self.kwargs)
+        if not self.needs_proba:
+            return self.sign * float(self.fn(y_true, probs.argmax(axis=1), **kwargs))
+        fn_name = getattr(self.fn, "__name__", "")
+        y_score = probs
+        if probs.shape[1] == 2 and fn_name not in ("log_loss", "top_k_accuracy_score"):
+            y_score = probs[:, 1]
+        elif "labels" in _parameters(self.fn):
+            kwargs.setdefault("labels", list(range(probs.shape[1])))
+        return self.sign * float(self.fn(y_true, y_score, **kwargs))
+
+    def better(self, new: float, old: float | None) -> bool:
+        if old is None or (isinstance(old, float) and math.isnan(old)):
+            return not math.isnan(new)
+        return new > old if self.greater_is_better else new < old
+
+
+def _parameters(fn: Callable) -> set[str]:
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def resolve_metric(metric: str | Callable | Metric) -> Metric:
+    """"accuracy", an sklearn.metrics function name ("f1_score", "log_loss"), an sklearn scorer name
+    ("f1_macro", "roc_auc_ovr", "neg_log_loss"), a `Metric`, or a callable fn(y_true, y_pred_labels)."""
+    if isinstance(metric, Metric):
+        return metric
+    if callable(metric):
+        return Metric(name=_name_of(metric), fn=metric)
+    name = str(metric)
+    if name == "accuracy":
+        return Metric("accuracy", skm.accuracy_score)
+    fn = getattr(skm, name, None)
+    if callable(fn) and not name.startswith("_") and name not in ("get_scorer", "make_scorer", "check_scoring"):
+        lower_better = name.endswith(("_loss", "_error", "_deviance"))
+        return Metric(name, fn, needs_proba=name in _PROBA_FUNCS, greater_is_better=not lower_better)
+    try:
+        scorer = skm.get_scorer(name)
+    except ValueError as e:
+        known = ["accuracy", *skm.get_scorer_names()]
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        raise ValueError(
+            f"unknown metric {name!r}{f'; did you mean {close}?' if close else ''} Use 'accuracy', an sklearn "
+            "scorer name (sklearn.metrics.get_scorer_names()), an sklearn.metrics function name, or a callable"
+        ) from e
+    response = getattr(scorer, "_response_method", "predict")
+    return Metric(
+        name, scorer._score_func, needs_proba=response != "predict", sign=float(scorer._sign),
+        kwargs=dict(scorer._kwargs),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# seeding and folds
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices). Data order and augmentation have their own seeds."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def fold_plan(cfg: TrainConfig, n_folds: int) -> list[int]:
+    """The folds to train, primary (`cfg.fold`, or the first listed) first."""
+    if cfg.train_folds is None:
+        folds = [cfg.fold]
+    elif cfg.train_folds == "all":
+        folds = list(range(n_folds))
+    else:
+        folds = [int(k) for k in cfg.train_folds]
+    bad = [k for k in folds if not 0 <= k < n_folds]
+    if bad or not folds:
+        raise ValueError(f"fold(s) {bad or folds} out of range: the data has folds 0..{n_folds - 1}")
+    primary = cfg.fold if cfg.fold in folds else folds[0]
+    return [primary] + [k for k in dict.fromkeys(folds) if k != primary]
