@@ -9,6 +9,7 @@
     rank       rank.py    rank_teachers: by TLI score, or by how well the injected student starts (needs data)
     refit      norm.py, head.py   BatchNorm statistics and the classifier fitted on a few batches (needs data)
     report     report.py  TransferReport: one row per student tensor
+    options    options.py TransferOptions: every option of a transfer, its default and its check
     guard      guard.py   after a transfer: no meta tensor, the teacher untouched, the student finite
 """
 
@@ -19,6 +20,7 @@ from .guard import TransferIntegrityError
 from .head import HeadRefit, refit_head
 from .inject import center_crop, combo_injection, resize
 from .norm import recalibrate_norms
+from .options import TransferOptions
 from .rank import rank_teachers
 from .report import TransferReport
 from .score import similarity_matrix, tli_score
@@ -29,6 +31,7 @@ __all__ = [
     "HeadRefit",
     "TraceError",
     "TransferIntegrityError",
+    "TransferOptions",
     "TransferReport",
     "Unit",
     "center_crop",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +17,7 @@ from .grow import GROWTH_MODES
 from .growth_align import GrowthAlignment, align_growth
 from .guard import check_student, check_unchanged, fingerprint
 from .match import Alignment, Match, match_graphs
+from .options import DEFAULTS, TransferOptions
 from .place import Growth, place_identity, place_tensor, report_row
 from .report import TransferReport
 from .score import graph_score
@@ -33,93 +35,100 @@ def transfer(
     teacher: nn.Module | Sequence[nn.Module],
     student: nn.Module,
     *,
-    lam: float = 0.75,
-    top_k: int = 3,
-    transfer_norm: bool = True,
-    transfer_head: bool = False,
-    extra_blocks: str = "identity",
-    activation_scale: float = 4.0,
     input_size: tuple[int, ...] | None = None,
     teacher_input_size: tuple[int, ...] | None = None,
-    method: str = "auto",
-    growth_jitter: float = 0.1,
-    seed: int = 0,
+    options: TransferOptions | None = None,
+    **overrides: Any,
 ) -> TransferReport:
     """Inject the teacher's weights into `student` (in place) and report what happened to every student tensor.
 
     teacher: a model, or several (each student tensor then takes its best-scoring source).
-    lam: ComboInjection strength, `lam * center_crop + (1 - lam) * resize` (paper: 0.75).
-    top_k: where a match is not sure (the student block and its teacher block differ in layer structure, e.g.
-        across families), mix the k best-scoring teacher tensors with softmax weights over their scores (paper
-        eq. 1-2). Sure matches always use the aligned tensor alone, so same-family edits are unaffected. 1 = never
-        mix. The default 3 won the convergence benchmark across families (docs/benchmarks.md).
-    transfer_norm: False leaves normalisation layers at their init (the paper's BatchNorm ablation).
-    transfer_head: also fill a classifier whose class count differs from the teacher's (default: leave it at init).
-    extra_blocks: a deeper student's extra residual blocks are seeded from the teacher block they repeat; "identity"
-        zeroes their residual branch's last layer so the student computes exactly what the teacher did (Net2Net's
-        deeper transform), "copy" keeps the duplicate whole (the function changes; after BatchNorm refitting it
-        stays close, and it trains faster early under a harsh optimizer: docs/benchmarks.md).
-    activation_scale: where the student has a smooth activation (SiLU, GELU, Mish, ...) in place of the teacher's
-        ReLU, scale every norm's output by this and the classifier's weights by its inverse, so that each activation
-        computes nearly the teacher's ReLU (see activation.py); kept only if a probe batch shows the student closer
-        to the teacher. 1 = off. 4 keeps resnet18 -> resnet18-with-SiLU at the teacher's accuracy at step 0.
     input_size: (C, H, W) for the dummy forward pass; default from timm's pretrained_cfg.
     teacher_input_size: the teacher's own (C, H, W) where it differs from the student's.
-    method: "auto" grows a student that has the teacher's structure up to widths and depths so that it computes
-        exactly what the teacher did (grow.py: new units silent behind BatchNorm, duplicated channels behind a
-        LayerNorm), and uses ComboInjection elsewhere; "combo" is the paper's ComboInjection everywhere.
-    growth_jitter: how unevenly duplicated channels split their fan-out (0 = evenly, Net2Net; the copies then get
-        equal gradients), drawn with `seed`. The function is kept either way.
+    options, overrides: a `TransferOptions`, and/or any of its fields by name (`lam=0.5`, `method="combo"`, ...):
+        see `TransferOptions` for what each does and its default.
     """
     start = time.perf_counter()
+    opts = (options or DEFAULTS).with_overrides(**overrides)
     teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     teachers, student = [unwrap_compiled(t) for t in teachers], unwrap_compiled(student)
-    _check_models(teachers, student, lam, top_k)
-    if not activation_scale >= 1.0:
-        raise ValueError(f"activation_scale must be >= 1 (1 = off), got {activation_scale}")
-    if method not in ("auto", "combo"):
-        raise ValueError(f"method={method!r}: use 'auto' (growth that keeps the function where the structure "
-                         "allows, ComboInjection elsewhere) or 'combo' (ComboInjection everywhere)")
-    if not 0.0 <= growth_jitter < 1.0:
-        raise ValueError(f"growth_jitter must be in [0, 1), got {growth_jitter}")
-    if extra_blocks not in ("identity", "copy"):
-        raise ValueError(f"extra_blocks={extra_blocks!r}: use 'identity' (keep the function) or 'copy'")
+    _check_models(teachers, student)
     teacher_prints = [fingerprint(t) for t in teachers]
     s_graph = trace_as(student, input_size, "student")
     found = []
     for t_idx, t in enumerate(teachers):
         role = "teacher" if len(teachers) == 1 else f"teacher {t_idx}"
         t_graph = trace_as(t, teacher_input_size or input_size, role, teacher_input_size is None)
-        found.append(_Teacher(t_graph, match_graphs(s_graph, t_graph, top_k=top_k), _tensors(t)))
+        found.append(_Teacher(t_graph, match_graphs(s_graph, t_graph, top_k=opts.top_k), _tensors(t)))
+    plan = _plan(student, s_graph, found, opts)
+    rows = _write(student, s_graph, found, plan, opts)
+    sharpened = _sharpen(teachers, student, s_graph, found, plan.choices, opts.activation_scale, rows)
+    for t_idx, (t, before) in enumerate(zip(teachers, teacher_prints, strict=True)):
+        check_unchanged(t, before, "teacher" if len(teachers) == 1 else f"teacher {t_idx}")
+    check_student(student)
 
+    params = {n for n, _ in student.named_parameters()}
+    counted = [r for r in rows if r["student"] in params]
+    total = sum(r["numel"] for r in counted) or 1
+    settings = {k: v for k, v in opts.as_dict().items() if k != "activation_scale"}  # _sharpen says if it applied
+    settings.update(growth=plan.growth.mode if plan.growth else "none", teachers=len(found), **sharpened)
+    return TransferReport(
+        rows=rows,
+        score=max(graph_score(s_graph, t.graph) for t in found),
+        coverage=sum(r["fraction"] * r["numel"] for r in counted) / total,
+        blended=sum(r["blended"] * r["numel"] for r in counted) / total,
+        settings=settings,
+        unreached_student=list(s_graph.unreached),
+        unreached_teacher=[n for t in found for n in t.graph.unreached],
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass
+class _Plan:
+    """What happens to each student unit: its source, or zeroing, or the identity, or nothing (head, unmatched)."""
+
+    choices: dict  # student unit -> (teacher index, Match)
+    zeroed: set[int]  # last layers of extra residual branches
+    identity: set[int]  # units of projection shortcuts the teacher did without
+    head: set[str]  # classifier units left at init (class count differs)
+    growth: Growth | None
+
+
+def _plan(student: nn.Module, s_graph: Graph, found: list[_Teacher], opts: TransferOptions) -> _Plan:
     same_classes = [t_idx for t_idx, t in enumerate(found) if not _heads_differ(s_graph, t.graph)]
-    head = set() if transfer_head or len(same_classes) == len(found) else _head_units(student, s_graph)
-    grown = align_growth(s_graph, found[0].graph) if method == "auto" and len(found) == 1 else None
+    head = set() if opts.transfer_head or len(same_classes) == len(found) else _head_units(student, s_graph)
+    grown = align_growth(s_graph, found[0].graph) if opts.method == "auto" and len(found) == 1 else None
     if grown is None:
         choices = _matched_choices(s_graph, found, head, same_classes)
-        zeroed = _identity_units(s_graph, found, choices) if extra_blocks == "identity" else set()
-    else:
-        choices, zeroed = _grown_choices(grown, head, s_graph, found), grown.zeroed
-        if extra_blocks == "copy":
-            zeroed = set()
-    growth = _growth_plan(student, s_graph, found, choices, grown, growth_jitter, seed)
-    shortcuts = grown.identity if grown is not None else set()
+        zeroed = _identity_units(s_graph, found, choices) if opts.extra_blocks == "identity" else set()
+        return _Plan(choices, zeroed, set(), head, None)
+    choices = _grown_choices(grown, head, s_graph, found)
+    zeroed = grown.zeroed if opts.extra_blocks == "identity" else set()
+    growth = _growth_plan(student, s_graph, found, choices, opts.growth_jitter, opts.seed)
+    return _Plan(choices, zeroed, grown.identity, head, growth)
+
+
+def _write(student: nn.Module, s_graph: Graph, found: list[_Teacher], plan: _Plan, opts: TransferOptions
+           ) -> list[dict]:
+    """Write every student tensor as planned; one report row each."""
     s_tensors = _tensors(student)
     rows = []
     with torch.no_grad():
         for i, unit in enumerate(s_graph.units):
-            if i in shortcuts:
+            if i in plan.identity:
                 rows += [place_identity(unit, local, key, s_tensors[key]) for local, key in unit.tensors.items()]
                 continue
-            skip = _skip_reason(unit, choices.get(i), transfer_norm, unit.name in head and i not in choices)
+            choice = plan.choices.get(i)
+            skip = _skip_reason(unit, choice, opts.transfer_norm, unit.name in plan.head and choice is None)
             for local, key in unit.tensors.items():
                 if skip:
                     row = report_row(key, s_tensors[key], unit.kind, "init", reason=skip)
                 else:
-                    t_idx, match = choices[i]
+                    t_idx, match = choice
                     row = place_tensor(unit, local, key, s_tensors[key], _sources(found[t_idx], match, local),
-                                       match, t_idx, lam, growth)
-                if i in zeroed and local in ("weight", "bias", ""):
+                                       match, t_idx, opts.lam, plan.growth)
+                if i in plan.zeroed and local in ("weight", "bias", ""):
                     s_tensors[key].zero_()
                     row.update(method="zeroed", fraction=1.0, blended=0.0, reason=_ZEROED)
                 rows.append(row)
@@ -129,28 +138,7 @@ def transfer(
     for key in student.state_dict(keep_vars=True):
         if key not in reported and key in s_tensors:  # e.g. a model's own input-normalisation constants
             rows.append(report_row(key, s_tensors[key], "", "init", reason=_UNTRACED_BUFFER))
-    sharpened = _sharpen(teachers, student, s_graph, found, choices, activation_scale, rows)
-    for t_idx, (t, before) in enumerate(zip(teachers, teacher_prints, strict=True)):
-        check_unchanged(t, before, "teacher" if len(teachers) == 1 else f"teacher {t_idx}")
-    check_student(student)
-
-    params = {n for n, _ in student.named_parameters()}
-    counted = [r for r in rows if r["student"] in params]
-    total = sum(r["numel"] for r in counted)
-    covered = sum(r["fraction"] * r["numel"] for r in counted)
-    blended = sum(r["blended"] * r["numel"] for r in counted)
-    return TransferReport(
-        rows=rows,
-        score=max(graph_score(s_graph, t.graph) for t in found),
-        coverage=covered / total if total else 0.0,
-        blended=blended / total if total else 0.0,
-        settings=dict(lam=lam, top_k=top_k, transfer_norm=transfer_norm, transfer_head=transfer_head,
-                      extra_blocks=extra_blocks, method=method, growth=growth.mode if growth else "none",
-                      teachers=len(found), **sharpened),
-        unreached_student=list(s_graph.unreached),
-        unreached_teacher=[n for t in found for n in t.graph.unreached],
-        seconds=time.perf_counter() - start,
-    )
+    return rows
 
 
 def _sharpen(teachers: list[nn.Module], student: nn.Module, s_graph: Graph, found: list[_Teacher], choices: dict,
@@ -212,7 +200,7 @@ _ZEROED = "extra block seeded from a repeated teacher block: residual zeroed so 
 # --------------------------------------------------------------------------------------------------- checks
 
 
-def _check_models(teachers: list, student: nn.Module, lam: float, top_k: int) -> None:
+def _check_models(teachers: list, student: nn.Module) -> None:
     if not isinstance(student, nn.Module):
         raise TypeError(f"student must be a torch.nn.Module, got {type(student).__name__}")
     if not teachers:
@@ -225,10 +213,6 @@ def _check_models(teachers: list, student: nn.Module, lam: float, top_k: int) ->
             )
         if t is student:
             raise ValueError("teacher and student are the same object: build a separate student model to inject into")
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam must be in [0, 1] (0 = pure resize, 1 = pure centre crop), got {lam}")
-    if not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -310,13 +294,11 @@ def _grown_choices(grown: GrowthAlignment, head: set[str], s_graph: Graph, found
     return choices
 
 
-def _growth_plan(student: nn.Module, graph: Graph, found: list[_Teacher], choices: dict,
-                 grown: GrowthAlignment | None, jitter: float, seed: int) -> Growth | None:
+def _growth_plan(student: nn.Module, graph: Graph, found: list[_Teacher], choices: dict, jitter: float,
+                 seed: int) -> Growth:
     """Function-preserving growth applies when the student is the teacher grown (growth_align.py); across
     families ComboInjection stays the method. The mode is "duplicate" when a grown layer is a norm over channels
     (LayerNorm, GroupNorm), else "silent" (grow.py)."""
-    if grown is None:
-        return None
     modules = dict(student.named_modules())
     channel_norms = {u.name for u in graph.units if u.kind == "norm"
                      and "BatchNorm" not in type(modules.get(u.name)).__name__}
