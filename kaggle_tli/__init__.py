@@ -7,8 +7,6 @@ and do not pull in torch until a name that needs it is used.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -17,6 +15,9 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # engine
     "TransferReport": "kaggle_tli.tli",
+    "TransferOptions": "kaggle_tli.tli",
+    "TransferIntegrityError": "kaggle_tli.tli",
+    "TraceError": "kaggle_tli.tli",
     "tli_score": "kaggle_tli.tli",
     "similarity_matrix": "kaggle_tli.tli",
     "rank_teachers": "kaggle_tli.stages",
@@ -57,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "load_weights": "kaggle_tli.checkpoint",
     "PixelCsvData": "kaggle_tli.data",
     "TrainConfig": "kaggle_tli.train",
+    "RunBusyError": "kaggle_tli.train",
     "Run": "kaggle_tli.runs",
     "load_run": "kaggle_tli.runs",
     "finetune": "kaggle_tli.stages",
@@ -94,17 +96,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return __all__
-
-
-class _Package(types.ModuleType):
-    """`kaggle_tli.finetune` is a function that lives in the submodule `kaggle_tli.finetune` (likewise resume,
-    iterate, inject). Importing such a submodule would make the import system overwrite the package attribute with
-    the module; this keeps the public function in its place (the module stays in sys.modules)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}" and name in _EXPORTS:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

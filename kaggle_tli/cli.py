@@ -113,10 +113,9 @@ def cmd_iterate(args: argparse.Namespace) -> int:
     from kaggle_tli.stages.iterate import iterate
 
     data = _load_data(args, run=args.prev_run) if args.data else None
-    run = iterate(args.prev_run, args.arch, data, init=args.init, which=args.which, lam=args.lam, top_k=args.top_k,
-                  transfer_norm=not args.no_norm, extra_blocks=args.extra_blocks,
-                  activation_scale=args.activation_scale, recalibrate=not args.no_recalibrate,
-                  refit_head=not args.no_refit_head, runs=args.runs, notes=args.notes, **_train_config(args))
+    run = iterate(args.prev_run, args.arch, data, init=args.init, which=args.which,
+                  recalibrate=not args.no_recalibrate, refit_head=not args.no_refit_head, runs=args.runs,
+                  notes=args.notes, **_transfer_options(args), **_train_config(args))
     if run.report is not None:
         print(run.report.summary())
     print(f"{run.id} (parent {run.parent_id}): cv {run.metrics.get('cv')} -> {run.path}")
@@ -127,9 +126,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     from kaggle_tli.checkpoint import save_weights
     from kaggle_tli.stages.inject import inject
 
-    student, report, spec = inject(args.prev_run, args.arch, which=args.which, lam=args.lam, top_k=args.top_k,
-                                   transfer_norm=not args.no_norm, extra_blocks=args.extra_blocks,
-                                   activation_scale=args.activation_scale)
+    student, report, spec = inject(args.prev_run, args.arch, which=args.which, **_transfer_options(args))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_weights(student.state_dict(), out, {"arch": spec["name"], "num_classes": spec["num_classes"],
@@ -348,16 +345,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_transfer_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("TLI")
+    """The TLI flags. They default to None, meaning "the engine's default" (kaggle_tli.TransferOptions, the one
+    record of them): `--help` stays fast (no torch), and no default is written twice."""
+    g = p.add_argument_group("TLI (defaults: kaggle_tli.TransferOptions)")
     g.add_argument("--which", choices=("last", "best", "ema"), default="last", help="which weights of the run")
-    g.add_argument("--lam", type=float, default=0.75, help="ComboInjection: crop share (default: %(default)s)")
-    g.add_argument("--top-k", type=int, default=3, help="mix the k best teacher tensors where no block matches for sure (default: %(default)s)")
+    g.add_argument("--method", choices=("auto", "combo"),
+                   help="auto: a student that is the teacher grown wider/deeper keeps its function, ComboInjection "
+                        "elsewhere (default); combo: ComboInjection everywhere")
+    g.add_argument("--lam", type=float, help="ComboInjection: crop share")
+    g.add_argument("--top-k", type=int, help="mix the k best teacher tensors where no block matches for sure")
     g.add_argument("--no-norm", action="store_true", help="leave normalisation layers at init")
-    g.add_argument("--extra-blocks", choices=("identity", "copy"), default="identity",
+    g.add_argument("--extra-blocks", choices=("identity", "copy"),
                    help="a deeper student's extra blocks: identity (keeps the function, default) or whole copies")
-    g.add_argument("--activation-scale", type=float, default=4.0,
+    g.add_argument("--activation-scale", type=float,
                    help="a student with SiLU/GELU where the teacher had ReLU: scale norms by this so the activations "
-                        "act like the teacher's ReLU (1 = off; default: %(default)s)")
+                        "act like the teacher's ReLU (1 = off)")
+    g.add_argument("--growth-jitter", type=float, help="how unevenly duplicated channels split their fan-out")
+
+
+def _transfer_options(args: argparse.Namespace) -> dict:
+    """The TLI options given on the command line (the engine checks them and fills in the rest)."""
+    given = dict(method=args.method, lam=args.lam, top_k=args.top_k, extra_blocks=args.extra_blocks,
+                 activation_scale=args.activation_scale, growth_jitter=args.growth_jitter)
+    if args.no_norm:
+        given["transfer_norm"] = False
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from torch import nn
@@ -17,9 +18,10 @@ from torch import nn
 from kaggle_tli.checkpoint import load_weights, weights_metadata
 from kaggle_tli.registry import arch_spec, create_model, create_model_from_spec
 from kaggle_tli.runs import Run, load_run
-from kaggle_tli.tli import TransferReport
+from kaggle_tli.tli import TransferOptions, TransferReport
 from kaggle_tli.tli import rank_teachers as _engine_rank
 from kaggle_tli.tli import transfer as _engine_transfer
+from kaggle_tli.tli.options import DEFAULTS
 from kaggle_tli.train.checks import check_arch_channels
 
 TeacherLike = nn.Module | Run | str | Path
@@ -71,26 +73,24 @@ def transfer(
     teacher: TeacherLike | Sequence[TeacherLike],
     student: nn.Module,
     *,
-    lam: float = 0.75,
-    top_k: int = 3,
-    transfer_norm: bool = True,
-    transfer_head: bool = False,
-    extra_blocks: str = "identity",
-    activation_scale: float = 4.0,
-    input_size: tuple[int, ...] | None = None,
     which: str = "last",
+    input_size: tuple[int, ...] | None = None,
+    teacher_input_size: tuple[int, ...] | None = None,
+    options: TransferOptions | None = None,
+    **overrides: Any,
 ) -> TransferReport:
-    """Inject a teacher's weights into `student` in place; see `kaggle_tli.tli.transfer` for the options.
+    """Inject a teacher's weights into `student` in place; the options (`lam=`, `method=`, ...) are the engine's,
+    `kaggle_tli.TransferOptions`.
 
     `teacher` may be a module, a `Run`, a run id or run directory, a `.safetensors` file written by kaggle-tli, or a
     list of these (several teachers: each student tensor takes its best source). `which` picks the run's "last",
     "best" or "ema" weights.
     """
+    opts = (options or DEFAULTS).with_overrides(**overrides)  # checked before any file is read
     many = isinstance(teacher, (list, tuple))
     teachers = [load_teacher(t, which=which) for t in (teacher if many else [teacher])]
-    return _engine_transfer(teachers if many else teachers[0], student, lam=lam, top_k=top_k,
-                            transfer_norm=transfer_norm, transfer_head=transfer_head, extra_blocks=extra_blocks,
-                            activation_scale=activation_scale, input_size=input_size)
+    return _engine_transfer(teachers if many else teachers[0], student, input_size=input_size,
+                            teacher_input_size=teacher_input_size, options=opts)
 
 
 def rank_teachers(

@@ -8,7 +8,7 @@ side-by-side comparison.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,25 @@ from kaggle_tli.registry import create_model_from_spec
 from kaggle_tli.runs import Run, load_run
 from kaggle_tli.stages.inject import student_spec, transfer
 from kaggle_tli.stages.resume import resume, runs_dir_for
-from kaggle_tli.tli import recalibrate_norms
+from kaggle_tli.tli import TransferOptions, recalibrate_norms
 from kaggle_tli.tli import refit_head as fit_head
+from kaggle_tli.tli.options import DEFAULTS
+from kaggle_tli.train import TrainConfig
 from kaggle_tli.train.checks import check_input_size
 
 _ITERATE_INITS = ("tli", "kaiming")  # how an iterate student starts (a subset of the ledger's INITS)
+
+
+def split_options(options: dict[str, Any]) -> tuple[TransferOptions, dict[str, Any]]:
+    """The TLI options (checked) and the training options among `options`; a name that is neither is refused with
+    both lists, before anything is built."""
+    tli_names = set(TransferOptions.names())
+    unknown = sorted(set(options) - tli_names - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}: iterate takes the TLI options "
+                        f"{', '.join(sorted(tli_names))} and any TrainConfig field")
+    tli = DEFAULTS.with_overrides(**{k: v for k, v in options.items() if k in tli_names})
+    return tli, {k: v for k, v in options.items() if k not in tli_names}
 
 
 def iterate(
@@ -32,32 +46,28 @@ def iterate(
     *,
     init: str = "tli",
     which: str = "last",
-    lam: float = 0.75,
-    top_k: int = 3,
-    transfer_norm: bool = True,
-    extra_blocks: str = "identity",
-    activation_scale: float = 4.0,
     recalibrate: bool = True,
     recalibrate_batches: int = 8,
     refit_head: bool = True,
     runs: str | Path | None = None,
     notes: str = "",
-    **train_cfg: Any,
+    **options: Any,
 ) -> Run:
     """Train `new_arch` starting from what `prev_run` learned; returns the new run (`run.report`: what TLI did).
 
     prev_run: a `Run`, a run id (looked up in `runs`), or a run directory, read-only ones (Kaggle inputs) included.
     data: the competition data; default: rebuilt from the description in prev_run's run.json.
     init: "tli" (inject prev_run's `which` weights: "last", "best" or "ema") or "kaiming" (timm's default init).
-    lam, top_k, transfer_norm, extra_blocks, activation_scale: TLI options (see `kaggle_tli.transfer`).
     recalibrate: refit BatchNorm running statistics on `recalibrate_batches` training batches (un-augmented, never
         the validation fold) before training, so the student's evaluation is meaningful from step 0.
     refit_head: after a TLI injection, fit a linear probe on the same batches and keep it as the classifier if it
         predicts clearly better than the injected head on the half of them it was not fitted on (across families the
         injected head reads scrambled features: chance at step 0, see docs/benchmarks.md for the probe's gain; a
         same-family head is kept). A Kaiming student keeps timm's init.
-    train_cfg: any `TrainConfig` field; the rest is inherited from prev_run's config.
+    options: any TLI option (a `TransferOptions` field: `lam`, `method`, ...) and any `TrainConfig` field (`epochs`,
+        `lr`, ...); training options not given are inherited from prev_run's config.
     """
+    tli_options, train_cfg = split_options(options)
     if init not in _ITERATE_INITS:
         raise ValueError(f"init={init!r}: use 'tli' (inject the previous run's weights) or 'kaiming' (from scratch)")
     _check_arch_name(new_arch)
@@ -74,8 +84,7 @@ def iterate(
 
     report = None
     if teacher is not None:
-        report = transfer(teacher, student, lam=lam, top_k=top_k, transfer_norm=transfer_norm,
-                          extra_blocks=extra_blocks, activation_scale=activation_scale)
+        report = transfer(teacher, student, options=tli_options)
     fold = int(train_cfg.get("fold", prev.config.get("fold", prev.primary_fold)))
     if recalibrate:
         recalibrate_norms(student, _training_batches(data, fold), max_batches=recalibrate_batches)
