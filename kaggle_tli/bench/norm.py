@@ -14,8 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from safetensors.torch import load_file, save_file
 
-from . import convergence as cv
+from kaggle_tli.tli import transfer
+
+from . import arrays, options, training
 from ._pool import run_jobs, split_cores
 from ._report import float_formats, write_table
 
@@ -28,7 +31,7 @@ VARIANTS = {  # label -> (transfer_norm, recalibrate)
 }
 
 
-def run_chain(data: cv.ArrayData, *, steps: int, seeds: Sequence[int], eval_every: int, workers: int = 1,
+def run_chain(data: arrays.ArrayData, *, steps: int, seeds: Sequence[int], eval_every: int, workers: int = 1,
               threads: int = 1, chain: Sequence[str] = CHAIN, variants: Sequence[str] = tuple(VARIANTS)) -> pd.DataFrame:
     """Accuracy curves of every model in the chain, for every variant and seed (long format). The first model is
     trained once per seed; each (seed, variant) chain after it is a job of its own."""
@@ -46,32 +49,26 @@ def run_chain(data: cv.ArrayData, *, steps: int, seeds: Sequence[int], eval_ever
     return pd.DataFrame(rows)
 
 
-def _first_job(data: cv.ArrayData, arch: str, steps: int, seed: int, eval_every: int, folder: Path,
+def _first_job(data: arrays.ArrayData, arch: str, steps: int, seed: int, eval_every: int, folder: Path,
                progress: bool) -> list[dict]:
-    from safetensors.torch import save_file
-
-    model = cv.build(arch, data.num_classes, seed)
-    curve = cv.train(model, data, steps=steps, seed=seed, eval_every=eval_every, progress=progress, desc=arch)
+    model = training.build(arch, data.num_classes, seed)
+    curve = training.train(model, data, steps=steps, seed=seed, eval_every=eval_every, progress=progress, desc=arch)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / f"{arch}-s{seed}.safetensors"))
     return curve
 
 
-def _chain_job(data: cv.ArrayData, chain: tuple[str, ...], variant: str, steps: int, seed: int, eval_every: int,
+def _chain_job(data: arrays.ArrayData, chain: tuple[str, ...], variant: str, steps: int, seed: int, eval_every: int,
                folder: Path, progress: bool) -> list[dict]:
-    from safetensors.torch import load_file
-
-    from kaggle_tli.tli import transfer
-
     transfer_norm, recal = VARIANTS[variant]
-    teacher = cv.build(chain[0], data.num_classes, seed)
+    teacher = training.build(chain[0], data.num_classes, seed)
     teacher.load_state_dict(load_file(folder / f"{chain[0]}-s{seed}.safetensors"))
     rows = []
     for stage, arch in enumerate(chain[1:], 1):
-        student = cv.build(arch, data.num_classes, seed + stage)
+        student = training.build(arch, data.num_classes, seed + stage)
         transfer(teacher, student, transfer_norm=transfer_norm, input_size=(3, 32, 32))
         if recal:
-            cv.recalibrate(student, data, seed=seed)
-        curve = cv.train(student, data, steps=steps, seed=seed + stage, eval_every=eval_every, progress=progress,
+            training.recalibrate(student, data, seed=seed)
+        curve = training.train(student, data, steps=steps, seed=seed + stage, eval_every=eval_every, progress=progress,
                          desc=f"{arch} {variant} s{seed}")
         rows += [dict(variant=variant, model=arch, stage=stage, seed=seed, **point) for point in curve]
         teacher = student
@@ -118,12 +115,12 @@ def plot(curves: pd.DataFrame, path: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cv.bench_parser("norm", __doc__, "bench_out/norm")
+    parser = options.bench_parser("norm", __doc__, "bench_out/norm")
     parser.add_argument("--steps", type=int, default=200, help="training steps per model (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="60 steps, 1 seed, 4 evaluations, the two +recal variants")
     args = parser.parse_args(argv)
-    out, data = cv.prepare(parser, args)
+    out, data = options.prepare(parser, args)
     steps, seeds = (60, (0,)) if args.quick else (args.steps, tuple(range(args.seeds)))
     start = time.perf_counter()
     workers, threads = split_cores(args.workers, args.threads)

@@ -27,15 +27,18 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader
+
+from kaggle_tli.data import PixelCsvData
+from kaggle_tli.registry import create_model
+from kaggle_tli.stages import finetune
 
 __all__ = ["run_overhead", "main"]
 
 
 def _digits_competition(folder: Path) -> Path:
     """All 1797 scikit-learn digits as a pixel-CSV competition (8x8 grey, upscaled by the transforms)."""
-    from sklearn.datasets import load_digits
-
     digits = load_digits()
     pixels = (digits.images.reshape(len(digits.images), -1) * (255.0 / 16.0)).round().astype(np.uint8)
     table = pd.DataFrame(pixels, columns=[f"pixel{i}" for i in range(pixels.shape[1])])
@@ -46,8 +49,6 @@ def _digits_competition(folder: Path) -> Path:
 
 def _bare_steps(arch: str, data: Any, batch_size: int, lr: float, steps: int, seed: int, device: str) -> list[float]:
     """The loop a competitor writes by hand; returns seconds per step."""
-    from kaggle_tli.registry import create_model
-
     torch.manual_seed(seed)
     dev = torch.device(device)
     model = create_model(arch, data.num_classes, in_chans=data.in_chans).to(dev).train()
@@ -75,8 +76,6 @@ def _bare_steps(arch: str, data: Any, batch_size: int, lr: float, steps: int, se
 
 def _our_steps(arch: str, data: Any, batch_size: int, lr: float, steps: int, seed: int, device: str, runs: Path) -> list[float]:
     """kaggle-tli's loop (finetune, one fold, no evaluation inside the timed steps)."""
-    from kaggle_tli.stages import finetune
-
     train_idx, _ = data.fold_indices(0)
     epochs = -(-steps // max(1, len(train_idx) // batch_size)) + 1
     run = finetune(
@@ -124,8 +123,6 @@ def _measure(
     arch: str, image_size: int, batch_size: int, steps: int, warmup: int, repeats: int, lr: float, device: str,
     seed: int, data: Any,
 ) -> dict:
-    from kaggle_tli.data import PixelCsvData
-
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory(prefix="kaggle_tli_overhead_") as tmp:

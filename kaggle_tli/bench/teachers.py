@@ -2,8 +2,8 @@
 
 One student (mnasnet_100, the paper's) learns from several teachers, each trained on the same data first until its
 held-out accuracy reaches the same target (`--target`): a better teacher gives a better student whatever the score, so
-teachers trained for a fixed number of steps (resnet18 at 0.88, spnasnet_100 at 0.58) would rank by their own
-accuracy. For every teacher: its TLI score against the student, its own accuracy and training steps, and the
+teachers trained for a fixed number of steps (their accuracies far apart: docs/benchmarks.md) would rank by their
+own accuracy. For every teacher: its TLI score against the student, its own accuracy and training steps, and the
 student's accuracy curve after injection (kaggle-tli's defaults: BatchNorm and, where a probe helps, the classifier
 refitted on 8 batches). The Spearman rank correlation between TLI score and the student's mean accuracy over the curve
 says whether the score is worth ranking teachers by; the one between the student's accuracy at step 0 and its mean
@@ -20,8 +20,10 @@ from pathlib import Path
 import pandas as pd
 from scipy.stats import spearmanr
 
+from kaggle_tli.tli import tli_score
+
 from ..registry import arch_info
-from . import convergence as cv
+from . import arrays, methods, options, training
 from ._pool import run_jobs, split_cores
 from ._report import float_formats, prepare_dir, write_table
 
@@ -35,13 +37,13 @@ TARGET = 0.70  # every teacher trains until its held-out accuracy reaches this
 CHECK_EVERY = 10  # steps between checks: resnet18 passes 0.70 within its first 50 steps
 
 
-def run(data: cv.ArrayData, *, student: str = STUDENT, teachers: Sequence[str] = TEACHERS, teacher_steps: int,
+def run(data: arrays.ArrayData, *, student: str = STUDENT, teachers: Sequence[str] = TEACHERS, teacher_steps: int,
         target: float | None = TARGET, steps: int, seeds: Sequence[int], eval_every: int, workers: int = 1,
         threads: int = 1, cache: Path | None) -> pd.DataFrame:
     """Curves of the student from each teacher and from Kaiming init (long format, one row per evaluation). A job
     per teacher and seed; the first job of a teacher trains it (seed 0 for every teacher) to `target` accuracy in at
-    most `teacher_steps` (None: exactly `teacher_steps`). Everything trains channels_last (mobile nets run 2-4x
-    faster on CPU)."""
+    most `teacher_steps` (None: exactly `teacher_steps`). Everything trains channels_last (mobile nets run
+    faster on CPU: docs/benchmarks.md)."""
     progress = workers <= 1
     pool = dict(workers=workers, threads=threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,22 +53,21 @@ def run(data: cv.ArrayData, *, student: str = STUDENT, teachers: Sequence[str] =
         return pd.DataFrame([row for rows in run_jobs(jobs, data, desc="students", **pool) for row in rows])
 
 
-def _student_job(data: cv.ArrayData, student: str, teacher_name: str | None, teacher_steps: int,
+def _student_job(data: arrays.ArrayData, student: str, teacher_name: str | None, teacher_steps: int,
                  target: float | None, seed: int, steps: int, eval_every: int, cache: Path, progress: bool) -> list[dict]:
     """The student's curve after injection from `teacher_name` with kaggle-tli's defaults (None: Kaiming init)."""
-    from kaggle_tli.tli import tli_score
-
-    model = cv.build(student, data.num_classes, seed + 1000)
+    model = training.build(student, data.num_classes, seed + 1000)
     t_acc = score = t_steps = float("nan")
     if teacher_name is not None:
-        teacher, t_accs = cv.get_teacher(teacher_name, data, steps=teacher_steps, seed=0, cache=cache, target=target,
-                                        check_every=CHECK_EVERY, channels_last=True, progress=progress)
+        teacher, t_accs = training.get_teacher(teacher_name, data, steps=teacher_steps, seed=0, cache=cache,
+                                               target=target, check_every=CHECK_EVERY, channels_last=True,
+                                               progress=progress)
         t_acc, t_steps = t_accs["accuracy_precise"], t_accs["steps"]
-        score = tli_score(teacher, cv.build(student, data.num_classes, 0), input_size=(3, 32, 32))
-        cv.METHODS["tli"].init(model, teacher)
-        cv.recalibrate(model, data, seed=seed)
-        cv.probe_head(model, data, seed=seed)  # as iterate does: the classifier refitted where a probe helps
-    curve = cv.train(model, data, steps=steps, seed=seed, eval_every=eval_every, channels_last=True,
+        score = tli_score(teacher, training.build(student, data.num_classes, 0), input_size=(3, 32, 32))
+        methods.METHODS["tli"].init(model, teacher)
+        training.recalibrate(model, data, seed=seed)
+        training.probe_head(model, data, seed=seed)  # as iterate does: the classifier refitted where a probe helps
+    curve = training.train(model, data, steps=steps, seed=seed, eval_every=eval_every, channels_last=True,
                      progress=progress, desc=f"{student} <- {teacher_name or 'Kaiming init'} s{seed}")
     return [dict(teacher=teacher_name or "(none)", method="tli" if teacher_name else "kaiming", tli_score=score,
                  teacher_acc=t_acc, teacher_steps=t_steps, seed=seed, **point) for point in curve]
@@ -158,7 +159,7 @@ def write_results(curves: pd.DataFrame, out: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cv.bench_parser("teachers", __doc__, "bench_out/teachers")
+    parser = options.bench_parser("teachers", __doc__, "bench_out/teachers")
     parser.add_argument("--teacher-steps", type=int, default=2000, help="most steps a teacher trains (default: "
                         "%(default)s)")
     parser.add_argument("--target", type=float, default=TARGET, help="held-out accuracy every teacher trains to "
@@ -175,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             arch_info(name)
     except KeyError as e:
         parser.exit(2, f"error: {e}\n")
-    out, data = cv.prepare(parser, args)
+    out, data = options.prepare(parser, args)
     teachers, t_steps, steps, seeds = tuple(args.teachers), args.teacher_steps, args.steps, tuple(range(args.seeds))
     target = args.target or None
     if args.quick:

@@ -1,6 +1,7 @@
-"""The `transfer` benchmark: how fast TLI is and how much of the student it fills, per model pair, next to
-`iatransfer` 1.0.3 (the paper authors' follow-up toolkit); and the TLI-score matrix of the paper's small models
-(Fig. 7) as a heatmap.
+"""The `transfer` benchmark: TLI's time and coverage per model pair, and the paper's score matrix (Fig. 7).
+
+Each pair is measured next to `iatransfer` 1.0.3 (the paper authors' follow-up toolkit); the TLI-score matrix of the
+paper's small models is drawn as a heatmap.
 
     python -m kaggle_tli.bench.transfer [--quick] [--out DIR] [--pairs TEACHER:STUDENT ...] [--models NAME ...]
 
@@ -32,6 +33,8 @@ import pandas as pd
 import timm
 import torch
 from matplotlib.figure import Figure
+from scipy.cluster.hierarchy import leaves_list, linkage
+from scipy.spatial.distance import squareform
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -305,9 +308,6 @@ def run_similarity(models: Sequence[str] = FIG7_MODELS, *, out_dir: str | Path |
 def cluster_order(matrix: pd.DataFrame) -> list[int]:
     """Row order that puts similar architectures next to each other: average-linkage clustering on 1 - score,
     leaves in optimal order (so the heatmap shows families as blocks on the diagonal)."""
-    from scipy.cluster.hierarchy import leaves_list, linkage
-    from scipy.spatial.distance import squareform
-
     dist = 1.0 - matrix.to_numpy(float)
     dist = np.clip((dist + dist.T) / 2, 0.0, None)
     np.fill_diagonal(dist, 0.0)

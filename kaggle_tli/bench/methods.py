@@ -1,0 +1,104 @@
+"""How a benchmark student starts: the initialisation methods compared side by side, by name.
+
+    kaiming      timm's default initialisation (what "training from scratch" means)
+    xavier       Xavier-uniform weights, zero biases
+    same_name    copy tensors whose name and shape agree (timm's `strict=False`, Hugging Face's
+                 `ignore_mismatched_sizes`)
+    tli          kaggle_tli's transfer with its defaults, plus variants over lam, top_k and norm transfer
+    +recal       any of the above followed by re-estimating BatchNorm statistics on a few training batches
+    +probe       +recal, then the classifier refitted on the same batches where a linear probe predicts clearly
+                 better (`kaggle_tli.tli.refit_head`); `tli` does both, as `kaggle_tli.iterate` does
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kaggle_tli.tli import transfer
+
+
+def _xavier(student: nn.Module, _teacher: nn.Module) -> dict:
+    with torch.no_grad():
+        for m in student.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    return {}
+
+
+def _same_name(student: nn.Module, teacher: nn.Module) -> dict:
+    t_state = teacher.state_dict()
+    s_state = student.state_dict()
+    kept = {k: v for k, v in t_state.items() if k in s_state and s_state[k].shape == v.shape}
+    student.load_state_dict(kept, strict=False)
+    n_s = sum(p.numel() for p in student.parameters())
+    n_kept = sum(v.numel() for k, v in kept.items() if k in dict(student.named_parameters()))
+    return {"coverage": n_kept / n_s}
+
+
+def _tli(**kw) -> Callable[[nn.Module, nn.Module], dict]:
+    def init(student: nn.Module, teacher: nn.Module) -> dict:
+        report = transfer(teacher, student, input_size=(3, 32, 32), **kw)
+        return {"coverage": report.coverage, "tli_score": report.score}
+
+    return init
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a student starts: an init function (student, teacher) -> info, then optionally refitted BatchNorm
+    statistics and then a refitted classifier, both on the same few training batches."""
+
+    init: Callable[[nn.Module, nn.Module], dict]
+    recal: bool = False
+    probe: bool = False
+
+
+# `tli` is what `kaggle_tli.iterate` does by default: transfer() with its defaults, then BatchNorm statistics and
+# (where a probe predicts clearly better) the classifier refitted on a few training batches. The variants change one
+# thing each; `tli no refit` is transfer() alone, with no data at all.
+METHODS: dict[str, Method] = {
+    "kaiming": Method(lambda s, t: {}),
+    "kaiming+recal": Method(lambda s, t: {}, recal=True),
+    "kaiming+probe": Method(lambda s, t: {}, recal=True, probe=True),
+    "xavier": Method(_xavier),
+    "same_name": Method(_same_name),
+    "same_name+recal": Method(_same_name, recal=True),
+    "tli": Method(_tli(), recal=True, probe=True),
+    "tli no probe": Method(_tli(), recal=True),
+    "tli no refit": Method(_tli()),
+    "tli top_k=1": Method(_tli(top_k=1), recal=True, probe=True),
+    "tli lam=0": Method(_tli(lam=0.0), recal=True, probe=True),
+    "tli lam=1": Method(_tli(lam=1.0), recal=True, probe=True),
+    "tli no norm": Method(_tli(transfer_norm=False), recal=True, probe=True),
+    "tli extra_blocks=copy": Method(_tli(extra_blocks="copy"), recal=True, probe=True),
+}
+QUICK_METHODS = ("kaiming", "same_name", "tli")
+
+
+def _iatransfer(student: nn.Module, teacher: nn.Module) -> dict:
+    """The authors' follow-up toolkit as a baseline, when it is importable (it is not a dependency)."""
+    from iatransfer.toolkit import IAT
+
+    IAT()(teacher, student)
+    return {}
+
+
+def baseline_methods() -> dict[str, Method]:
+    """External baselines found in this environment (pip install iatransfer==1.0.3 in a scratch venv)."""
+    try:
+        import iatransfer.toolkit  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means the baseline is not available
+        return {}
+    return {"iatransfer": Method(_iatransfer), "iatransfer+recal": Method(_iatransfer, recal=True),
+            "iatransfer+probe": Method(_iatransfer, recal=True, probe=True)}
+
+
+def all_methods() -> dict[str, Method]:
+    """Every method this environment can run, by name (worker processes look methods up here)."""
+    return {**METHODS, **baseline_methods()}
