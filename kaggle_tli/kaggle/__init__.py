@@ -4,7 +4,7 @@ Nothing here imports torch or the `kaggle` client at import time: the client is 
 its output captured) only inside the functions that talk to Kaggle.
 """
 
-from .bundle import build_wheel, bundle, load_bundle, locate_bundle, validate_bundle
+from .bundle import bundle, load_bundle, locate_bundle, validate_bundle
 from .client import (
     KaggleAuthError,
     KaggleConflictError,
@@ -17,6 +17,7 @@ from .client import (
 from .kernels import push_kernel, render_kernel
 from .locate import BUNDLE_MARKER, COMPETITION_MARKERS, find_bundles, find_competition, find_inputs
 from .publish import publish
+from .wheel import build_wheel
 
 __all__ = [
     "BUNDLE_MARKER",

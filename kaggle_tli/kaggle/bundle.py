@@ -18,25 +18,23 @@ bundle *is* a (read-only) run directory, usable as `prev_run` for `iterate`.
 
 from __future__ import annotations
 
-import atexit
-import base64
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import warnings
-import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .kernels import slugify as _slugify
+from kaggle_tli.files import atomic_write_json
+from kaggle_tli.ledger import LEDGER_COLUMNS, Ledger
+
+from .kernels import slugify
 from .locate import BUNDLE_MARKER, find_bundles
+from .wheel import build_wheel, package_version
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +103,7 @@ def bundle(
             "parent_id": info.get("parent_id"),
             "arch": _arch_name(info),
             "num_classes": info.get("num_classes"),
-            "kaggle_tli_version": _package_version(),
+            "kaggle_tli_version": package_version(),
             "wheel": wheel_path.name,
             "weights": sorted(n for n in copied if n.endswith(".safetensors")),
             "status": info.get("status"),
@@ -115,9 +113,9 @@ def bundle(
             "dataset": dataset,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        _write_json(staging / BUNDLE_MARKER, marker)
+        atomic_write_json(staging / BUNDLE_MARKER, marker)
         metadata["description"] = _description(marker, info)
-        _write_json(staging / DATASET_METADATA, metadata)
+        atomic_write_json(staging / DATASET_METADATA, metadata)
         _swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -163,8 +161,6 @@ def load_bundle(
 
     run = load_run(bundle_dir)
     if ledger is not None:
-        from kaggle_tli.ledger import Ledger
-
         target = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
         target.import_rows(bundle_dir / "ledger.csv")
     return run
@@ -186,9 +182,9 @@ def locate_bundle(path: str | Path, *, run_id: str | None = None, dataset: str |
     if dataset is not None:
         slug = dataset.split("/")[1]
         candidates = [c for c in candidates
-                      if _read_json(c / BUNDLE_MARKER).get("dataset") == dataset or slug in c.relative_to(path).parts]
+                      if read_json(c / BUNDLE_MARKER).get("dataset") == dataset or slug in c.relative_to(path).parts]
     if run_id is not None:
-        candidates = [c for c in candidates if _read_json(c / BUNDLE_MARKER).get("run_id") == run_id]
+        candidates = [c for c in candidates if read_json(c / BUNDLE_MARKER).get("run_id") == run_id]
     if len(candidates) == 1:
         return candidates[0]
     which = "".join(f"{w} " for w in (dataset and f"of dataset {dataset!r}", run_id and f"for run {run_id!r}") if w)
@@ -197,7 +193,7 @@ def locate_bundle(path: str | Path, *, run_id: str | None = None, dataset: str |
             f"no kaggle-tli bundle {which}at or below {path} (looked for {BUNDLE_MARKER}): attach the "
             "weights dataset to the notebook (Add Input), or pass the bundle folder"
         )
-    listing = ", ".join(f"{c} (run {_read_json(c / BUNDLE_MARKER).get('run_id')})" for c in candidates)
+    listing = ", ".join(f"{c} (run {read_json(c / BUNDLE_MARKER).get('run_id')})" for c in candidates)
     raise ValueError(f"several bundles {which}under {path}: {listing}; pass dataset=, run_id= or the folder itself")
 
 
@@ -213,7 +209,7 @@ def validate_bundle(path: str | Path, *, dataset: str | None = None, for_upload:
     missing = [n for n in (BUNDLE_MARKER, "run.json", "model.safetensors", DATASET_METADATA) if not (path / n).is_file()]
     if missing:
         raise ValueError(f"{path} is not a complete kaggle-tli bundle: missing {', '.join(missing)}; rebuild it with bundle()")
-    marker = _read_json(path / BUNDLE_MARKER)
+    marker = read_json(path / BUNDLE_MARKER)
     if marker.get("format") != BUNDLE_FORMAT or not isinstance(marker.get("schema"), int):
         raise ValueError(f"{path / BUNDLE_MARKER} is not a kaggle-tli bundle marker: rebuild the bundle with bundle()")
     if marker["schema"] > BUNDLE_SCHEMA:
@@ -221,7 +217,7 @@ def validate_bundle(path: str | Path, *, dataset: str | None = None, for_upload:
             f"bundle {path} has schema {marker['schema']}, newer than this kaggle_tli understands "
             f"({BUNDLE_SCHEMA}): install the wheel shipped inside it (pip install --no-index --find-links {path} kaggle-tli)"
         )
-    meta = _read_json(path / DATASET_METADATA)
+    meta = read_json(path / DATASET_METADATA)
     if dataset is not None:
         meta["id"] = dataset
     if for_upload:
@@ -254,154 +250,13 @@ def dataset_metadata(dataset: Any, title: Any, license: Any, *, allow_placeholde
     if not _SLUG_RE.match(slug):
         raise ValueError(
             f"dataset slug {slug!r} must be 6-50 characters of lowercase letters, digits and '-', "
-            f"starting and ending with a letter or digit (e.g. {_slugify(slug)[:50] or 'tli-weights'!r})"
+            f"starting and ending with a letter or digit (e.g. {slugify(slug)[:50] or 'tli-weights'!r})"
         )
     if not isinstance(title, str) or not 6 <= len(title) <= 50:
         raise ValueError(f"dataset title must be 6-50 characters, got {title!r}")
     if not isinstance(license, str) or not license.strip():
         raise ValueError(f"exactly one license name is needed (e.g. 'CC0-1.0', 'CC-BY-4.0', 'apache-2.0'), got {license!r}")
     return {"title": title, "id": dataset, "licenses": [{"name": license}], "keywords": []}
-
-
-# ----------------------------------------------------------------------------- the wheel
-
-_wheel_cache: dict[str, Path] = {}
-
-
-def build_wheel(out_dir: str | Path | None = None) -> Path:
-    """A `py3-none-any` wheel of the running kaggle_tli.
-
-    From a source checkout (also an editable install): `pip wheel --no-deps --no-build-isolation`
-    of a clean copy of the source, so the checkout gets no build/ or egg-info litter. Without one
-    (kaggle_tli was itself installed from a wheel, as in an offline notebook): the installed files
-    are packed back into a wheel, so a notebook can bundle its own new run. Built once per process
-    and source state; `out_dir` gets a copy.
-    """
-    source = _source_root()
-    if source is not None:
-        key = "src:" + _source_digest(source)
-        maker = lambda d: _pip_wheel(source, d)  # noqa: E731
-    else:
-        dist = _installed_distribution()
-        if dist is None:
-            raise RuntimeError(
-                "cannot build a wheel of kaggle_tli: it is neither a source checkout (no pyproject.toml "
-                "next to the package) nor an installed distribution; install it with `pip install -e "
-                "/path/to/kaggle-tli` or `pip install kaggle_tli-*.whl`, or pass wheel=PATH to bundle()"
-            )
-        key = f"dist:{dist.version}:{dist.locate_file('')}"
-        maker = lambda d: _repack_installed(dist, d)  # noqa: E731
-    cached = _wheel_cache.get(key)
-    if cached is None or not cached.is_file():
-        tmp = tempfile.mkdtemp(prefix="kaggle-tli-wheel-")
-        atexit.register(shutil.rmtree, tmp, True)
-        cached = maker(Path(tmp))
-        _wheel_cache[key] = cached
-    if out_dir is None:
-        return cached
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return Path(shutil.copy2(cached, out_dir / cached.name))
-
-
-def _source_root() -> Path | None:
-    import kaggle_tli
-
-    root = Path(kaggle_tli.__file__).resolve().parent.parent
-    pyproject = root / "pyproject.toml"
-    if pyproject.is_file() and re.search(r'(?m)^name\s*=\s*"kaggle[-_]tli"', pyproject.read_text()):
-        return root
-    return None
-
-
-# what a wheel build needs from the checkout (tests, runs, .venv stay behind)
-_SOURCE_FILES = ("pyproject.toml", "setup.py", "setup.cfg", "MANIFEST.in", "README.md", "LICENSE", "LICENSE.txt")
-_SOURCE_DIRS = ("kaggle_tli", "templates")
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
-
-
-def _source_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for name in _SOURCE_FILES:
-        if (root / name).is_file():
-            h.update(name.encode() + b"\0" + (root / name).read_bytes())
-    for d in _SOURCE_DIRS:
-        for p in sorted((root / d).rglob("*")) if (root / d).is_dir() else []:
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
-                h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()
-
-
-def _pip_wheel(root: Path, out_dir: Path) -> Path:
-    with tempfile.TemporaryDirectory(prefix="kaggle-tli-src-") as tmp:
-        src = Path(tmp) / "src"
-        src.mkdir()
-        for name in _SOURCE_FILES:
-            if (root / name).is_file():
-                shutil.copy2(root / name, src / name)
-        for d in _SOURCE_DIRS:
-            if (root / d).is_dir():
-                shutil.copytree(root / d, src / d, ignore=_IGNORE)
-        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-               "--disable-pip-version-check", "-q", "-w", str(out_dir), str(src)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = sorted(out_dir.glob("kaggle_tli-*.whl"))
-    if proc.returncode != 0 or not wheels:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise RuntimeError(
-            f"building the kaggle_tli wheel from {root} failed (pip wheel exit {proc.returncode}); it needs "
-            f"pip and setuptools>=64 in this environment. pip said:\n{tail}"
-        )
-    return wheels[-1]
-
-
-def _installed_distribution() -> Any:
-    from importlib import metadata
-
-    for name in ("kaggle-tli", "kaggle_tli"):
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue
-        # an editable install's files are a .pth, not the package: useless to repack
-        if any(str(f).startswith("kaggle_tli/") for f in dist.files or ()):
-            return dist
-    return None
-
-
-# installer bookkeeping that pip writes at install time and that no wheel carries
-_NOT_IN_WHEEL = {"INSTALLER", "REQUESTED", "RECORD", "direct_url.json"}
-
-
-def _repack_installed(dist: Any, out_dir: Path) -> Path:
-    """Pack an installed (non-editable) kaggle_tli back into a wheel, RECORD rebuilt with hashes."""
-    version = dist.version
-    info_dir = f"kaggle_tli-{version}.dist-info"
-    entries: list[tuple[str, Path]] = []
-    for f in dist.files or ():
-        rel = str(f).replace(os.sep, "/")
-        top, name = rel.split("/")[0], rel.rsplit("/", 1)[-1]
-        if top == "kaggle_tli" and "__pycache__" not in rel and not rel.endswith(".pyc"):
-            entries.append((rel, Path(dist.locate_file(f))))
-        elif top.endswith(".dist-info") and name not in _NOT_IN_WHEEL:
-            entries.append((f"{info_dir}/{rel.split('/', 1)[1]}", Path(dist.locate_file(f))))
-    path = out_dir / f"kaggle_tli-{version}-py3-none-any.whl"
-    record = []
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for arcname, src in sorted(entries):
-            data = src.read_bytes()
-            zf.writestr(arcname, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            record.append(f"{arcname},sha256={digest},{len(data)}")
-        record.append(f"{info_dir}/RECORD,,")
-        zf.writestr(f"{info_dir}/RECORD", "\n".join(record) + "\n")
-    return path
-
-
-def _package_version() -> str:
-    import kaggle_tli
-
-    return getattr(kaggle_tli, "__version__", "unknown")
 
 
 # ----------------------------------------------------------------------------- run side
@@ -413,7 +268,7 @@ def _resolve_run(run: Any, runs: str | Path | None) -> tuple[Path, dict]:
         return Path(run.path), dict(run.info)
     if isinstance(run, str | os.PathLike) and (Path(run) / "run.json").is_file():
         path = Path(run)
-        info = _read_json(path / "run.json")
+        info = read_json(path / "run.json")
     elif isinstance(run, str | os.PathLike):
         from kaggle_tli.runs import load_run  # a run id: the runs folder resolves it
 
@@ -445,8 +300,6 @@ def _copy_run_files(run_dir: Path, dest: Path, include_state: bool) -> list[str]
 
 def _write_lineage(run_dir: Path, run_id: str, info: dict, dest: Path) -> list[dict]:
     """Write the ledger rows of the run's lineage (root first) to `dest`; return them."""
-    from kaggle_tli.ledger import LEDGER_COLUMNS, Ledger
-
     rows: list[dict] = []
     # the runs folder's ledger, then the run's own (a run loaded from a bundle carries one)
     for source in (run_dir.parent / "ledger.csv", run_dir / "ledger.csv"):
@@ -484,7 +337,7 @@ def _arch_name(info: dict) -> str | None:
 
 def _default_dataset(run_id: str) -> str:
     owner = os.environ.get("KAGGLE_USERNAME") or OWNER_PLACEHOLDER
-    slug = _slugify(f"tli-{run_id}")[:50].strip("-")
+    slug = slugify(f"tli-{run_id}")[:50].strip("-")
     return f"{owner}/{slug}"
 
 
@@ -535,12 +388,9 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A bundle's JSON file (marker, metadata, run.json) as a dict; ValueError naming the file when unreadable."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read {path}: {e}") from e
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

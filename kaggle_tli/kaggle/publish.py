@@ -16,9 +16,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kaggle_tli.files import atomic_write_json
+
 from . import client
-from .bundle import DATASET_METADATA, _read_json, _slugify, _write_json, bundle, validate_bundle
+from .bundle import DATASET_METADATA, bundle, read_json, validate_bundle
 from .client import KaggleConflictError, KaggleError, KaggleNotFoundError
+from .kernels import slugify
 from .locate import BUNDLE_MARKER
 
 log = logging.getLogger(__name__)
@@ -54,7 +57,7 @@ def publish(
     bundle_dir = _bundle_dir(run_or_bundle, dataset, out_dir=out_dir, runs=runs, title=title, license=license)
     meta = validate_bundle(bundle_dir, dataset=dataset)
     ref = meta["id"]
-    run_id = _read_json(bundle_dir / BUNDLE_MARKER).get("run_id")
+    run_id = read_json(bundle_dir / BUNDLE_MARKER).get("run_id")
     files = sorted(p.name for p in bundle_dir.iterdir() if p.is_file() and p.name != DATASET_METADATA)
     summary = {"dataset": ref, "bundle": str(bundle_dir), "files": files, "public": public,
                "bytes": sum((bundle_dir / f).stat().st_size for f in files)}
@@ -76,7 +79,7 @@ def _bundle_dir(
     if dataset is None:
         raise ValueError("publishing a run needs dataset='owner/slug' (the Kaggle dataset to create or version)")
     slug = dataset.split("/")[-1] or "bundle"
-    out = Path(out_dir) if out_dir is not None else Path("bundles") / _slugify(slug)
+    out = Path(out_dir) if out_dir is not None else Path("bundles") / slugify(slug)
     return bundle(run_or_bundle, out, dataset=dataset, title=title, license=license, runs=runs)
 
 
@@ -140,7 +143,7 @@ def _stage(bundle_dir: Path, meta: dict, staging: Path) -> Path:
                 os.symlink(p.resolve(), staging / p.name)
             except OSError:  # no symlinks on this filesystem: a copy is slower but equivalent
                 shutil.copy2(p, staging / p.name)
-    _write_json(staging / DATASET_METADATA, meta)
+    atomic_write_json(staging / DATASET_METADATA, meta)
     return staging
 
 
