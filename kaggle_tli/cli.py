@@ -251,7 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="import a module or .py file that registers architectures (@register_arch, "
                         "register_edit) before the command runs; repeatable")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_pipeline_commands(sub)
+    _add_tool_commands(sub)
+    _add_kaggle_commands(sub)
+    return parser
 
+
+def _add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
+    """finetune, iterate, inject, predict: the paper's stages."""
     p = sub.add_parser("finetune", help="stage 1: train a baseline teacher")
     p.add_argument("arch", help="registered or timm architecture name")
     _add_data_options(p, required=True)
@@ -278,6 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_transfer_options(p)
     p.set_defaults(func=cmd_inject)
 
+    p = sub.add_parser("predict", help="test predictions (hflip TTA, fold average) and submission.csv")
+    p.add_argument("run")
+    p.add_argument("--no-tta", action="store_true")
+    p.add_argument("-o", "--output", default=None, help="submission path (default: <run>/submission.csv)")
+    _add_data_options(p, required=False)
+    p.set_defaults(func=cmd_predict)
+
+
+def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
+    """score, ledger, archs, demo, bench: looking at architectures and runs."""
     p = sub.add_parser("score", help="TLI scores between architectures (a heatmap with -o)")
     p.add_argument("archs", nargs="+", help="two or more architecture names")
     p.add_argument("--num-classes", type=int, default=1000)
@@ -290,13 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="save the lineage plot")
     p.add_argument("--import", dest="import_from", metavar="LEDGER", help="import rows from another ledger")
     p.set_defaults(func=cmd_ledger)
-
-    p = sub.add_parser("predict", help="test predictions (hflip TTA, fold average) and submission.csv")
-    p.add_argument("run")
-    p.add_argument("--no-tta", action="store_true")
-    p.add_argument("-o", "--output", default=None, help="submission path (default: <run>/submission.csv)")
-    _add_data_options(p, required=False)
-    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("archs", help="list registered architectures")
     p.add_argument("pattern", nargs="?", default="*")
@@ -314,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     p.set_defaults(func=cmd_bench)
 
+
+def _add_kaggle_commands(sub: argparse._SubParsersAction) -> None:
+    """bundle, publish, kernel: getting runs onto Kaggle."""
     p = sub.add_parser("bundle", help="a run as a Kaggle weights dataset folder (weights, lineage, wheel)")
     p.add_argument("run")
     p.add_argument("-o", "--output", required=True)
@@ -341,7 +354,6 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--title", default=None)
     k.add_argument("-o", "--output", required=True)
     k.set_defaults(func=cmd_kernel_init)
-    return parser
 
 
 def _add_transfer_options(p: argparse.ArgumentParser) -> None:

@@ -12,19 +12,23 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
+import torch
+from sklearn.datasets import load_digits
 
+from .data import ImageCsvData
+from .ledger import Ledger
+from .registry import change_kernel_size, is_arch, register_edit, swap_activation
 from .runs import Run
+from .stages import check_submission, finetune, iterate, predict
 
 EDITED_ARCH = "resnet18_silu_k5"
 
 
 def write_digits_competition(root: str | Path, *, size: int = 32, test_fraction: float = 0.2, seed: int = 0) -> Path:
     """scikit-learn's 1,797 8x8 digits as a Kaggle competition folder of size x size RGB PNGs."""
-    import cv2
-    from sklearn.datasets import load_digits
-
     root = Path(root)
     digits = load_digits()
     rng = np.random.default_rng(seed)
@@ -48,12 +52,10 @@ def write_digits_competition(root: str | Path, *, size: int = 32, test_fraction:
 
 def register_demo_arch() -> str:
     """Stage 2: the edit a competitor might try next: SiLU everywhere, bigger kernels early."""
-    from . import registry
-
-    if not registry.is_arch(EDITED_ARCH):
-        registry.register_edit(
+    if not is_arch(EDITED_ARCH):
+        register_edit(
             EDITED_ARCH, base="resnet18",
-            edits=[registry.swap_activation("silu"), registry.change_kernel_size(5, pattern="layer1.*")],
+            edits=[swap_activation("silu"), change_kernel_size(5, pattern="layer1.*")],
             description="resnet18 with SiLU and 5x5 kernels in layer1",
         )
     return EDITED_ARCH
@@ -87,12 +89,6 @@ def plot_curves(curves: dict[str, pd.DataFrame], teacher_cv: float, path: Path) 
 
 def run_demo(out: str | Path = "demo_out", *, quick: bool = False) -> dict:
     """The whole pipeline; returns the runs and the comparison table."""
-    import torch
-
-    from .data import ImageCsvData
-    from .ledger import Ledger
-    from .stages import check_submission, finetune, iterate, predict
-
     start = time.perf_counter()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     out = Path(out)

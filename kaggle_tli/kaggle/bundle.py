@@ -31,6 +31,7 @@ from typing import Any
 
 from kaggle_tli.files import atomic_write_json
 from kaggle_tli.ledger import LEDGER_COLUMNS, Ledger
+from kaggle_tli.runs import load_run
 
 from .kernels import slugify
 from .locate import BUNDLE_MARKER, find_bundles
@@ -157,8 +158,6 @@ def load_bundle(
     """
     bundle_dir = locate_bundle(path, run_id=run_id, dataset=dataset)
     validate_bundle(bundle_dir, for_upload=False)
-    from kaggle_tli.runs import load_run
-
     run = load_run(bundle_dir)
     if ledger is not None:
         target = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
@@ -270,9 +269,7 @@ def _resolve_run(run: Any, runs: str | Path | None) -> tuple[Path, dict]:
         path = Path(run)
         info = read_json(path / "run.json")
     elif isinstance(run, str | os.PathLike):
-        from kaggle_tli.runs import load_run  # a run id: the runs folder resolves it
-
-        loaded = load_run(run, runs)
+        loaded = load_run(run, runs)  # a run id: the runs folder resolves it
         path, info = Path(loaded.path), dict(loaded.info)
     else:
         raise TypeError(f"run must be a Run, a run directory or a run id, got {type(run).__name__}")

@@ -21,6 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from kaggle_tli.version import __version__
+
 _wheel_cache: dict[str, Path] = {}
 
 
@@ -61,9 +63,7 @@ def build_wheel(out_dir: str | Path | None = None) -> Path:
 
 
 def _source_root() -> Path | None:
-    import kaggle_tli  # the face package (a layer up): read at call time, for its location only
-
-    root = Path(kaggle_tli.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # kaggle_tli/kaggle/wheel.py -> the folder holding kaggle_tli/
     pyproject = root / "pyproject.toml"
     if pyproject.is_file() and re.search(r'(?m)^name\s*=\s*"kaggle[-_]tli"', pyproject.read_text()):
         return root
@@ -154,6 +154,4 @@ def _repack_installed(dist: Any, out_dir: Path) -> Path:
 
 def package_version() -> str:
     """The version of the running kaggle_tli, as its package says it."""
-    import kaggle_tli  # the face package (a layer up): read at call time, for its __version__ only
-
-    return getattr(kaggle_tli, "__version__", "unknown")
+    return __version__

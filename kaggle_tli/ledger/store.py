@@ -30,8 +30,9 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import pandas as pd
 from filelock import FileLock, Timeout
 
 from .plot import draw_forest, tree_layout
@@ -53,9 +54,6 @@ from .schema import (
 )
 from .snapshot import Snapshot, format_csv_line, line_text, parse, split_csv_line
 from .values import encode_fields, encode_row, encode_time, now, parse_time
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 # Short: with filelock's default 50 ms, a writer in a tight loop re-takes the lock before a waiting
 # one wakes up, and the waiter starves.
@@ -122,8 +120,6 @@ class Ledger:
 
     def to_frame(self) -> pd.DataFrame:
         """The ledger as a DataFrame: floats, nullable ints, UTC datetimes, strings."""
-        import pandas as pd
-
         rows = self.rows()
         columns = {}
         for column in LEDGER_COLUMNS:

@@ -1,5 +1,8 @@
-"""Every option of a TLI transfer, with its default and its check: the one record that `kt.transfer`, `iterate`,
-the CLI and the benchmarks read, so no copy of a default can drift."""
+"""Every option of a TLI transfer, with its default and its check.
+
+This is the one record that `kt.transfer`, `iterate`, the CLI and the benchmarks read, so no copy of a default can
+drift.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""What a training process writes down: log.csv rows, state.pt checkpoints and their exact restore, fold
-weights, out-of-fold predictions (oof.csv), and the fold and run records of run.json.
+"""What a training process writes down, and how a checkpoint is restored exactly.
+
+log.csv rows, state.pt checkpoints and their exact restore, fold weights, out-of-fold predictions (oof.csv), and the
+fold and run records of run.json.
 
 Only the main process writes files; every process keeps the same records in memory.
 """
