@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import timm
+from torch import nn
 
 from kaggle_tli import registry
 
@@ -81,6 +83,17 @@ DEFAULT_STUDENTS = (
     Student("edit: resnet18 with SiLU", "resnet18_silu", methods=("kaiming", "same_name", "tli")),
     Student("edit: resnet18 with 5x5 kernels", "resnet18_k5", methods=("kaiming", "same_name", "tli")),
 )
+# `--students growth`: students that are their teacher grown, where growth keeps the function (engine issue); the
+# previous engine is `tli combo`
+_GROWTH_METHODS = ("kaiming", "same_name", "tli", "tli combo", "iatransfer")
+GROWTH_STUDENTS = (
+    Student("wider: resnet18 widened 1.5", "resnet18_w15", methods=_GROWTH_METHODS),
+    Student("bigger sibling: vit tiny -> small (32 px, patch 4)", "vit_small_p4_32", teacher="vit_tiny_p4_32",
+            methods=_GROWTH_METHODS),
+    Student("bigger sibling: efficientnet_b0 -> b2", "efficientnet_b2", teacher="efficientnet_b0",
+            methods=_GROWTH_METHODS),
+)
+STUDENT_SETS = {"default": DEFAULT_STUDENTS, "growth": GROWTH_STUDENTS}
 
 
 def register_edits() -> None:
@@ -92,6 +105,18 @@ def register_edits() -> None:
         registry.register_edit("resnet18_k5", base="resnet18",
                                edits=[registry.change_kernel_size(5, pattern="layer*.conv*")],
                                description="resnet18, 5x5 kernels in every residual block")
+    if not registry.is_arch("resnet18_w15"):
+        registry.register_edit("resnet18_w15", base="resnet18", edits=[registry.widen(1.5)],
+                               description="resnet18, channels 1.5x")
+    for size, base in (("tiny", "vit_tiny_patch16_224"), ("small", "vit_small_patch16_224")):
+        if not registry.is_arch(f"vit_{size}_p4_32"):
+            registry.register_arch(f"vit_{size}_p4_32", parent=base, description=f"{base} for 32 px, patch 4",
+                                   kwargs={"base": base})(_vit_32)
+
+
+def _vit_32(num_classes: int, base: str, **kw) -> nn.Module:
+    """A ViT for the protocol's 32 px images: 8x8 patches of 4 px."""
+    return timm.create_model(base, pretrained=False, num_classes=num_classes, img_size=32, patch_size=4, **kw)
 
 
 
@@ -164,13 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--teacher-steps", type=int, default=600)
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--students", choices=list(STUDENT_SETS), default="default",
+                        help="default: the paper's students; growth: students that are their teacher grown")
     parser.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warmup for the students "
                         "(default: 0, the protocol's; kaggle-tli's trainer warms up 5%% of a run)")
     args = parser.parse_args(argv)
     out, data = prepare(parser, args)
     workers, threads = split_cores(args.workers, args.threads)
     cfg = Config(steps=args.steps, teacher_steps=args.teacher_steps, seeds=tuple(range(args.seeds)),
-                 methods=args.methods, warmup=args.warmup, workers=workers, threads=threads, cache=out.parent / "cache")
+                 methods=args.methods, students=STUDENT_SETS[args.students], warmup=args.warmup, workers=workers, threads=threads, cache=out.parent / "cache")
     if args.quick:
         cfg = Config(steps=100, teacher_steps=300, seeds=(0,), methods=QUICK_METHODS, students=DEFAULT_STUDENTS[:2],
                      workers=workers, threads=threads, cache=out.parent / "cache", baselines=False)

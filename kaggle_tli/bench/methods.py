@@ -77,6 +77,8 @@ METHODS: dict[str, Method] = {
     "tli lam=1": Method(_tli(lam=1.0), recal=True, probe=True),
     "tli no norm": Method(_tli(transfer_norm=False), recal=True, probe=True),
     "tli extra_blocks=copy": Method(_tli(extra_blocks="copy"), recal=True, probe=True),
+    "tli combo": Method(_tli(method="combo"), recal=True, probe=True),  # ComboInjection everywhere: the engine
+    # before growth kept the function (and the paper's method)
 }
 QUICK_METHODS = ("kaiming", "same_name", "tli")
 
