@@ -138,7 +138,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from kaggle_tli.registry import create_model
+    from kaggle_tli.models import create_model
     from kaggle_tli.tli import similarity_matrix
 
     models = {name: create_model(name, num_classes=args.num_classes) for name in args.archs}
@@ -192,7 +192,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_archs(args: argparse.Namespace) -> int:
-    from kaggle_tli.registry import list_archs
+    from kaggle_tli.models import list_archs
 
     print("\n".join(list_archs(args.pattern, include_timm=args.timm)))
     return 0
@@ -388,7 +388,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: printed as one message, not a traceback. (TypeError: an unknown
     training option; the rest are kaggle-tli's own errors or missing/unreadable files.)"""
     from kaggle_tli.checkpoint import UnsafeCheckpointError
-    from kaggle_tli.registry import ArchBuildError, UnknownArchError
+    from kaggle_tli.models import ArchBuildError, UnknownArchError
     from kaggle_tli.tli import TraceError
     from kaggle_tli.train import RunBusyError
 
@@ -409,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.imports:
-            from kaggle_tli.registry import import_archs
+            from kaggle_tli.models import import_archs
 
             for source in args.imports:
                 print(f"registered from {source}: {', '.join(import_archs(source)) or 'nothing'}", file=sys.stderr)

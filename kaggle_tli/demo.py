@@ -20,7 +20,7 @@ from sklearn.datasets import load_digits
 
 from .data import ImageCsvData
 from .ledger import Ledger
-from .registry import change_kernel_size, is_arch, register_edit, swap_activation
+from .models import change_kernel_size, is_arch, register_edit, swap_activation
 from .runs import Run
 from .stages import check_submission, finetune, iterate, predict
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from kaggle_tli.checkpoint import load_weights
 from kaggle_tli.files import atomic_write_json
-from kaggle_tli.registry import create_model_from_spec
+from kaggle_tli.models import create_model_from_spec
 from kaggle_tli.tli.report import TransferReport
 
 RUN_SCHEMA = 1

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kaggle_tli import registry
+from kaggle_tli import models as registry
 from kaggle_tli.checkpoint import save_weights
 from kaggle_tli.runs import write_run_info
 from kaggle_tli.stages.inject import inject, load_teacher, rank_teachers, transfer

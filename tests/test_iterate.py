@@ -6,9 +6,10 @@ import shutil
 import pandas as pd
 import pytest
 
-from kaggle_tli import registry
+from kaggle_tli import models as registry
 from kaggle_tli.data import DataError, ImageCsvData
 from kaggle_tli.ledger import Ledger
+from kaggle_tli.models import registry as names
 from kaggle_tli.runs import load_run
 from kaggle_tli.stages.finetune import finetune
 from kaggle_tli.stages.iterate import iterate
@@ -113,7 +114,7 @@ def test_a_student_that_cannot_train_on_the_data_is_refused_before_any_refit(tea
     import kaggle_tli
 
     run, data, _ = teacher
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # registrations here end with the test
+    monkeypatch.setattr(names, "_REGISTRY", dict(names._REGISTRY))  # registrations here end with the test
     out = tmp_path / "out"
     with pytest.raises(DataError, match=r"'vit_tiny_patch16_224' cannot take the data's 32x32 images") as err:
         iterate(run, "vit_tiny_patch16_224", data, runs=out, max_steps=1)

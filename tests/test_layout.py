@@ -129,9 +129,21 @@ def _known(name: str, modules: dict[str, Module]) -> str:
     return name
 
 
+def _type_checking_nodes(tree: ast.Module) -> set[int]:
+    """ids of the nodes under `if TYPE_CHECKING:`: imports for annotations only, never run, so no edge."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING":
+            out.update(id(n) for n in ast.walk(node) if n is not node)
+    return out
+
+
 def _imports(mod: Module, modules: dict[str, Module], package: str):
     nested = _nested_nodes(mod.tree)
+    annotations_only = _type_checking_nodes(mod.tree)
     for node in ast.walk(mod.tree):
+        if id(node) in annotations_only:
+            continue
         inner = id(node) in nested
         if isinstance(node, ast.Import):
             for alias in node.names:

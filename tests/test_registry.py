@@ -19,7 +19,8 @@ import pytest
 import torch
 from torch import nn
 
-from kaggle_tli import registry as reg
+from kaggle_tli import models as reg
+from kaggle_tli.models import registry as names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def clean_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test starts from the registry as imported and leaves nothing behind."""
-    monkeypatch.setattr(reg, "_REGISTRY", dict(reg._REGISTRY))
-    monkeypatch.setattr(reg, "_HEADS", dict(reg._HEADS))
+    monkeypatch.setattr(names, "_REGISTRY", dict(names._REGISTRY))
+    monkeypatch.setattr(names, "_HEADS", dict(names._HEADS))
 
 
 def tiny_net(num_classes: int, width: int = 8, in_chans: int = 3) -> nn.Module:
@@ -329,7 +330,7 @@ def test_spec_of_an_edit_rebuilds_in_a_fresh_interpreter(tmp_path: Path) -> None
     script = textwrap.dedent(
         f"""
         import json, sys
-        from kaggle_tli import registry as reg
+        from kaggle_tli import models as reg
         assert reg.list_archs() == [], "fresh process: nothing registered"
         model = reg.create_model_from_spec(json.load(open({str(tmp_path / "edit.json")!r})))
         out = {{"shapes": [(k, list(v.shape)) for k, v in model.state_dict().items()],
@@ -421,7 +422,7 @@ def evil_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         textwrap.dedent(f"""
         import pathlib
         from torch import nn
-        from kaggle_tli import registry
+        from kaggle_tli import models as registry
         pathlib.Path({str(marks)!r}).mkdir(exist_ok=True)
         pathlib.Path({str(marks)!r}, "imported").touch()
 

@@ -153,7 +153,7 @@ def test_float32_batches_feed_a_bfloat16_model():
 
 
 def test_a_head_with_layers_around_its_final_linear_is_refitted_there():
-    from kaggle_tli.registry import create_model, register_edit, replace_head, unregister_arch
+    from kaggle_tli.models import create_model, register_edit, replace_head, unregister_arch
 
     register_edit("test_head_mlp_r10", base="resnet10t", edits=[replace_head("mlp")])
     try:

@@ -25,7 +25,7 @@ import kaggle_tli
 from kaggle_tli.checkpoint import CorruptCheckpointError, load_state, load_weights
 from kaggle_tli.data import DataError, ImageCsvData, PixelCsvData
 from kaggle_tli.ledger import Ledger, LedgerSchemaError
-from kaggle_tli.registry import arch_spec
+from kaggle_tli.models import arch_spec
 from kaggle_tli.runs import load_run
 from kaggle_tli.stages import check_submission, finetune, predict, resume
 from kaggle_tli.train import Metric, TrainConfig, resolve_metric
@@ -286,9 +286,10 @@ def test_bad_input_fails_before_any_run_directory(stage1, data, tmp_path):
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """Architectures registered by a test are gone after it."""
-    from kaggle_tli import registry
+    from kaggle_tli import models as registry
+    from kaggle_tli.models import registry as names
 
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(names, "_REGISTRY", dict(names._REGISTRY))
     return registry
 
 
@@ -414,7 +415,7 @@ torch.set_num_threads(1)
 import kaggle_tli.train.loop as trainer
 from kaggle_tli.data import ImageCsvData
 from kaggle_tli.stages.finetune import finetune
-from kaggle_tli.registry import arch_spec
+from kaggle_tli.models import arch_spec
 
 calls = 0
 original = trainer._micro_step

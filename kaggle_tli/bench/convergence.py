@@ -30,7 +30,7 @@ import pandas as pd
 import timm
 from torch import nn
 
-from kaggle_tli import registry
+from kaggle_tli import models
 
 from ._pool import run_jobs, split_cores
 from .arrays import FASHION_DIR, ArrayData, load_fashion_mnist, load_folder
@@ -98,19 +98,19 @@ STUDENT_SETS = {"default": DEFAULT_STUDENTS, "growth": GROWTH_STUDENTS}
 
 def register_edits() -> None:
     """The same-family edits the benchmark uses, made with the registry like a user would."""
-    if not registry.is_arch("resnet18_silu"):
-        registry.register_edit("resnet18_silu", base="resnet18", edits=[registry.swap_activation("silu")],
+    if not models.is_arch("resnet18_silu"):
+        models.register_edit("resnet18_silu", base="resnet18", edits=[models.swap_activation("silu")],
                                description="resnet18, ReLU swapped for SiLU")
-    if not registry.is_arch("resnet18_k5"):
-        registry.register_edit("resnet18_k5", base="resnet18",
-                               edits=[registry.change_kernel_size(5, pattern="layer*.conv*")],
+    if not models.is_arch("resnet18_k5"):
+        models.register_edit("resnet18_k5", base="resnet18",
+                               edits=[models.change_kernel_size(5, pattern="layer*.conv*")],
                                description="resnet18, 5x5 kernels in every residual block")
-    if not registry.is_arch("resnet18_w15"):
-        registry.register_edit("resnet18_w15", base="resnet18", edits=[registry.widen(1.5)],
+    if not models.is_arch("resnet18_w15"):
+        models.register_edit("resnet18_w15", base="resnet18", edits=[models.widen(1.5)],
                                description="resnet18, channels 1.5x")
     for size, base in (("tiny", "vit_tiny_patch16_224"), ("small", "vit_small_patch16_224")):
-        if not registry.is_arch(f"vit_{size}_p4_32"):
-            registry.register_arch(f"vit_{size}_p4_32", parent=base, description=f"{base} for 32 px, patch 4",
+        if not models.is_arch(f"vit_{size}_p4_32"):
+            models.register_arch(f"vit_{size}_p4_32", parent=base, description=f"{base} for 32 px, patch 4",
                                    kwargs={"base": base})(_vit_32)
 
 

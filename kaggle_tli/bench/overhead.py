@@ -31,7 +31,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader
 
 from kaggle_tli.data import PixelCsvData
-from kaggle_tli.registry import create_model
+from kaggle_tli.models import create_model
 from kaggle_tli.stages import finetune
 
 __all__ = ["run_overhead", "main"]

@@ -22,7 +22,7 @@ from scipy.stats import spearmanr
 
 from kaggle_tli.tli import tli_score
 
-from ..registry import arch_info
+from ..models import arch_info
 from . import arrays, methods, options, training
 from ._pool import run_jobs, split_cores
 from ._report import float_formats, prepare_dir, write_table

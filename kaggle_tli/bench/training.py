@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from kaggle_tli.registry import create_model
+from kaggle_tli.models import create_model
 from kaggle_tli.tli import recalibrate_norms, refit_head
 
 from .arrays import ArrayData

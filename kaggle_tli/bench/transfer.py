@@ -38,7 +38,7 @@ from scipy.spatial.distance import squareform
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..registry import arch_info, create_model
+from ..models import arch_info, create_model
 from ..tli import similarity_matrix, transfer
 from ._report import markdown_table, save_figure, write_table
 

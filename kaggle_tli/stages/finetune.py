@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from kaggle_tli.data import KaggleData
-from kaggle_tli.registry import create_model, create_model_from_spec
+from kaggle_tli.models import create_model, create_model_from_spec
 from kaggle_tli.runs import Run
 from kaggle_tli.train import StageRequest, TrainConfig, fold_plan, seed_everything, start_run
 from kaggle_tli.train.checks import check_data, check_spec_classes, spec_for_data

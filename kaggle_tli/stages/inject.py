@@ -16,7 +16,7 @@ import pandas as pd
 from torch import nn
 
 from kaggle_tli.checkpoint import load_weights, weights_metadata
-from kaggle_tli.registry import arch_spec, create_model, create_model_from_spec
+from kaggle_tli.models import arch_spec, create_model, create_model_from_spec
 from kaggle_tli.runs import Run, load_run
 from kaggle_tli.tli import TransferOptions, TransferReport
 from kaggle_tli.tli import rank_teachers as _engine_rank

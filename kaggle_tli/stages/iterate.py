@@ -14,7 +14,7 @@ from typing import Any
 
 from kaggle_tli.data import KaggleData, rebuild_data
 from kaggle_tli.ledger import Ledger
-from kaggle_tli.registry import create_model_from_spec
+from kaggle_tli.models import create_model_from_spec
 from kaggle_tli.runs import Run, load_run
 from kaggle_tli.stages.inject import student_spec, transfer
 from kaggle_tli.stages.resume import resume, runs_dir_for

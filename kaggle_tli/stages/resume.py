@@ -39,7 +39,7 @@ from torch import nn
 from kaggle_tli.checkpoint import load_weights
 from kaggle_tli.data import KaggleData
 from kaggle_tli.ledger import INITS, STAGES, Ledger
-from kaggle_tli.registry import create_model_from_spec
+from kaggle_tli.models import create_model_from_spec
 from kaggle_tli.runs import Run, load_run, weights_name
 from kaggle_tli.train import StageRequest, TrainConfig, continue_run, fold_plan, start_run
 from kaggle_tli.train.checks import check_data, check_spec_classes, spec_for_data

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from kaggle_tli.data import DataError, KaggleData
-from kaggle_tli.registry import arch_spec, fixed_in_chans
+from kaggle_tli.models import arch_spec, fixed_in_chans
 from kaggle_tli.runs import Run
 
 

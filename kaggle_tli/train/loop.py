@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from kaggle_tli.checkpoint import load_weights, save_weights
 from kaggle_tli.data import EpochBatchSampler
-from kaggle_tli.registry import create_model_from_spec
+from kaggle_tli.models import create_model_from_spec
 from kaggle_tli.runs import INIT_WEIGHTS
 from kaggle_tli.train.config import TrainConfig, seed_everything
 from kaggle_tli.train.records import (

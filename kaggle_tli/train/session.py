@@ -25,7 +25,7 @@ from kaggle_tli.checkpoint import load_state, save_weights
 from kaggle_tli.data import KaggleData
 from kaggle_tli.files import atomic_write_bytes, atomic_write_text
 from kaggle_tli.ledger import Ledger
-from kaggle_tli.registry import create_model_from_spec
+from kaggle_tli.models import create_model_from_spec
 from kaggle_tli.runs import INIT_WEIGHTS, STATE_FILE, Run, load_run, make_run_dir, utc_now, write_run_info
 from kaggle_tli.train.checks import check_input_size, check_same_classes
 from kaggle_tli.train.config import TrainConfig, fold_plan, resolve_metric
