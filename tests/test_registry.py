@@ -162,8 +162,8 @@ def test_edit_errors_say_what_to_fix() -> None:
         reg.change_kernel_size(4)
     with pytest.raises(reg.EditError, match="downsample"):  # the shortcut keeps stride 2: the add breaks
         reg.register_edit("bad", base="resnet18", edits=[reg.change_stride(1, pattern="layer2.0.conv1")])
-    with pytest.raises(reg.EditError, match="not supported for 'vit_tiny_patch16_224'"):
-        reg.register_edit("bad", base="vit_tiny_patch16_224", edits=[reg.widen(2.0)])
+    with pytest.raises(reg.EditError, match="not supported for 'densenet121'.*convnext, vision_transformer"):
+        reg.register_edit("bad", base="densenet121", edits=[reg.widen(2.0)])
     with pytest.raises(reg.UnknownArchError):
         reg.register_edit("bad", base="resnet_eighteen", edits=[reg.widen(2.0)])
     assert "bad" not in reg.list_archs(), "a failed registration must not leave a name behind"
@@ -238,6 +238,8 @@ def test_change_stride_keeps_resolution() -> None:
         ("resnet18", reg.deepen(2.0), lambda m: len(m.layer1)),
         ("resnet18", reg.widen(0.5), lambda m: -m.layer4[0].conv1.out_channels),  # narrower
         ("regnetx_002", reg.widen(1.5), lambda m: m.s1.b1.conv1.conv.out_channels),
+        ("convnext_atto", reg.widen(2.0), lambda m: m.stem[0].out_channels),
+        ("convnext_atto", reg.deepen(1.5), lambda m: len(m.stages[2].blocks)),
     ],
 )
 def test_widen_and_deepen_use_timm_multipliers(base: str, edit: reg.Edit, probe) -> None:
@@ -245,6 +247,15 @@ def test_widen_and_deepen_use_timm_multipliers(base: str, edit: reg.Edit, probe)
     before, after = probe(reg.create_model(base, 3)), probe(reg.create_model("scaled", 3))
     assert after > before, f"{edit.describe()} on {base}: {before} -> {after}"
     assert run32(reg.create_model("scaled", 3)).shape == (2, 3)
+
+
+def test_a_vit_widened_gets_more_heads_of_the_same_size_and_deepened_more_blocks() -> None:
+    reg.register_edit("vit_w2", base="vit_tiny_patch16_224", edits=[reg.widen(2.0)], kwargs={"img_size": 32})
+    reg.register_edit("vit_d2", base="vit_tiny_patch16_224", edits=[reg.deepen(1.5)], kwargs={"img_size": 32})
+    wide, deep = reg.create_model("vit_w2", 3), reg.create_model("vit_d2", 3)
+    attn = wide.blocks[0].attn
+    assert wide.embed_dim == 384 and attn.num_heads == 6 and attn.head_dim == 64, "vit_tiny -> vit_small's shape"
+    assert len(deep.blocks) == 18 and run32(wide).shape == (2, 3)
 
 
 def test_change_in_chans_and_the_stem_of_a_factory_without_it() -> None:

@@ -8,6 +8,7 @@ import torch
 from timm.models import efficientnet, mobilenetv3
 from torch import nn
 
+import kaggle_tli as kt
 from kaggle_tli.tli import transfer
 from kaggle_tli.tli.grow import grow
 
@@ -45,7 +46,26 @@ PAIRS = {
     "convnext widen 2": (_timm("convnext_atto"), _timm("convnext_atto", dims=(80, 160, 320, 640)), 64),
     "convnext deepen": (_timm("convnext_atto"), _timm("convnext_atto", depths=(3, 3, 8, 3)), 64),
     "regnetx_002 deepen": (_timm("regnetx_002"), _timm("regnetx_002", depth=16), 64),
+    "kt.widen(2) on convnext": (_timm("convnext_atto"), lambda: _edited("convnext_atto", kt.widen(2)), 64),
+    "kt.deepen(1.5) on convnext": (_timm("convnext_atto"), lambda: _edited("convnext_atto", kt.deepen(1.5)), 64),
+    "kt.widen(2) on vit": (_timm("vit_tiny_patch16_224", **VIT),
+                           lambda: _edited("vit_tiny_patch16_224", kt.widen(2), **VIT), 32),
+    "kt.deepen(1.5) on vit": (_timm("vit_tiny_patch16_224", **VIT),
+                              lambda: _edited("vit_tiny_patch16_224", kt.deepen(1.5), **VIT), 32),
+    "kt.widen(1.25) on resnet18": (_timm("resnet18"), lambda: _edited("resnet18", kt.widen(1.25)), 64),
+    "kt.widen(1.2) on efficientnet_b0": (_timm("efficientnet_b0"), lambda: _edited("efficientnet_b0", kt.widen(1.2)),
+                                         64),
+    "kt.deepen(1.3) on efficientnet_b0": (_timm("efficientnet_b0"),
+                                          lambda: _edited("efficientnet_b0", kt.deepen(1.3)), 64),
 }
+
+
+def _edited(base: str, edit, **kw) -> nn.Module:
+    """The student a user gets from a registered edit."""
+    name = f"grown_{base}_{edit.describe()}".replace(" ", "_").replace(".", "_").replace("(", "").replace(")", "")
+    if not kt.models.is_arch(name):
+        kt.register_edit(name, base=base, edits=[edit], kwargs=kw)
+    return kt.create_model(name, num_classes=10)
 
 
 def _randomised(model: nn.Module, seed: int) -> nn.Module:

@@ -116,7 +116,10 @@ def scaled_family(name: str, width: float, depth: float) -> Iterator[dict[str, A
     * regnet: the variant's RegNetCfg fields (w0, wa, depth) passed as kwargs (RegNet overlays them);
     * generator families (efficientnet, mobilenetv3, ... every timm generator with channel_multiplier /
       depth_multiplier): the variant's own multipliers are scaled by wrapping the generator during the call;
-    * resnet: stage depths (layers) and widths (channels) scaled the same way.
+    * resnet: stage depths (layers) and widths (channels) scaled the same way;
+    * convnext: stage depths (depths) and widths (dims);
+    * vision_transformer: depth, and embed_dim with num_heads scaled alike so the head dimension stays (a ViT grown
+      this way is the teacher with more heads, as vit_tiny -> vit_small is).
     Anything else is refused with the list of families that work.
     """
     if width == 1.0 and depth == 1.0:
@@ -137,8 +140,9 @@ def scaled_family(name: str, width: float, depth: float) -> Iterator[dict[str, A
                 "depth": new_depth,
             }
             return
-        if family == "resnet":
-            with _patched(module, "_create_resnet", _resnet_scaler(module._create_resnet, width, depth)):
+        if family in _SCALERS:
+            create, scaler = _SCALERS[family]
+            with _patched(module, create, scaler(getattr(module, create), width, depth)):
                 yield {}
             return
         gens = _multiplier_generators(module)
@@ -151,7 +155,7 @@ def scaled_family(name: str, width: float, depth: float) -> Iterator[dict[str, A
         raise EditError(
             f"widen/deepen is not supported for {name!r} (timm family '{family}'): it has no channel/depth "
             f"multiplier kaggle-tli can scale. Supported: efficientnet / mobilenetv3 / other timm generator "
-            f"families with channel_multiplier, regnet, resnet. Pick one of those bases or register a factory"
+            f"families with channel_multiplier, regnet, resnet, convnext, vision_transformer. Pick one of those bases or register a factory"
         )
 
 
@@ -211,3 +215,34 @@ def _resnet_scaler(create: Callable[..., Any], width: float, depth: float) -> Ca
         return create(variant, pretrained, **kwargs)
 
     return scaled
+
+
+def _convnext_scaler(create: Callable[..., Any], width: float, depth: float) -> Callable[..., Any]:
+    def scaled(variant: str, pretrained: bool = False, **kwargs: Any) -> Any:
+        depths = kwargs.get("depths", (3, 3, 9, 3))
+        dims = kwargs.get("dims", (96, 192, 384, 768))
+        kwargs["depths"] = tuple(max(1, round(n * depth)) for n in depths)
+        kwargs["dims"] = tuple(_round8(c * width) for c in dims)
+        return create(variant, pretrained, **kwargs)
+
+    return scaled
+
+
+def _vit_scaler(create: Callable[..., Any], width: float, depth: float) -> Callable[..., Any]:
+    def scaled(variant: str, pretrained: bool = False, **kwargs: Any) -> Any:
+        embed_dim, heads = kwargs.get("embed_dim", 768), kwargs.get("num_heads", 12)
+        head_dim = embed_dim // heads
+        kwargs["num_heads"] = max(1, round(heads * width))  # whole heads of the same size
+        kwargs["embed_dim"] = head_dim * kwargs["num_heads"]
+        kwargs["depth"] = max(1, round(kwargs.get("depth", 12) * depth))
+        return create(variant, pretrained, **kwargs)
+
+    return scaled
+
+
+# timm family -> (its create function, the wrapper that scales the variant's arguments on the way in)
+_SCALERS = {
+    "resnet": ("_create_resnet", _resnet_scaler),
+    "convnext": ("_create_convnext", _convnext_scaler),
+    "vision_transformer": ("_create_vision_transformer", _vit_scaler),
+}
