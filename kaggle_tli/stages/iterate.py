@@ -17,12 +17,12 @@ from kaggle_tli.ledger import Ledger
 from kaggle_tli.models import create_model_from_spec
 from kaggle_tli.runs import Run, load_run
 from kaggle_tli.stages.inject import student_spec, transfer
-from kaggle_tli.stages.resume import resume, runs_dir_for
+from kaggle_tli.stages.resume import runs_dir_for, start_child
 from kaggle_tli.tli import TransferOptions, recalibrate_norms
 from kaggle_tli.tli import refit_head as fit_head
 from kaggle_tli.tli.options import DEFAULTS
 from kaggle_tli.train import TrainConfig
-from kaggle_tli.train.checks import check_input_size
+from kaggle_tli.train.checks import check_data, check_input_size
 
 _ITERATE_INITS = ("tli", "kaiming")  # how an iterate student starts (a subset of the ledger's INITS)
 
@@ -97,8 +97,9 @@ def iterate(
     if report is not None:
         extra.update(tli_score=round(report.score, 4), coverage=round(report.coverage, 4), tli=report.settings)
         files["transfer.csv"] = report.to_csv()
-    return resume(student, data, arch=spec, parent=prev, stage="inject", init=init, extra=extra, files=files,
-                  runs=out_dir, **train_cfg)
+    # the student was built from `spec` and checked against `data` above: start the run from it as it is
+    return start_child(student, spec, data, prev, stage="inject", init=init, extra=extra, files=files,
+                       runs=out_dir, cfg=train_cfg)
 
 
 def _check_arch_name(new_arch: Any) -> None:
@@ -133,6 +134,7 @@ def _data_for(prev: Run, data: KaggleData | None) -> KaggleData:
                 f"run {prev.id!r} trained on {spec.get('root')!r}, which is not here ({e}). Pass the competition "
                 "data: iterate(prev_run, arch, data=kt.ImageCsvData('/kaggle/input/<competition>', ...))"
             ) from e
+    check_data(data)
     if list(data.class_names) != list(prev.class_names):
         raise ValueError(
             f"the data's classes {list(data.class_names)[:10]} are not run {prev.id!r}'s {prev.class_names[:10]}: "

@@ -94,6 +94,19 @@ def _from_module(
     return start_run(request)
 
 
+def start_child(student: nn.Module, spec: dict, data: KaggleData, parent: Run, *, stage: str, init: str,
+                extra: dict, files: dict, runs: Path, cfg: dict) -> Run:
+    """A new child run of `parent` from a student the caller built from `spec` and already checked against `data`
+    (iterate: its classes, its input size, the parent's fold split): nothing is rebuilt or checked twice."""
+    config = _parent_config(parent, cfg)
+    request = StageRequest(
+        stage=stage, init=init, spec=spec, data=data, cfg=config, runs=runs,
+        init_state={k: v.detach().cpu().clone() for k, v in student.state_dict().items()}, parent=parent,
+        extra=dict(extra), files=dict(files), model=student, input_checked=True,
+    )
+    return start_run(request)
+
+
 def _from_run(
     run: Run, data: KaggleData, arch: str | dict | None, stage: str, init: str, extra: dict | None,
     files: dict | None, runs: Any, cfg: dict,
@@ -122,7 +135,7 @@ def _config_and_split(parent: Run | None, data: KaggleData, cfg: dict) -> tuple[
     if parent is None:
         config = TrainConfig.from_kwargs(**cfg)
     else:
-        config = TrainConfig.from_dict({**parent.config, "pretrained": False}).replace(**cfg)
+        config = _parent_config(parent, cfg)
         if (parent.path / "folds.csv").is_file():
             data = data.with_folds(parent.path / "folds.csv")
         if list(parent.class_names) != list(data.class_names):
@@ -132,6 +145,11 @@ def _config_and_split(parent: Run | None, data: KaggleData, cfg: dict) -> tuple[
             )
     fold_plan(config, data.folds)
     return config, data
+
+
+def _parent_config(parent: Run, cfg: dict) -> TrainConfig:
+    """The parent's training config with `cfg` on top (a child never downloads pretrained weights)."""
+    return TrainConfig.from_dict({**parent.config, "pretrained": False}).replace(**cfg)
 
 
 def _matching_state(model: nn.Module, spec: dict) -> tuple[dict[str, torch.Tensor], nn.Module]:

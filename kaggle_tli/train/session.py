@@ -54,6 +54,7 @@ class StageRequest:
     extra: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)
     model: nn.Module | None = None  # the model the caller already built, for the input-size check
+    input_checked: bool = False  # the caller already ran check_input_size on `model` (iterate does, before TLI)
 
 
 _LEDGER_EXTRA = ("tli_score", "coverage", "notes")
@@ -69,8 +70,9 @@ def start_run(req: StageRequest) -> Run:
     """
     folds = fold_plan(req.cfg, req.data.folds)
     check_devices(req.cfg)
-    model = req.model if req.model is not None else create_model_from_spec(req.spec)
-    check_input_size(model, req.data, req.spec.get("name", "model"))
+    if not (req.input_checked and req.model is not None):
+        model = req.model if req.model is not None else create_model_from_spec(req.spec)
+        check_input_size(model, req.data, req.spec.get("name", "model"))
     ledger = _ledger(req.runs)
     ledger.rows()  # a newer-schema or unreadable ledger fails here, before any run directory exists
     run_dir = make_run_dir(req.runs, req.spec.get("name", "model"))
