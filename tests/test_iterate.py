@@ -2,6 +2,7 @@
 
 import re
 import shutil
+import sys
 
 import pandas as pd
 import pytest
@@ -202,3 +203,22 @@ def test_killed_iterate_leaves_a_whole_row_marked_running(teacher, tmp_path):
     with open(ledger.path, newline="") as f:
         widths = {len(line) for line in csv.reader(f)}
     assert len(widths) == 1, f"a torn line: rows of {widths} fields"
+
+
+def test_iterate_builds_its_student_once_and_checks_it_once(teacher, monkeypatch):
+    run, data, runs = teacher
+    calls = {"build": 0, "check_input_size": 0}
+    for module in ("kaggle_tli.stages.iterate", "kaggle_tli.stages.resume", "kaggle_tli.train.session"):
+        mod = sys.modules[module]
+        for name, key in (("create_model_from_spec", "build"), ("check_input_size", "check_input_size")):
+            if hasattr(mod, name):
+                original = getattr(mod, name)
+
+                def counted(*args, _original=original, _key=key, **kwargs):
+                    calls[_key] += 1
+                    return _original(*args, **kwargs)
+
+                monkeypatch.setattr(mod, name, counted)
+    child = iterate(run, "resnet10t_silu_test", data, runs=runs, max_steps=1)
+    assert child.status == "done"
+    assert calls == {"build": 1, "check_input_size": 1}, f"on the way to the first step: {calls}"
