@@ -12,7 +12,8 @@ Methods (all side by side in one run):
     xavier       Xavier-uniform weights, zero biases
     same_name    copy tensors whose name and shape agree (timm's `strict=False`, Hugging Face's
                  `ignore_mismatched_sizes`)
-    tli          kaggle_tli's transfer with its defaults, plus variants over lam, top_k and norm transfer
+    tli          kaggle_tli's transfer with its defaults, plus variants over lam, top_k and norm transfer;
+                 `tli combo` is ComboInjection everywhere (the engine before growth kept the function)
     +recal       any of the above followed by re-estimating BatchNorm statistics on a few training batches
     +probe       +recal, then the classifier refitted on the same batches where a linear probe predicts clearly
                  better (`kaggle_tli.tli.refit_head`); `tli` does both, as `kaggle_tli.iterate` does

@@ -158,15 +158,15 @@ def _activation_after(walk: _Walk, start: int, max_hops: int = 4) -> str:
     return "none"
 
 
-def _upstream(walk: _Walk, start: int) -> set[int]:
-    """Data nodes feeding `start`, back to (not through) the previous merges."""
+def _upstream(walk: _Walk, start: int, *, through_merges: bool = False) -> set[int]:
+    """Data nodes feeding `start`, back to (not through) the previous merges, or through them to the input."""
     found, stack = set(), [start]
     while stack:
         nid = stack.pop()
         if nid in found or nid not in walk.data:
             continue
         found.add(nid)
-        if not walk.is_merge(nid):
+        if through_merges or not walk.is_merge(nid):
             stack.extend(walk.children[nid])
     return found
 
@@ -325,18 +325,6 @@ def _zero_unit(walk: _Walk, merge, idx: list[int], units: list[Unit], raw_branch
     return max((i for i in idx if raw_branch[i] == branch), key=lambda i: units[i].order)
 
 
-def _all_upstream(walk: _Walk, start: int) -> set[int]:
-    """Data nodes feeding `start`, through merges, back to the input."""
-    found, stack = set(), [start]
-    while stack:
-        nid = stack.pop()
-        if nid in found or nid not in walk.data:
-            continue
-        found.add(nid)
-        stack.extend(walk.children[nid])
-    return found
-
-
 def _segments(walk: _Walk, units: list[Unit], consumer: dict[str, int], merges: list[int]) -> list[Segment]:
     """For every add of two data paths: the layers on each input that the other input does not share. One side
     without layers makes the other a residual branch (squeeze-excite gates and all); a side holding only a 1x1 conv
@@ -350,7 +338,7 @@ def _segments(walk: _Walk, units: list[Unit], consumer: dict[str, int], merges: 
         inputs = [c for c in walk.children[m] if c in walk.data]
         if len(inputs) != 2:
             continue
-        ups = [_all_upstream(walk, c) for c in inputs]
+        ups = [_upstream(walk, c, through_merges=True) for c in inputs]
         sides = [sorted(unit_at[n] for n in ups[k] - ups[1 - k] if n in unit_at) for k in (0, 1)]
         sides.sort(key=len)
         short, long_ = sides
