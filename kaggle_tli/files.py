@@ -13,17 +13,27 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` so that readers (and a crash) see the old file or the new one, never a mix."""
+def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int | None = 0o644, locked: bool = False) -> Path:
+    """Write `data` to `path` so that readers (and a crash) see the old file or the new one, never a mix.
+
+    mode: the file's permissions (None: leave the temp file's). A run folder is meant to be shared, so 0644.
+    locked: the caller holds a lock on `path` (the ledger does), so one fixed temp name `<name>.tmp` is safe: a
+        writer killed mid-write leaves that one file, which the next write replaces, instead of a new stray each time.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if locked:
+        tmp = str(path.with_name(path.name + ".tmp"))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    else:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a run dir is meant to be shared
+        if mode is not None:
+            os.chmod(tmp, mode)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ..models import arch_info, create_model
 from ..tli import similarity_matrix, transfer
+from ..tli.options import DEFAULTS
 from ._report import markdown_table, save_figure, write_table
 
 # The engine issue's pairs: same family deeper/wider, across NAS families, across families, and a ViT.
@@ -232,11 +233,15 @@ def _environment(threads: int) -> str:
             f"{threads} threads, {cpu} with {os.cpu_count()} CPUs")
 
 
+def _defaults() -> str:
+    return ", ".join(f"{k}={v}" for k, v in DEFAULTS.as_dict().items())
+
+
 def write_pairs(frame: pd.DataFrame, out_dir: str | Path, *, repeats: int, threads: int, warmup: int = 1) -> None:
     """`transfer.csv` (every column), `transfer.md` (the human table and how it was made), `transfer.png`."""
     notes = [
         f"Ours: median of {repeats} `transfer()` calls per pair, each on a fresh student, after {warmup} untimed "
-        f"warm-up call(s); model creation excluded; default settings (lam=0.75, top_k=3, norms transferred). "
+        f"warm-up call(s); model creation excluded; default settings ({_defaults()}). "
         f"{_environment(threads)}; 1-minute load average {frame['load_1m'].min():.1f}-{frame['load_1m'].max():.1f} "
         f"at each pair's start (this run adds up to {threads}; more means other processes competed for the cores "
         "and the times are inflated).",

@@ -35,6 +35,8 @@ from typing import Any
 import pandas as pd
 from filelock import FileLock, Timeout
 
+from kaggle_tli.files import atomic_write_bytes
+
 from .plot import draw_forest, tree_layout
 from .schema import (
     FILE_COLUMNS,
@@ -58,28 +60,6 @@ from .values import encode_fields, encode_row, encode_time, now, parse_time
 # Short: with filelock's default 50 ms, a writer in a tight loop re-takes the lock before a waiting
 # one wakes up, and the waiter starves.
 _LOCK_POLL_S = 0.01
-
-
-def _atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write `path.tmp`, fsync it and move it over `path`: readers see the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    if mode is not None:
-        os.chmod(tmp, mode)
-    os.replace(tmp, path)
-    try:  # make the rename itself durable; not every filesystem lets a directory be opened
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class Ledger:
@@ -185,7 +165,7 @@ class Ledger:
         png = draw_forest(rows, positions, cycle_roots, run_id, title)
         out = Path(path).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(out, png)
+        atomic_write_bytes(out, png)
         return out
 
     def _family(self, run_id: str, rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -384,4 +364,4 @@ class Ledger:
 
     def _replace(self, lines: list[bytes]) -> None:
         mode = stat.S_IMODE(os.stat(self.path).st_mode) if self.path.exists() else None
-        _atomic_write_bytes(self.path, b"".join(lines), mode)
+        atomic_write_bytes(self.path, b"".join(lines), mode=mode, locked=True)

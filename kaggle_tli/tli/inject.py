@@ -112,7 +112,7 @@ def resize(teacher: Tensor, shape: Sequence[int], *, fan_in_dims: Sequence[int] 
 def combo_injection(
     teacher: Tensor,
     like: Tensor,
-    lam: float = 0.75,
+    lam: float = 0.75,  # the paper's value; transfer() passes TransferOptions.lam
     *,
     fan_in_dims: Sequence[int] = (),
     spatial_dims: Sequence[int] = (),
