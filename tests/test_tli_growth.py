@@ -129,3 +129,13 @@ def test_duplicated_channels_split_their_fan_out_unevenly_but_exactly():
     assert torch.equal(silent.values[:4, :3], teacher_w) and not silent.values[:, 3:].any(), "new inputs unread"
     assert torch.equal(silent.values[4:, :3], torch.ones(2, 3)), "new units keep the student's own init"
     assert silent.at_init == 6
+
+
+def test_a_widened_group_norm_says_it_is_approximate():
+    def net(width: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.GroupNorm(4, width), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 5))
+
+    report = transfer(net(16), net(32), input_size=(3, 16, 16))
+    reasons = {r["reason"] for r in report.rows if r["kind"] == "norm"}
+    assert reasons and all("GroupNorm" in reason and "approximately" in reason for reason in reasons), reasons

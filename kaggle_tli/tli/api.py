@@ -306,8 +306,10 @@ def _growth_plan(student: nn.Module, graph: Graph, found: list[_Teacher], choice
                      and graph.units[i].shape != found[t].graph.units[m.sources[0]].shape
                      for i, (t, m) in choices.items())
     groups = {u.name: getattr(modules.get(u.name), "groups", 1) for u in graph.units if u.kind == "conv"}
+    group_norms = {u.name for u in graph.units if isinstance(modules.get(u.name), nn.GroupNorm)
+                   and modules[u.name].num_groups > 1}
     return Growth(GROWTH_MODES[1] if grown_norm else GROWTH_MODES[0], jitter,
-                  torch.Generator().manual_seed(seed), groups, channel_norms)
+                  torch.Generator().manual_seed(seed), groups, channel_norms, group_norms)
 
 
 def _identity_units(graph: Graph, found: list[_Teacher], choices: dict) -> set[int]:

@@ -9,7 +9,7 @@ parameters differ and counting the elements that come out equal (tests/test_tli_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -33,6 +33,7 @@ class Growth:
     generator: torch.Generator
     groups: dict[str, int]
     channel_norms: set[str]  # units that normalise over the channel axis (LayerNorm, GroupNorm, ...)
+    group_norms: set[str] = field(default_factory=set)  # GroupNorms of more than one group
 
 
 def report_row(key: str, tensor: Tensor, kind: str, method: str, *, source="", source_shape="", teacher="",
@@ -133,6 +134,9 @@ def _inexact_reason(unit: Unit, local: str, source: Tensor, target: Tensor, grow
     """Why growing this tensor cannot keep the function exactly ("" when it can)."""
     if unit.name not in growth.channel_norms or local not in ("weight", "bias") or source.dim() != 1:
         return ""
+    if unit.name in growth.group_norms:
+        return ("a GroupNorm over widened channels: copies of a channel fall into other groups, whose statistics "
+                "change, so the function is kept only approximately")
     if growth.mode == "silent":
         return ("a norm over the channels, widened: the new channels enter its mean and variance, so the function is "
                 "kept only approximately")
