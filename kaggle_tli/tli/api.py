@@ -113,11 +113,13 @@ def _write(student: nn.Module, s_graph: Graph, found: list[_Teacher], plan: _Pla
            ) -> list[dict]:
     """Write every student tensor as planned; one report row each."""
     s_tensors = _tensors(student)
+    modules = dict(student.named_modules()) if plan.identity else {}
     rows = []
     with torch.no_grad():
         for i, unit in enumerate(s_graph.units):
             if i in plan.identity:
-                rows += [place_identity(unit, local, key, s_tensors[key]) for local, key in unit.tensors.items()]
+                eps = float(getattr(modules.get(unit.name), "eps", 1e-5))
+                rows += [place_identity(unit, local, key, s_tensors[key], eps) for local, key in unit.tensors.items()]
                 continue
             choice = plan.choices.get(i)
             skip = _skip_reason(unit, choice, opts.transfer_norm, unit.name in plan.head and choice is None)

@@ -146,9 +146,9 @@ def _inexact_reason(unit: Unit, local: str, source: Tensor, target: Tensor, grow
 _IDENTITY = "a projection shortcut the teacher block does without: set to pass its input through unchanged"
 
 
-def place_identity(unit: Unit, local: str, key: str, target: Tensor) -> dict:
+def place_identity(unit: Unit, local: str, key: str, target: Tensor, eps: float = 1e-5) -> dict:
     """A shortcut layer set up to compute the identity on the channels it has in common with its input: a 1x1 conv
-    with ones on the diagonal, a BatchNorm with unit scale and zero shift and statistics (0, 1 - eps)."""
+    with ones on the diagonal, a BatchNorm with unit scale and zero shift and statistics (0, 1 - its eps)."""
     if unit.kind == "conv" and local == "weight":
         target.zero_()
         n = min(target.shape[0], target.shape[1])
@@ -157,12 +157,10 @@ def place_identity(unit: Unit, local: str, key: str, target: Tensor) -> dict:
             target.is_floating_point():
         target.fill_(1.0 if local == "weight" else 0.0)
         if local == "running_var":
-            target.fill_(1.0 - _EPS)
+            target.fill_(1.0 - eps)
     elif local == "bias" and target.is_floating_point():
         target.zero_()
     else:
         return report_row(key, target, unit.kind, "init", reason=f"{_IDENTITY}; '{local}' kept as it was")
     return report_row(key, target, unit.kind, "identity", fraction=1.0, reason=_IDENTITY)
 
-
-_EPS = 1e-5  # BatchNorm's default eps: running_var = 1 - eps makes its scale exactly 1
