@@ -163,4 +163,3 @@ def place_identity(unit: Unit, local: str, key: str, target: Tensor, eps: float 
     else:
         return report_row(key, target, unit.kind, "init", reason=f"{_IDENTITY}; '{local}' kept as it was")
     return report_row(key, target, unit.kind, "identity", fraction=1.0, reason=_IDENTITY)
-
