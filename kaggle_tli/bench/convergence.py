@@ -7,16 +7,7 @@ images ("precise BN", the tables' headline; see `evaluate_precise` for why). Eve
 the same order for a given seed, so the methods differ only in how the student starts; runs are spread over worker
 processes (`--workers`) and do not depend on how many there are.
 
-Methods (all side by side in one run):
-    kaiming      timm's default initialisation (what "training from scratch" means)
-    xavier       Xavier-uniform weights, zero biases
-    same_name    copy tensors whose name and shape agree (timm's `strict=False`, Hugging Face's
-                 `ignore_mismatched_sizes`)
-    tli          kaggle_tli's transfer with its defaults, plus variants over lam, top_k and norm transfer;
-                 `tli combo` is ComboInjection everywhere (the engine before growth kept the function)
-    +recal       any of the above followed by re-estimating BatchNorm statistics on a few training batches
-    +probe       +recal, then the classifier refitted on the same batches where a linear probe predicts clearly
-                 better (`kaggle_tli.tli.refit_head`); `tli` does both, as `kaggle_tli.iterate` does
+Methods, all side by side in one run: see `kaggle_tli.bench.methods` (listed under `--help`).
 """
 
 from __future__ import annotations
@@ -33,6 +24,7 @@ from torch import nn
 
 from kaggle_tli import models
 
+from . import methods
 from ._pool import run_jobs, split_cores
 from .arrays import FASHION_DIR, ArrayData, load_fashion_mnist, load_folder
 from .curves import paired_differences, plot, steps_to_reach, summarise, write_results
@@ -184,7 +176,7 @@ def _student_job(data: ArrayData, cfg: Config, st: Student, name: str, seed: int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = bench_parser("convergence", __doc__, "bench_out/convergence")
+    parser = bench_parser("convergence", f"{__doc__}\n{methods.__doc__}", "bench_out/convergence")
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 methods, 2 students, shorter runs")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=200)

@@ -131,15 +131,13 @@ def _grown(unit: Unit, local: str, key: str, target: Tensor, source: Tensor, gro
 
 
 def _inexact_reason(unit: Unit, local: str, source: Tensor, target: Tensor, growth: Growth) -> str:
-    """Why growing this tensor cannot keep the function exactly ("" when it can)."""
+    """Why growing this tensor cannot keep the function exactly ("" when it can). A grown norm over channels always
+    means duplicate mode (api._growth_plan), where whole ratios are exact."""
     if unit.name not in growth.channel_norms or local not in ("weight", "bias") or source.dim() != 1:
         return ""
     if unit.name in growth.group_norms:
         return ("a GroupNorm over widened channels: copies of a channel fall into other groups, whose statistics "
                 "change, so the function is kept only approximately")
-    if growth.mode == "silent":
-        return ("a norm over the channels, widened: the new channels enter its mean and variance, so the function is "
-                "kept only approximately")
     return layer_norm_exact(source.shape[0], target.shape[0])[1]
 
 
