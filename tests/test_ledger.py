@@ -328,7 +328,7 @@ def test_corrupt_lines_are_reported_with_their_line_number_and_kept(tmp_path):
     assert rows[2]["cv"] is None, "an unparsable value reads as empty"
     by_line = {problem.line: problem.message for problem in ledger.problems}
     assert sorted(by_line) == [3, 4, 6, 7], f"problems at the wrong lines: {ledger.problems}"
-    assert "expected 25 fields, found 3" in by_line[4] and "cv='not-a-number'" in by_line[6]
+    assert f"expected {len(FILE_COLUMNS)} fields, found 3" in by_line[4] and "cv='not-a-number'" in by_line[6]
 
     with pytest.warns(LedgerWarning):
         ledger.append({"run_id": "r3"})
@@ -491,3 +491,25 @@ def test_import_only_a_runs_lineage(tmp_path):
     target = Ledger(tmp_path / "b")
     assert target.import_rows(source, lineage_of="child") == 2
     assert sorted(r["run_id"] for r in target.rows()) == ["child", "root"], "unrelated runs stay out"
+
+
+def test_a_schema_1_ledger_gains_the_new_columns_on_its_first_write(tmp_path):
+    """A ledger written before schema 2 stays readable and writable: its rows keep their values and their
+    schema number, and the header gains the columns schema 2 added (empty on the old rows)."""
+    from kaggle_tli.ledger.schema import ADDED_IN_SCHEMA
+
+    old_columns = [c for c in LEDGER_COLUMNS if c not in ADDED_IN_SCHEMA[2]] + ["schema"]
+    path = tmp_path / "ledger.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, old_columns)
+        writer.writeheader()
+        writer.writerow({**dict.fromkeys(old_columns, ""), "run_id": "old", "stage": "finetune", "cv": "0.5",
+                         "schema": "1"})
+    ledger = Ledger(path)
+    assert ledger.get("old")["cv"] == 0.5 and ledger.get("old")["task"] is None
+    ledger.append({"run_id": "new", "parent_run_id": "old", "task": "binary", "distill": 0.5})
+    header = path.read_text().splitlines()[0].split(",")
+    assert header == FILE_COLUMNS, header
+    assert Ledger(path).get("old")["cv"] == 0.5
+    assert Ledger(path).get("new")["task"] == "binary" and Ledger(path).get("new")["distill"] == 0.5
+    assert pd.read_csv(path)["schema"].tolist() == [1, SCHEMA_VERSION], "old rows keep the schema that wrote them"

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LEDGER_NAME = "ledger.csv"
 LEDGER_COLUMNS: tuple[str, ...] = (
     "run_id",
@@ -52,7 +52,18 @@ LEDGER_COLUMNS: tuple[str, ...] = (
     "finished_at",
     "duration_s",
     "notes",
+    # added in schema 2
+    "task",
+    "distill",
+    "distill_temperature",
+    "kaggle_model",
+    "parent_kaggle_model",
 )
+# Columns each schema added. A ledger written by an older schema lacks them; the first write adds them to
+# its header (empty on the old rows) instead of refusing the file.
+ADDED_IN_SCHEMA: dict[int, tuple[str, ...]] = {
+    2: ("task", "distill", "distill_temperature", "kaggle_model", "parent_kaggle_model"),
+}
 # the last column of the file: the version of the format that wrote each row
 SCHEMA_COLUMN = "schema"
 FILE_COLUMNS = LEDGER_COLUMNS + (SCHEMA_COLUMN,)
@@ -62,7 +73,9 @@ INITS = ("tli", "kaiming", "pretrained", "resume")
 STATUSES = ("running", "done", "failed", "interrupted")
 
 # the kinds of the columns, which decide how values.py writes and reads them
-FLOAT_COLUMNS = frozenset({"tli_score", "coverage", "cv", "best_cv", "lb", "duration_s"})
+FLOAT_COLUMNS = frozenset(
+    {"tli_score", "coverage", "cv", "best_cv", "lb", "duration_s", "distill", "distill_temperature"}
+)
 INT_COLUMNS = frozenset({"epochs", "steps", "seed"})
 TIME_COLUMNS = frozenset({"started_at", "finished_at"})
 CHOICES = {"stage": STAGES, "init": INITS, "status": STATUSES}

@@ -23,6 +23,7 @@ part; each one is listed in :attr:`Ledger.problems` with its line number and ann
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import stat
@@ -39,6 +40,7 @@ from kaggle_tli.files import atomic_write_bytes
 
 from .plot import draw_forest, tree_layout
 from .schema import (
+    ADDED_IN_SCHEMA,
     FILE_COLUMNS,
     FLOAT_COLUMNS,
     FOLD_COLUMN,
@@ -352,14 +354,45 @@ class Ledger:
             snap.header = list(FILE_COLUMNS)
             return [format_csv_line({name: name for name in FILE_COLUMNS}, snap.header, snap.eol)]
         missing = [name for name in FILE_COLUMNS if name not in snap.header]
-        if missing:
+        added_later = {name for added in ADDED_IN_SCHEMA.values() for name in added}
+        if missing and not set(missing) <= added_later:
             raise LedgerError(
                 f"{self.path}: the header lacks column(s) {missing}; restore them (values may stay empty) "
                 "or start a new ledger"
             )
-        lines = list(snap.lines)
+        lines = self._upgraded(snap, missing) if missing else list(snap.lines)
         if lines and not lines[-1].endswith((b"\n", b"\r")):
             lines[-1] += snap.eol.encode()
+        return lines
+
+    @staticmethod
+    def _upgraded(snap: Snapshot, missing: list[str]) -> list[bytes]:
+        """The lines of an older schema's file with the columns it lacks added before `schema`, left empty.
+
+        Rows keep their own schema number (it says which format wrote them); blank and damaged lines stay
+        as they were.
+        """
+        old_header = list(snap.header or [])
+        at = old_header.index(SCHEMA_COLUMN)
+        new_header = old_header[:at] + missing + old_header[at:]
+        lines, header_seen = [], False
+        for i, raw in enumerate(snap.lines):
+            text = line_text(raw, first=i == 0)
+            try:
+                fields = split_csv_line(text) if text.strip() else []
+            except csv.Error:
+                fields = []
+            eol = "\r\n" if raw.endswith(b"\r\n") else "\n"
+            if fields and not header_seen:
+                header_seen = True
+                lines.append(format_csv_line({name: name for name in new_header}, new_header, eol))
+            elif len(fields) == len(old_header):
+                lines.append(format_csv_line(dict(zip(old_header, fields, strict=True)), new_header, eol))
+            else:
+                lines.append(raw)
+        if lines and not lines[-1].endswith((b"\n", b"\r")):
+            lines[-1] += snap.eol.encode()
+        snap.header = new_header
         return lines
 
     def _replace(self, lines: list[bytes]) -> None:
