@@ -175,6 +175,17 @@ def _student_job(data: ArrayData, cfg: Config, st: Student, name: str, seed: int
 
 
 
+def _chosen_students(parser, students: Sequence[Student], only: Sequence[str] | None) -> tuple[Student, ...]:
+    """The students whose architecture `--only` names (all of them without it); an unknown name is an error."""
+    if not only:
+        return tuple(students)
+    unknown = sorted(set(only) - {st.arch for st in students})
+    if unknown:
+        parser.error(f"--only {' '.join(unknown)}: not a student of this set; its students are "
+                     f"{', '.join(st.arch for st in students)}")
+    return tuple(st for st in students if st.arch in only)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = bench_parser("convergence", f"{__doc__}\n{methods.__doc__}", "bench_out/convergence")
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 methods, 2 students, shorter runs")
@@ -184,13 +195,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--students", choices=list(STUDENT_SETS), default="default",
                         help="default: the paper's students; growth: students that are their teacher grown")
+    parser.add_argument("--only", nargs="+", metavar="ARCH", default=None,
+                        help="run only the students with these architectures (e.g. efficientnet_b2)")
     parser.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warmup for the students "
                         "(default: 0, the protocol's; kaggle-tli's trainer warms up 5%% of a run)")
     args = parser.parse_args(argv)
     out, data = prepare(parser, args)
     workers, threads = split_cores(args.workers, args.threads)
+    students = _chosen_students(parser, STUDENT_SETS[args.students], args.only)
     cfg = Config(steps=args.steps, teacher_steps=args.teacher_steps, seeds=tuple(range(args.seeds)),
-                 methods=args.methods, students=STUDENT_SETS[args.students], warmup=args.warmup, workers=workers, threads=threads, cache=out.parent / "cache")
+                 methods=args.methods, students=students, warmup=args.warmup, workers=workers, threads=threads,
+                 cache=out.parent / "cache")
     if args.quick:
         cfg = Config(steps=100, teacher_steps=300, seeds=(0,), methods=QUICK_METHODS, students=DEFAULT_STUDENTS[:2],
                      workers=workers, threads=threads, cache=out.parent / "cache", baselines=False)
