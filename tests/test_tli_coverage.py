@@ -11,7 +11,7 @@ PAIRS = [
     ("resnet18", {}, "efficientnet_b0", {}),  # across families: ComboInjection, with blends
     ("spnasnet_100", {}, "mnasnet_100", {}),
     ("efficientnet_b0", {}, "efficientnet_b2", {}),  # growth: wider and deeper
-    ("resnet18", {}, "resnet18", {"channels": (96, 192, 384, 768)}),  # silent growth: new units stay at init
+    ("resnet10t", {}, "resnet10t", {"channels": (96, 192, 384, 768)}),  # silent growth: new units stay at init
 ]
 
 
