@@ -43,6 +43,8 @@ ENGINE = "tli/"
 # entry: its lazy attributes go through importlib.import_module, not import statements.
 LAZY_PACKAGE_IMPORTS: dict[str, str] = {
     "cli.py": "one handler per subcommand imports what that subcommand needs, so `kaggle-tli --help` stays fast",
+    "kaggle/bundle.py": "runs (torch) and ledger (pandas) load where a bundle is built or read: the face's parser "
+    "imports this package for its Kaggle subcommands (kaggle/cli.py), and `kaggle-tli --help` must stay fast",
 }
 
 # Third-party (and stdlib) modules that may be imported inside functions anywhere, by top-level name, with the reason.

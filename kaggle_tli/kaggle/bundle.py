@@ -30,8 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_tli.files import atomic_write_json
-from kaggle_tli.ledger import LEDGER_COLUMNS, Ledger
-from kaggle_tli.runs import load_run
 
 from .kernels import slugify
 from .locate import BUNDLE_MARKER, find_bundles
@@ -156,6 +154,9 @@ def load_bundle(
     and `run_id` pick one. `ledger` (a path or a Ledger) receives the bundle's lineage rows, so a
     new run's lineage continues across notebooks.
     """
+    from kaggle_tli.ledger import Ledger
+    from kaggle_tli.runs import load_run
+
     bundle_dir = locate_bundle(path, run_id=run_id, dataset=dataset)
     validate_bundle(bundle_dir, for_upload=False)
     run = load_run(bundle_dir)
@@ -263,6 +264,8 @@ def dataset_metadata(dataset: Any, title: Any, license: Any, *, allow_placeholde
 
 def _resolve_run(run: Any, runs: str | Path | None) -> tuple[Path, dict]:
     """(run directory, run.json) for a Run, a run directory or a run id."""
+    from kaggle_tli.runs import load_run
+
     if hasattr(run, "path") and hasattr(run, "info"):
         return Path(run.path), dict(run.info)
     if isinstance(run, str | os.PathLike) and (Path(run) / "run.json").is_file():
@@ -297,6 +300,8 @@ def _copy_run_files(run_dir: Path, dest: Path, include_state: bool) -> list[str]
 
 def _write_lineage(run_dir: Path, run_id: str, info: dict, dest: Path) -> list[dict]:
     """Write the ledger rows of the run's lineage (root first) to `dest`; return them."""
+    from kaggle_tli.ledger import LEDGER_COLUMNS, Ledger
+
     rows: list[dict] = []
     # the runs folder's ledger, then the run's own (a run loaded from a bundle carries one)
     for source in (run_dir.parent / "ledger.csv", run_dir / "ledger.csv"):
