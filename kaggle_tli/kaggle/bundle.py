@@ -91,9 +91,9 @@ def bundle(
     `dataset` ("owner/slug") goes into dataset-metadata.json; without it the owner comes from
     $KAGGLE_USERNAME (else a placeholder `publish(dataset=...)` must replace) and the slug from the
     run id. `model` ("owner/model") adds model-metadata.json and model-instance-metadata.json for the
-    Kaggle Model's PyTorch `variation` (default: the run's architecture name) under `model_license`. `include_state` adds state.pt and the step-0 weights; by default (None) only an
-    unfinished run (status other than "done") carries them, so that `resume` can continue it from
-    the bundle. `wheel` reuses an existing kaggle_tli wheel instead of building one. The bundle is
+    Kaggle Model's PyTorch `variation` (default: the run's architecture name) under `model_license`.
+    `include_state` adds state.pt and the step-0 weights; by default (None) only an unfinished run
+    (status other than "done") carries them, so that `resume` can continue it from the bundle. `wheel` reuses an existing kaggle_tli wheel instead of building one. The bundle is
     built next to `out_dir` and moved into place at the end, so a failure never leaves half a bundle.
     """
     run_dir, info = _resolve_run(run, runs)
@@ -124,24 +124,8 @@ def bundle(
             _write_run_json(staging, info)
         _write_ledger(lineage, staging / "ledger.csv", info)
         shutil.copy2(wheel_path, staging / wheel_path.name)
-        marker = {
-            "format": BUNDLE_FORMAT,
-            "schema": BUNDLE_SCHEMA,
-            "run_id": run_id,
-            "parent_id": info.get("parent_id"),
-            "arch": arch_name(info),
-            "num_classes": info.get("num_classes"),
-            "kaggle_tli_version": package_version(),
-            "wheel": wheel_path.name,
-            "weights": sorted(n for n in copied if n.endswith(".safetensors")),
-            "status": info.get("status"),
-            # state.pt + step-0 weights: resume() can continue an unfinished run from this bundle
-            "includes_state": include_state,
-            "lineage": [row.get("run_id") for row in lineage],
-            "dataset": dataset,
-            "kaggle_model": handle.instance if handle else None,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        marker = _marker(info, copied, lineage, wheel_path.name, include_state=include_state, dataset=dataset,
+                         handle=handle)
         atomic_write_json(staging / BUNDLE_MARKER, marker)
         metadata["description"] = bundle_description(marker, info)
         atomic_write_json(staging / DATASET_METADATA, metadata)
@@ -154,6 +138,28 @@ def bundle(
     log.info("bundled run %s into %s%s", run_id, out_dir,
              " with its training state (state.pt, step-0 weights)" if include_state else "")
     return out_dir
+
+
+def _marker(info: dict, copied: list[str], lineage: list[dict], wheel: str, *, include_state: bool,
+            dataset: str, handle: ModelHandle | None) -> dict:
+    return {
+        "format": BUNDLE_FORMAT,
+        "schema": BUNDLE_SCHEMA,
+        "run_id": str(info["id"]),
+        "parent_id": info.get("parent_id"),
+        "arch": arch_name(info),
+        "num_classes": info.get("num_classes"),
+        "kaggle_tli_version": package_version(),
+        "wheel": wheel,
+        "weights": sorted(n for n in copied if n.endswith(".safetensors")),
+        "status": info.get("status"),
+        # state.pt + step-0 weights: resume() can continue an unfinished run from this bundle
+        "includes_state": include_state,
+        "lineage": [row.get("run_id") for row in lineage],
+        "dataset": dataset,
+        "kaggle_model": handle.instance if handle else None,  # the variation it was built for
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _state_wanted(run_id: str, info: dict, include_state: bool | None) -> bool:

@@ -88,25 +88,9 @@ def render_kernel(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     code_file = f"{src.stem}.ipynb"
-    metadata = {
-        "id": f"{owner}/{slug}",
-        "title": title,
-        "code_file": code_file,
-        "language": "python",
-        "kernel_type": "notebook",
-        "is_private": bool(private),
-        "enable_gpu": bool(gpu),
-        "enable_tpu": False,
-        "enable_internet": False,  # written explicitly: the client defaults it to true
-        "dataset_sources": weights_list,
-        "competition_sources": [competition] if competition else [],
-        "kernel_sources": list(kernel_sources),
-        "model_sources": models,
-    }
-    if pin_image:
-        metadata["docker_image_pinning_type"] = PIN_ORIGINAL_IMAGE
-    if gpu:
-        metadata["machine_shape"] = T4_X2
+    metadata = _kernel_metadata(f"{owner}/{slug}", title, code_file, private=private, gpu=gpu, weights=weights_list,
+                                competition=competition, kernels=list(kernel_sources), models=models,
+                                pin_image=pin_image)
     (out_dir / code_file).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     (out_dir / KERNEL_METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
     return out_dir
@@ -127,6 +111,31 @@ def push_kernel(folder: str | Path, *, retries: int = 3) -> dict:
     result = client.call(what, api.kernels_push, str(folder), retries=retries)
     client.check_response(result, what)
     return {"ref": result.ref, "url": result.url, "version": result.version_number, "id": meta.get("id")}
+
+
+def _kernel_metadata(kernel_id: str, title: str, code_file: str, *, private: bool, gpu: bool, weights: list[str],
+                     competition: str | None, kernels: list[str], models: list[str], pin_image: bool) -> dict:
+    """kernel-metadata.json, every field written explicitly."""
+    metadata = {
+        "id": kernel_id,
+        "title": title,
+        "code_file": code_file,
+        "language": "python",
+        "kernel_type": "notebook",
+        "is_private": bool(private),
+        "enable_gpu": bool(gpu),
+        "enable_tpu": False,
+        "enable_internet": False,  # written explicitly: the client defaults it to true
+        "dataset_sources": weights,
+        "competition_sources": [competition] if competition else [],
+        "kernel_sources": kernels,
+        "model_sources": models,
+    }
+    if pin_image:
+        metadata["docker_image_pinning_type"] = PIN_ORIGINAL_IMAGE
+    if gpu:
+        metadata["machine_shape"] = T4_X2
+    return metadata
 
 
 def resolve_template(template: str | Path) -> Path:
