@@ -16,7 +16,6 @@ from kaggle_tli.kaggle import (
     KaggleConflictError,
     KaggleNetworkError,
     bundle,
-    client,
     load_bundle,
     publish,
     push_kernel,
@@ -55,20 +54,6 @@ def runs(tmp_path):
 @pytest.fixture
 def teacher_bundle(family, runs, tmp_path):
     return bundle(runs / TEACHER, tmp_path / "teacher", model=MODEL, wheel=family[1])
-
-
-@pytest.fixture
-def fake(monkeypatch, tmp_path):
-    with FakeKaggle(credentials=("alice", "secret")) as server:
-        point_client_at(server, monkeypatch, tmp_path / "home")
-        yield server
-
-
-@pytest.fixture
-def sleeps(monkeypatch):
-    delays = []
-    monkeypatch.setattr(client, "_sleep", delays.append)
-    return delays
 
 
 def _digests(folder):
