@@ -41,13 +41,9 @@ from .metadata import (
     DEFAULT_DATASET_LICENSE,
     DEFAULT_MODEL_LICENSE,
     METADATA_FILES,
-    MODEL_INSTANCE_METADATA,
-    MODEL_METADATA,
     OWNER_PLACEHOLDER,
     ModelHandle,
-    check_model_files,
     dataset_metadata,
-    parse_model_handle,
     slugify,
 )
 from .model_files import (
@@ -229,58 +225,23 @@ def validate_bundle(path: str | Path, *, dataset: str | None = None, for_upload:
     if dataset is not None:
         meta["id"] = dataset
     if for_upload:
-        if not list(path.glob("kaggle_tli-*.whl")):
-            raise ValueError(f"bundle {path} carries no kaggle_tli wheel: offline notebooks could not install it; rebuild it with bundle()")
-        subdirs = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if subdirs:
-            raise ValueError(
-                f"bundle {path} has sub-folders {subdirs}, which the Kaggle client would silently skip: "
-                "move their files to the top level or remove them"
-            )
+        check_upload_files(path)
         licenses = meta.get("licenses") or []
         name = licenses[0].get("name") if len(licenses) == 1 and isinstance(licenses[0], dict) else None
         dataset_metadata(meta.get("id"), meta.get("title"), name)
     return meta
 
 
-def model_files(bundle_dir: str | Path, model: str | None = None, *, variation: str | None = None,
-                license: str | None = None, public: bool = False) -> tuple[ModelHandle, dict, dict]:
-    """(variation handle, model-metadata.json body, model-instance-metadata.json body) to publish `bundle_dir` as
-    Kaggle Model `model` ("owner/model"; default: the one the bundle was built for), checked as Kaggle would.
-
-    The bundle's own files are used when they are for that model and variation, else they are built from its
-    marker and run.json, as bundle(model=...) builds them; a read-only bundle works. `public` sets the model's
-    visibility, `license` (default: the bundle's, else DEFAULT_MODEL_LICENSE) the variation's license.
-    """
-    bundle_dir = Path(bundle_dir)
-    marker, info = read_json(bundle_dir / BUNDLE_MARKER), read_json(bundle_dir / "run.json")
-    built_for = parse_model_handle(marker["kaggle_model"], parts=(4,)) if marker.get("kaggle_model") else None
-    model = model or (built_for.ref if built_for else None)
-    if model is None:
-        raise ValueError(f"bundle {bundle_dir} was not built for a Kaggle Model: pass model='owner/model'")
-    if variation is None and built_for is not None and built_for.ref == model:
-        variation = built_for.variation  # the variation it was built for, not the default
-    handle = model_target(model, variation, info, license or DEFAULT_MODEL_LICENSE)
-    own = [bundle_dir / MODEL_METADATA, bundle_dir / MODEL_INSTANCE_METADATA]
-    if all(p.is_file() for p in own) and marker.get("kaggle_model") == handle.instance:
-        model_body, instance_body = read_json(own[0]), read_json(own[1])
-        if license is not None:
-            instance_body["licenseName"] = license
-    else:
-        lineage = _bundle_lineage(bundle_dir, info)
-        info = {**info, "parent_kaggle_model": parent_model(info, lineage)}
-        model_body, instance_body = model_bodies(marker, info, handle, license=license or DEFAULT_MODEL_LICENSE)
-    model_body["isPrivate"] = not public
-    return check_model_files(model_body, instance_body), model_body, instance_body
-
-
-def _bundle_lineage(bundle_dir: Path, info: dict) -> list[dict]:
-    from kaggle_tli.ledger import Ledger
-
-    try:
-        return Ledger(bundle_dir / "ledger.csv").lineage(str(info.get("id")))
-    except (KeyError, FileNotFoundError):
-        return []
+def check_upload_files(path: Path) -> None:
+    """What any upload needs: the wheel offline notebooks install, and no sub-folders the client would skip."""
+    if not list(path.glob("kaggle_tli-*.whl")):
+        raise ValueError(f"bundle {path} carries no kaggle_tli wheel: offline notebooks could not install it; rebuild it with bundle()")
+    subdirs = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        raise ValueError(
+            f"bundle {path} has sub-folders {subdirs}, which the Kaggle client would silently skip: "
+            "move their files to the top level or remove them"
+        )
 
 
 def _write_run_json(folder: Path, info: dict) -> None:

@@ -22,17 +22,21 @@ from typing import Any
 from kaggle_tli.files import atomic_write_json
 
 from . import client
-from .bundle import bundle, model_files, validate_bundle
+from .bundle import bundle, check_upload_files, validate_bundle
 from .client import KaggleConflictError, KaggleError, KaggleNotFoundError
 from .locate import BUNDLE_MARKER, read_json
 from .metadata import (
     DATASET_METADATA,
+    DEFAULT_MODEL_LICENSE,
     METADATA_FILES,
     MODEL_INSTANCE_METADATA,
     MODEL_METADATA,
     ModelHandle,
+    check_model_files,
+    parse_model_handle,
     slugify,
 )
+from .model_files import model_bodies, model_target, parent_model
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +179,48 @@ def _found(what: str, fn: Callable[..., Any], *args: Any, retries: int) -> Any:
 
 
 # ----------------------------------------------------------------------------- Kaggle Models
+
+
+def model_files(bundle_dir: str | Path, model: str | None = None, *, variation: str | None = None,
+                license: str | None = None, public: bool = False) -> tuple[ModelHandle, dict, dict]:
+    """(variation handle, model-metadata.json body, model-instance-metadata.json body) to publish `bundle_dir` as
+    Kaggle Model `model` ("owner/model"; default: the one the bundle was built for), checked as Kaggle would.
+
+    The bundle's own files are used when they are for that model and variation, else they are built from its
+    marker and run.json, as bundle(model=...) builds them; a read-only bundle works. `public` sets the model's
+    visibility, `license` (default: the bundle's, else DEFAULT_MODEL_LICENSE) the variation's license.
+    """
+    bundle_dir = Path(bundle_dir)
+    validate_bundle(bundle_dir, for_upload=False)
+    check_upload_files(bundle_dir)
+    marker, info = read_json(bundle_dir / BUNDLE_MARKER), read_json(bundle_dir / "run.json")
+    built_for = parse_model_handle(marker["kaggle_model"], parts=(4,)) if marker.get("kaggle_model") else None
+    model = model or (built_for.ref if built_for else None)
+    if model is None:
+        raise ValueError(f"bundle {bundle_dir} was not built for a Kaggle Model: pass model='owner/model'")
+    if variation is None and built_for is not None and built_for.ref == model:
+        variation = built_for.variation  # the variation it was built for, not the default
+    handle = model_target(model, variation, info, license or DEFAULT_MODEL_LICENSE)
+    own = [bundle_dir / MODEL_METADATA, bundle_dir / MODEL_INSTANCE_METADATA]
+    if all(p.is_file() for p in own) and marker.get("kaggle_model") == handle.instance:
+        model_body, instance_body = read_json(own[0]), read_json(own[1])
+        if license is not None:
+            instance_body["licenseName"] = license
+    else:
+        lineage = _bundle_lineage(bundle_dir, info)
+        info = {**info, "parent_kaggle_model": parent_model(info, lineage)}
+        model_body, instance_body = model_bodies(marker, info, handle, license=license or DEFAULT_MODEL_LICENSE)
+    model_body["isPrivate"] = not public
+    return check_model_files(model_body, instance_body), model_body, instance_body
+
+
+def _bundle_lineage(bundle_dir: Path, info: dict) -> list[dict]:
+    from kaggle_tli.ledger import Ledger
+
+    try:
+        return Ledger(bundle_dir / "ledger.csv").lineage(str(info.get("id")))
+    except (KeyError, FileNotFoundError):
+        return []
 
 
 def _publish_model(bundle_dir: Path, model: str | None, *, variation: str | None, public: bool, notes: str,
