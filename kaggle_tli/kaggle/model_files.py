@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def arch_name(info: dict) -> str | None:
+    """The architecture name in a run.json (an arch spec, or a bare name in older runs)."""
     arch = info.get("arch")
     if isinstance(arch, dict):
         return arch.get("name") or arch.get("arch") or arch.get("model")
@@ -58,6 +59,7 @@ def parent_model(info: dict, lineage: list[dict]) -> str | None:
 
 
 def model_bodies(marker: dict, info: dict, handle: ModelHandle, *, license: str) -> tuple[dict, dict]:
+    """model-metadata.json and model-instance-metadata.json for the bundle whose marker and run.json are given."""
     parent = info.get("parent_kaggle_model")
     base = parent if parent and parent != handle.instance else None  # a variation is no variant of itself
     card = ("Weights trained with kaggle-tli (Transfer Learning by Injection). Each variation is one "
@@ -74,6 +76,7 @@ def write_model_files(folder: Path, model_body: dict, instance_body: dict) -> No
 
 
 def bundle_description(marker: dict, info: dict) -> str:
+    """The card of a bundle (a dataset's description, a variation's usage): the run, its lineage, offline use."""
     metrics = info.get("metrics") or {}
     lines = [
         f"Weights of kaggle-tli run `{marker['run_id']}` (arch `{marker['arch']}`).",
