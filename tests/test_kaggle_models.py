@@ -247,7 +247,8 @@ def test_kernel_init_attaches_a_model_version_and_pins_the_image(fake, tmp_path,
     assert body["modelDataSources"] == [source] and body["dockerImagePinningType"] == "original", body
     capsys.readouterr()
     for args, message in [(["--model", f"{MODEL}/pytorch/resnet18"], "VERSION"),
-                          (["--model", f"{MODEL}/jax/resnet18/1"], "framework part"), ([], "--weights")]:
+                          (["--model", f"{MODEL}/pytorch/resnet18/latest"], "the version a number"),
+                          ([], "--weights")]:
         assert main(["kernel", "init", "inference", "--competition", "digit-recognizer", *args, "-o",
                      str(tmp_path / "bad")]) == 2
         assert message in capsys.readouterr().err, args

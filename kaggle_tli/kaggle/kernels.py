@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import client
-from .metadata import parse_model_handle, slugify
+from .metadata import slugify
 
 KERNEL_METADATA = "kernel-metadata.json"
 T4_X2 = "NvidiaTeslaT4"  # Kaggle's GPU shape (2 x T4); the P100 is retired
@@ -66,7 +66,7 @@ def render_kernel(
         _check_ref(ref, "weights dataset")
     for ref in kernel_sources:
         _check_ref(ref, "kernel source")
-    models = [str(parse_model_handle(ref, parts=(5,), what="model source")) for ref in model_sources]
+    models = [_check_model_source(ref) for ref in model_sources]
     if competition is not None and not _ID_PART.match(competition):
         raise ValueError(f"competition must be a Kaggle competition slug such as 'digit-recognizer', got {competition!r}")
 
@@ -246,6 +246,16 @@ def _check_title(title: str) -> str:
     if len(slug) < 5:
         raise ValueError(f"kernel title {title!r} gives the too-short slug {slug!r}: use more letters or digits")
     return slug
+
+
+def _check_model_source(ref: Any) -> str:
+    """A Kaggle Model version to attach, checked as the client checks `model_sources` when it pushes: five
+    non-empty parts, the last a version number. Any framework: a notebook may attach models of any kind."""
+    parts = ref.split("/") if isinstance(ref, str) else []
+    if len(parts) != 5 or not all(parts) or not parts[4].isdigit():
+        raise ValueError(f"model source must be OWNER/MODEL/FRAMEWORK/VARIATION/VERSION (e.g. "
+                         f"'alice/tli-digits/pytorch/resnet18/1', the version a number), got {ref!r}")
+    return ref
 
 
 def _check_ref(ref: Any, what: str) -> None:
