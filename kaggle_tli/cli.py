@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kaggle_tli.kaggle.cli import add_kaggle_commands
+
 # albumentations phones home on import and timm may try the hub: a CLI run is offline unless told otherwise
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -212,32 +214,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return int(module.main(args.rest) or 0)
 
 
-def cmd_bundle(args: argparse.Namespace) -> int:
-    from kaggle_tli.kaggle import bundle
-
-    path = bundle(args.run, args.output, dataset=args.dataset, runs=args.runs)
-    print(f"bundle -> {path}")
-    return 0
-
-
-def cmd_publish(args: argparse.Namespace) -> int:
-    from kaggle_tli.kaggle import publish
-
-    result = publish(args.run, args.dataset, public=args.public, notes=args.message, dry_run=args.dry_run,
-                     runs=args.runs)
-    print(json.dumps(result, indent=2, default=str))
-    return 0
-
-
-def cmd_kernel_init(args: argparse.Namespace) -> int:
-    from kaggle_tli.kaggle import render_kernel
-
-    folder = render_kernel(args.template, competition=args.competition, weights=args.weights, gpu=args.gpu,
-                           out_dir=args.output, title=args.title, private=not args.public)
-    print(f"kernel -> {folder} (push with: kaggle kernels push -p {folder})")
-    return 0
-
-
 BENCHES = ("transfer", "convergence", "norm", "teachers", "overhead", "sweep", "quick")
 
 
@@ -253,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_pipeline_commands(sub)
     _add_tool_commands(sub)
-    _add_kaggle_commands(sub)
+    add_kaggle_commands(sub)
     return parser
 
 
@@ -323,37 +299,6 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("which", choices=BENCHES)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     p.set_defaults(func=cmd_bench)
-
-
-def _add_kaggle_commands(sub: argparse._SubParsersAction) -> None:
-    """bundle, publish, kernel: getting runs onto Kaggle."""
-    p = sub.add_parser("bundle", help="a run as a Kaggle weights dataset folder (weights, lineage, wheel)")
-    p.add_argument("run")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--dataset", help="OWNER/SLUG for dataset-metadata.json")
-    p.add_argument("--runs", default=None)
-    p.set_defaults(func=cmd_bundle)
-
-    p = sub.add_parser("publish", help="create or version a Kaggle dataset from a run or bundle")
-    p.add_argument("run", help="run id, run directory or bundle folder")
-    p.add_argument("--dataset", required=True, help="OWNER/SLUG")
-    p.add_argument("--public", action="store_true")
-    p.add_argument("-m", "--message", default="", help="version notes")
-    p.add_argument("--dry-run", action="store_true", help="build and validate only")
-    p.add_argument("--runs", default=None)
-    p.set_defaults(func=cmd_publish)
-
-    p = sub.add_parser("kernel", help="Kaggle kernels from the templates")
-    ksub = p.add_subparsers(dest="kernel_command", required=True, metavar="ACTION")
-    k = ksub.add_parser("init", help="render a ready-to-push kernel folder")
-    k.add_argument("template", help="teacher, iterate or inference")
-    k.add_argument("--competition", required=True, help="competition slug")
-    k.add_argument("--weights", required=True, help="OWNER/SLUG of the weights dataset")
-    k.add_argument("--gpu", action="store_true")
-    k.add_argument("--public", action="store_true")
-    k.add_argument("--title", default=None)
-    k.add_argument("-o", "--output", required=True)
-    k.set_defaults(func=cmd_kernel_init)
 
 
 def _add_transfer_options(p: argparse.ArgumentParser) -> None:

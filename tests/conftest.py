@@ -17,6 +17,9 @@ stage-4 test is end to end without being slow.
                         (another image folder, ids with extensions, a broken file, ids and class names
                         that look like numbers...). It writes into the folder you give it; the session
                         fixtures must be treated as read-only.
+- `fake`                a fake Kaggle API (tests/fake_kaggle.py) that accepts alice/secret, with the real
+                        `kaggle` client of this process pointed at it.
+- `sleeps`              the publishing backoff delays, recorded instead of slept.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from fake_kaggle import FakeKaggle, point_client_at  # noqa: E402
+
+from kaggle_tli.kaggle import client  # noqa: E402
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -161,3 +167,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    with FakeKaggle(credentials=("alice", "secret")) as server:
+        point_client_at(server, monkeypatch, tmp_path / "home")
+        yield server
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """Backoff delays, recorded instead of slept."""
+    delays = []
+    monkeypatch.setattr(client, "_sleep", delays.append)
+    return delays

@@ -16,6 +16,11 @@ Failure injection: `fail(method, status, times)` answers the next `times` calls 
 first and only its answer is lost (a gateway timeout after the server acted); `reserve(ref)` makes
 CreateDataset answer the client's "slug already in use" error body; `credentials` set makes wrong
 keys a 401; `stop()` leaves a dead port behind (network down).
+
+Kaggle Models (models.ModelApiService, as kaggle 2.2.x's model_get / model_create_new / model_instance_get /
+model_instance_create / model_instance_version_create call it): GetModel, CreateModel, GetModelInstance,
+CreateModelInstance (version 1 with its files) and CreateModelInstanceVersion; each create is recorded in
+`model_uploads`. A create of something that exists answers 409, as a taken slug does.
 """
 
 from __future__ import annotations
@@ -52,12 +57,33 @@ class Upload:
 
 
 @dataclass
+class ModelUpload:
+    """One CreateModel / CreateModelInstance / CreateModelInstanceVersion as the server resolved it."""
+
+    kind: str  # "model" | "instance" | "version"
+    owner: str
+    model: str
+    body: dict
+    framework: str | None = None  # the wire enum name, e.g. MODEL_FRAMEWORK_PY_TORCH
+    variation: str | None = None
+    version: int | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+    is_private: bool | None = None
+    license: str | None = None
+    base: str | None = None  # baseModelInstance
+    notes: str | None = None
+
+
+@dataclass
 class FakeKaggle:
     credentials: tuple[str, str] | None = None  # when set, other Basic-auth credentials get 401
     datasets: dict[str, list[Upload]] = field(default_factory=dict)  # "owner/slug" -> versions
     blobs: dict[str, Blob] = field(default_factory=dict)
     uploads: list[Upload] = field(default_factory=list)  # creates and versions, in order
     kernels: list[dict] = field(default_factory=list)  # SaveKernel bodies
+    models: dict[str, dict] = field(default_factory=dict)  # "owner/model" -> CreateModel body
+    instances: dict[str, int] = field(default_factory=dict)  # "owner/model/FRAMEWORK_ENUM/variation" -> last version
+    model_uploads: list[ModelUpload] = field(default_factory=list)  # creates, in order
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, "PUT" or "PUT-probe"; auth user)
     reserved: set[str] = field(default_factory=set)
     _failures: dict[str, list[tuple[int, str, bool]]] = field(default_factory=dict)
@@ -112,6 +138,12 @@ class FakeKaggle:
         """Pretend `ref` already exists (so publishing adds a version)."""
         owner, slug = ref.split("/")
         self.datasets.setdefault(ref, []).append(Upload("create", owner, slug, {}, {}))
+
+    def add_model(self, ref: str, instance: tuple[str, int] | None = None) -> None:
+        """Pretend model `ref` exists, with PyTorch variation `instance[0]` at version `instance[1]`."""
+        self.models[ref] = {"title": ref, "isPrivate": True}
+        if instance is not None:
+            self.instances[f"{ref}/MODEL_FRAMEWORK_PY_TORCH/{instance[0]}"] = instance[1]
 
     def methods(self) -> list[str]:
         return [m for m, _ in self.calls]
@@ -190,6 +222,71 @@ class FakeKaggle:
             version = sum(1 for k in self.kernels if k.get("slug") == body.get("slug"))
         slug = body.get("slug", "")
         return 200, {"ref": f"/code/{slug}", "url": f"{base_url}/code/{slug}", "versionNumber": version, "error": ""}
+
+    # ----------------------------------------------------------------- Kaggle Models
+
+    @staticmethod
+    def _not_found(what: str) -> tuple[int, dict]:
+        return 404, {"code": 404, "message": f"{what} not found"}
+
+    def _rpc_GetModel(self, body: dict, base_url: str) -> tuple[int, dict]:
+        ref = f"{body.get('ownerSlug', '')}/{body.get('modelSlug', '')}"
+        if ref not in self.models:
+            return self._not_found(f"Model {ref}")
+        return 200, {"id": 1, "ref": ref, "slug": ref.split("/")[1], "title": self.models[ref].get("title", ""),
+                     "isPrivate": bool(self.models[ref].get("isPrivate", False))}
+
+    def _rpc_CreateModel(self, body: dict, base_url: str) -> tuple[int, dict]:
+        ref = f"{body.get('ownerSlug', '')}/{body.get('slug', '')}"
+        if ref in self.models:
+            return 409, {"code": 409, "message": f"Model {ref} already exists"}
+        with self._lock:
+            self.models[ref] = body
+            self.model_uploads.append(ModelUpload("model", *ref.split("/"), body,
+                                                  is_private=bool(body.get("isPrivate", False))))
+        return 200, {"id": len(self.models), "ref": ref, "url": f"{base_url}/models/{ref}", "error": ""}
+
+    def _rpc_GetModelInstance(self, body: dict, base_url: str) -> tuple[int, dict]:
+        key = "/".join(str(body.get(k, "")) for k in ("ownerSlug", "modelSlug", "framework", "instanceSlug"))
+        if key not in self.instances:
+            return self._not_found(f"Model instance {key}")
+        return 200, {"id": 1, "slug": body.get("instanceSlug", ""), "framework": body.get("framework"),
+                     "versionNumber": self.instances[key], "url": f"{base_url}/models/{key}"}
+
+    def _rpc_CreateModelInstance(self, body: dict, base_url: str) -> tuple[int, dict]:
+        ref = f"{body.get('ownerSlug', '')}/{body.get('modelSlug', '')}"
+        inner = body.get("body", {})
+        key = f"{ref}/{inner.get('framework', '')}/{inner.get('instanceSlug', '')}"
+        if ref not in self.models:
+            return self._not_found(f"Model {ref}")
+        if key in self.instances:
+            return 409, {"code": 409, "message": f"Model instance {key} already exists"}
+        files = self._files(inner.get("files", []))
+        if isinstance(files, str):
+            return 400, {"code": 400, "message": files}
+        up = ModelUpload("instance", *ref.split("/"), body, framework=inner.get("framework"),
+                         variation=inner.get("instanceSlug"), version=1, files=files,
+                         license=inner.get("licenseName"), base=inner.get("baseModelInstance"))
+        with self._lock:
+            self.instances[key] = 1
+            self.model_uploads.append(up)
+        return 200, {"id": 1, "ref": key, "url": f"{base_url}/models/{key}/1", "error": ""}
+
+    def _rpc_CreateModelInstanceVersion(self, body: dict, base_url: str) -> tuple[int, dict]:
+        key = "/".join(str(body.get(k, "")) for k in ("ownerSlug", "modelSlug", "framework", "instanceSlug"))
+        if key not in self.instances:
+            return self._not_found(f"Model instance {key}")
+        inner = body.get("body", {})
+        files = self._files(inner.get("files", []))
+        if isinstance(files, str):
+            return 400, {"code": 400, "message": files}
+        with self._lock:
+            self.instances[key] += 1
+            up = ModelUpload("version", *key.split("/")[:2], body, framework=body.get("framework"),
+                             variation=body.get("instanceSlug"), version=self.instances[key], files=files,
+                             notes=inner.get("versionNotes"))
+            self.model_uploads.append(up)
+        return 200, {"id": up.version, "ref": key, "url": f"{base_url}/models/{key}/{up.version}", "error": ""}
 
     def handle_put(self, token: str, headers, data: bytes) -> int:
         blob = self.blobs.get(token)

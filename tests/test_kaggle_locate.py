@@ -15,7 +15,8 @@ def _touch(path):
 
 @pytest.mark.parametrize(
     "layout",
-    ["my-weights", "datasets/alice/my-weights", "datasets/alice/my-weights/versions/3", "competitions/x/../my-weights"],
+    ["my-weights", "datasets/alice/my-weights", "datasets/alice/my-weights/versions/3", "competitions/x/../my-weights",
+     "tli-digits/pytorch/resnet18/1", "models/alice/tli-digits/pytorch/resnet18/1"],  # Kaggle Models, old and new
 )
 def test_bundle_found_in_every_mount_layout(tmp_path, layout):
     where = _touch(tmp_path / layout / BUNDLE_MARKER)
@@ -53,7 +54,7 @@ def test_symlink_cycles_and_depth_limit(tmp_path):
     os.symlink(linked, tmp_path / "w-link")  # the same bundle through a link: reported once
     found = find_bundles(tmp_path)
     assert len(found) == 1 and found[0].resolve() == linked.resolve(), f"one bundle, no cycle: {found}"
-    _touch(tmp_path / "a" / "b" / "c" / "d" / "e" / "f" / BUNDLE_MARKER)
+    _touch(tmp_path / "a" / "b" / "c" / "d" / "e" / "f" / "g" / BUNDLE_MARKER)
     assert len(find_inputs(root=tmp_path, max_depth=7)) == 2, "max_depth 7 reaches the deep bundle"
     assert len(find_inputs(root=tmp_path)) == 1, "the default depth stops above it"
 

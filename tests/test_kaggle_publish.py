@@ -17,7 +17,6 @@ from kaggle_tli.kaggle import (
     KaggleNetworkError,
     KaggleServerError,
     bundle,
-    client,
     publish,
 )
 
@@ -30,21 +29,6 @@ def bundle_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("publish")
     run = make_run(tmp / "runs", RUN_ID)
     return bundle(run, tmp / "bundle", dataset="alice/resnet18-weights", title="ResNet18 teacher weights")
-
-
-@pytest.fixture
-def fake(monkeypatch, tmp_path):
-    with FakeKaggle(credentials=("alice", "secret")) as server:
-        point_client_at(server, monkeypatch, tmp_path / "home")
-        yield server
-
-
-@pytest.fixture
-def sleeps(monkeypatch):
-    """Backoff delays, recorded instead of slept."""
-    delays = []
-    monkeypatch.setattr(client, "_sleep", delays.append)
-    return delays
 
 
 def _digests(folder):

@@ -1,6 +1,8 @@
 """The notebook templates, rendered as kernels and run end to end by papermill in a /kaggle-shaped tree.
 
-teacher -> bundle -> attached as a dataset -> iterate -> bundle -> attached -> inference -> submission.csv.
+teacher -> bundle -> attached as a dataset -> iterate -> bundle -> attached -> inference -> submission.csv; the
+iterated bundle is also attached as a Kaggle Model version (`input/<model>/pytorch/<variation>/<version>`) and a
+second inference kernel, whose weights come from that model, must write the same submission.
 Each notebook gets a fresh /kaggle/working, as on Kaggle, and /kaggle/input is read-only for it: its files are
 chmod'ed, and under root the kernels start without the capabilities that let root ignore file modes (checked
 with a probe). Two competitions are attached, so each notebook must pick its own by slug, and the bundles are
@@ -9,7 +11,7 @@ mounted the ways Kaggle does it (`input/datasets/<owner>/<slug>`, `input/<slug>`
 once; only the iterate notebook's publish reaches a server: a fake Kaggle API on 127.0.0.1. The inference
 kernel runs on a Python without kaggle_tli, so its offline install cell really installs the bundled wheel.
 
-Budget: 100 s on 2 cores (about 40 s on an idle machine: four kernels, three tiny trainings, three wheel builds).
+Budget: 120 s on 2 cores (about 45 s on an idle machine: five kernels, three tiny trainings, three wheel builds).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ COMPETITION = "tiny-digits"
 PIXEL_COMPETITION = "digit-recognizer"  # the demo competition's shape: pixel columns in train.csv
 OWNER = "tester"
 WEIGHTS = f"{OWNER}/tiny-digits-weights"
+MODEL = f"{OWNER}/tiny-digits-tli"  # the Kaggle Model the teacher and iterate notebooks bundle for
 CLOSED_PORT = "http://127.0.0.1:9"  # the discard port: nothing listens there, connections fail at once
 TRAIN = dict(max_steps=2, batch_size=8, train_kwargs={"progress": False})  # a tiny, quiet run
 
@@ -167,14 +170,15 @@ def _attach(tree: SimpleNamespace, bundle_dir: Path, mount: str) -> Path:
 
 
 def _execute(tree: SimpleNamespace, template: str, parameters: dict, *, env: dict[str, str | None] | None = None,
-             kernel: str = KERNEL, competition: str = COMPETITION, name: str | None = None) -> tuple[Path, str]:
+             kernel: str = KERNEL, competition: str = COMPETITION, name: str | None = None, weights: str | None = WEIGHTS,
+             model_sources: tuple[str, ...] = ()) -> tuple[Path, str]:
     """Render `template` as a kernel and run it with papermill in a fresh /kaggle/working; return (a copy of
     that working dir, kept as outputs/<name>, and the text of the notebook's outputs)."""
     name = name or template
     if tree.working.exists():
         shutil.rmtree(tree.working)
     tree.working.mkdir(parents=True)
-    folder = render_kernel(template, competition=competition, weights=WEIGHTS,
+    folder = render_kernel(template, competition=competition, weights=weights, model_sources=model_sources,
                            out_dir=tree.base / "kernels" / name, owner=OWNER,
                            parameters={"input_root": str(tree.input), "working_root": str(tree.working),
                                        "torch_threads": 1, **parameters})
@@ -214,21 +218,24 @@ def _outputs_text(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def teacher(kaggle):
-    """Stage 1 with publish=True but no credentials anywhere: it must bundle, then skip publishing."""
+    """Stage 1 with publish=True but no credentials anywhere: it must bundle (for the dataset and the Kaggle Model),
+    then skip publishing."""
     params = dict(arch="resnet10t", image_size=32, data_kwargs={"folds": 3}, epochs=1, lr=3e-3, publish=True,
-                  **TRAIN)
+                  model=MODEL, **TRAIN)
     out, text = _execute(kaggle, "teacher", params)
     return out, text
 
 
 @pytest.fixture(scope="module")
 def iterated(kaggle, teacher):
-    """Stages 2-4 from the teacher's bundle, publishing the new bundle to a fake Kaggle as a new version."""
+    """Stages 2-4 from the teacher's bundle, publishing the new bundle to a fake Kaggle as a new dataset version
+    and as a new variation of the Kaggle Model, based on the teacher's variation."""
     teacher_out, _ = teacher
     _attach(kaggle, teacher_out / "bundle", f"datasets/{OWNER}/{WEIGHTS.split('/')[1]}")
-    params = dict(edits=[["swap_activation", {"act": "silu"}]], publish=True, **TRAIN)
+    params = dict(edits=[["swap_activation", {"act": "silu"}]], publish=True, model=MODEL, **TRAIN)
     with FakeKaggle(credentials=(OWNER, "secret")) as server:
         server.add_dataset(WEIGHTS)  # the teacher's dataset exists: the new bundle becomes its next version
+        server.add_model(MODEL, instance=("resnet10t", 1))  # and so does its variation of the model
         env = {"KAGGLE_USERNAME": OWNER, "KAGGLE_KEY": "secret", "NO_PROXY": "", "no_proxy": "",
                **{k: server.url for k in ("HTTP_PROXY", "http_proxy")}}
         out, text = _execute(kaggle, "iterate", params, env=env)
@@ -294,6 +301,16 @@ def test_iterate_injects_from_the_attached_bundle_keeps_lineage_and_publishes_a_
     assert "resnet10t-swap_activation" in (upload.notes or ""), upload.notes
     assert "published (versioned)" in text, text[-2000:]
 
+    # the Kaggle Model: the teacher's handle came with its mounted bundle, the child's variation names it as base
+    [variation] = server.model_uploads
+    base = f"{MODEL}/pytorch/resnet10t"
+    assert (variation.kind, variation.variation, variation.base) == ("instance", "resnet10t-swap-activation", base)
+    assert variation.framework == "MODEL_FRAMEWORK_PY_TORCH" and variation.files == upload.files, "the same bundle"
+    assert run["parent_kaggle_model"] == base, "the child's run.json keeps its parent's variation"
+    row = Ledger(out / "runs").get(run["id"])
+    assert (row["kaggle_model"], row["parent_kaggle_model"]) == (f"{MODEL}/pytorch/resnet10t-swap-activation/1", base)
+    assert f"published (created) {MODEL}/pytorch/resnet10t-swap-activation/1" in text, text[-2000:]
+
 
 def test_inference_writes_a_valid_submission_offline(kaggle, inferred):
     out, text, run_id = inferred
@@ -317,6 +334,28 @@ def test_inference_writes_a_valid_submission_offline(kaggle, inferred):
     assert locate_bundle(kaggle.input, dataset=WEIGHTS, run_id=run_id).name == "tiny-digits-weights-v2"
     with pytest.raises(FileNotFoundError, match="no kaggle-tli bundle of dataset 'tester/other-weights'"):
         locate_bundle(kaggle.input, dataset="tester/other-weights")
+
+
+@pytest.fixture(scope="module")
+def inferred_from_model(kaggle, iterated, inferred):
+    """Inference again, its weights now from the iterated run's Kaggle Model version mounted models-style. After
+    `inferred`: its bundle is the same run's, and would make that kernel's dataset choice ambiguous."""
+    iterate_out, _, _ = iterated
+    _attach(kaggle, iterate_out / "bundle", "tiny-digits-tli/pytorch/resnet10t-swap-activation/1")
+    source = f"{MODEL}/pytorch/resnet10t-swap-activation/1"
+    out, text = _execute(kaggle, "inference", {}, name="inference-model", weights=None, model_sources=(source,))
+    return out, text, source
+
+
+def test_inference_from_a_kaggle_model_mount_gives_the_same_submission(kaggle, inferred, inferred_from_model):
+    out, text, source = inferred_from_model
+    meta = json.loads((kaggle.base / "kernels" / "inference-model" / "kernel-metadata.json").read_text())
+    assert meta["model_sources"] == [source] and meta["dataset_sources"] == [], meta
+    picked = locate_bundle(kaggle.input, model=source)  # what the kernel's load_bundle(model=...) found
+    assert picked.relative_to(kaggle.input).as_posix() == "tiny-digits-tli/pytorch/resnet10t-swap-activation/1"
+    assert "kaggle_tli is importable" in text, text[:2000]
+    from_dataset = pd.read_csv(inferred[0] / "submission.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(out / "submission.csv"), from_dataset)
 
 
 # ------------------------------------------------------------------------------------------ the files

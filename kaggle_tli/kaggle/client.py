@@ -195,8 +195,8 @@ def check_response(result: Any, what: str) -> None:
 
 
 _CONFLICT_FIX = (
-    "choose another slug (dataset='you/another-slug'), or, if the dataset is yours, publish again to add "
-    "a new version (a deleted dataset keeps its slug reserved for a while)"
+    "choose another slug (dataset='you/another-slug' or model='you/another-model'), or, if it is yours, publish "
+    "again to add a new version (a deleted dataset or model keeps its slug reserved for a while)"
 )
 
 

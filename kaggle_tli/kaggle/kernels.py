@@ -5,7 +5,9 @@ Rendering keeps that cell as the defaults and inserts an `injected-parameters` c
 the chosen values, exactly as papermill would, so the same notebook runs under papermill in tests
 and as-is on Kaggle. Next to it goes `kernel-metadata.json` with every field written explicitly:
 in particular `enable_internet: false`, because the client's default is true and code
-competitions reject notebooks with internet on.
+competitions reject notebooks with internet on. `pin_image=True` adds `docker_image_pinning_type:
+"original"`, which the client sends with the push: Kaggle then reruns the notebook (a competition's
+hidden rerun included) on the image it was first run on, not on the newest one.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from . import client
+from .metadata import slugify
 
 KERNEL_METADATA = "kernel-metadata.json"
 T4_X2 = "NvidiaTeslaT4"  # Kaggle's GPU shape (2 x T4); the P100 is retired
+# the client's `valid_push_pinning_types`: "original" keeps the image of the notebook's first run, "latest" follows
+PIN_ORIGINAL_IMAGE = "original"
 _PARAMETERS_TAG = "parameters"
 _INJECTED_TAG = "injected-parameters"
 _KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
@@ -42,14 +47,17 @@ def render_kernel(
     parameters: dict[str, Any] | None = None,
     kernel_sources: Sequence[str] = (),
     model_sources: Sequence[str] = (),
+    pin_image: bool = False,
 ) -> Path:
     """Write `<out_dir>/<template>.ipynb` and `<out_dir>/kernel-metadata.json`; return `out_dir`.
 
     `template` is a notebook path or a template name ("teacher", "iterate", "inference").
-    `competition` (a slug) and `weights` (one or more "owner/slug" datasets) are attached as inputs
-    and, when the template declares parameters of those names, injected into the notebook; so is
-    every entry of `parameters`, which must name parameters the template declares. The kernel id is
-    `<owner>/<slug of title>`; `owner` defaults to $KAGGLE_USERNAME, then to the first weights owner.
+    `competition` (a slug), `weights` (one or more "owner/slug" datasets) and `model_sources` (Kaggle
+    Model versions, "owner/model/pytorch/variation/version") are attached as inputs and, when the
+    template declares parameters of those names (`model` for a single model source), injected into
+    the notebook; so is every entry of `parameters`, which must name parameters the template
+    declares. The kernel id is `<owner>/<slug of title>`; `owner` defaults to $KAGGLE_USERNAME, then
+    to the first weights (or model) owner. `pin_image` pins the notebook's image (see above).
     """
     src = resolve_template(template)
     nb = _read_notebook(src)
@@ -58,11 +66,13 @@ def render_kernel(
         _check_ref(ref, "weights dataset")
     for ref in kernel_sources:
         _check_ref(ref, "kernel source")
+    models = [_check_model_source(ref) for ref in model_sources]
     if competition is not None and not _ID_PART.match(competition):
         raise ValueError(f"competition must be a Kaggle competition slug such as 'digit-recognizer', got {competition!r}")
 
     declared = _declared_parameters(nb, src)
-    values = {k: v for k, v in (("competition", competition), ("weights", weights)) if k in declared}
+    given = (("competition", competition), ("weights", weights), ("model", models[0] if len(models) == 1 else None))
+    values = {k: v for k, v in given if k in declared and (v is not None or k != "model")}
     unknown = sorted(set(parameters or {}) - declared)
     if unknown:
         raise ValueError(f"template {src.name} has no parameter(s) {unknown}; it declares {sorted(declared)}")
@@ -71,30 +81,16 @@ def render_kernel(
 
     title = title or _default_title(competition, src.stem)
     slug = _check_title(title)
-    owner = owner or os.environ.get("KAGGLE_USERNAME") or (weights_list[0].split("/")[0] if weights_list else None)
+    owner = owner or os.environ.get("KAGGLE_USERNAME") or next((r.split("/")[0] for r in weights_list + models), None)
     if not owner or not _ID_PART.match(owner):
         raise ValueError(f"kernel owner {owner!r} is not a Kaggle user name: pass owner= or set KAGGLE_USERNAME")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     code_file = f"{src.stem}.ipynb"
-    metadata = {
-        "id": f"{owner}/{slug}",
-        "title": title,
-        "code_file": code_file,
-        "language": "python",
-        "kernel_type": "notebook",
-        "is_private": bool(private),
-        "enable_gpu": bool(gpu),
-        "enable_tpu": False,
-        "enable_internet": False,  # written explicitly: the client defaults it to true
-        "dataset_sources": weights_list,
-        "competition_sources": [competition] if competition else [],
-        "kernel_sources": list(kernel_sources),
-        "model_sources": list(model_sources),
-    }
-    if gpu:
-        metadata["machine_shape"] = T4_X2
+    metadata = _kernel_metadata(f"{owner}/{slug}", title, code_file, private=private, gpu=gpu, weights=weights_list,
+                                competition=competition, kernels=list(kernel_sources), models=models,
+                                pin_image=pin_image)
     (out_dir / code_file).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     (out_dir / KERNEL_METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
     return out_dir
@@ -115,6 +111,31 @@ def push_kernel(folder: str | Path, *, retries: int = 3) -> dict:
     result = client.call(what, api.kernels_push, str(folder), retries=retries)
     client.check_response(result, what)
     return {"ref": result.ref, "url": result.url, "version": result.version_number, "id": meta.get("id")}
+
+
+def _kernel_metadata(kernel_id: str, title: str, code_file: str, *, private: bool, gpu: bool, weights: list[str],
+                     competition: str | None, kernels: list[str], models: list[str], pin_image: bool) -> dict:
+    """kernel-metadata.json, every field written explicitly."""
+    metadata = {
+        "id": kernel_id,
+        "title": title,
+        "code_file": code_file,
+        "language": "python",
+        "kernel_type": "notebook",
+        "is_private": bool(private),
+        "enable_gpu": bool(gpu),
+        "enable_tpu": False,
+        "enable_internet": False,  # written explicitly: the client defaults it to true
+        "dataset_sources": weights,
+        "competition_sources": [competition] if competition else [],
+        "kernel_sources": kernels,
+        "model_sources": models,
+    }
+    if pin_image:
+        metadata["docker_image_pinning_type"] = PIN_ORIGINAL_IMAGE
+    if gpu:
+        metadata["machine_shape"] = T4_X2
+    return metadata
 
 
 def resolve_template(template: str | Path) -> Path:
@@ -148,11 +169,6 @@ def template_dirs() -> list[Path]:
     if isinstance(packaged, Path) and packaged.is_dir() and all(packaged.resolve() != d.resolve() for d in dirs):
         dirs.append(packaged)
     return dirs
-
-
-def slugify(text: str) -> str:
-    """Kaggle's slug of a title (same result as python-slugify for ASCII titles)."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def _read_notebook(path: Path) -> dict:
@@ -230,6 +246,16 @@ def _check_title(title: str) -> str:
     if len(slug) < 5:
         raise ValueError(f"kernel title {title!r} gives the too-short slug {slug!r}: use more letters or digits")
     return slug
+
+
+def _check_model_source(ref: Any) -> str:
+    """A Kaggle Model version to attach, checked as the client checks `model_sources` when it pushes: five
+    non-empty parts, the last a version number. Any framework: a notebook may attach models of any kind."""
+    parts = ref.split("/") if isinstance(ref, str) else []
+    if len(parts) != 5 or not all(parts) or not parts[4].isdigit():
+        raise ValueError(f"model source must be OWNER/MODEL/FRAMEWORK/VARIATION/VERSION (e.g. "
+                         f"'alice/tli-digits/pytorch/resnet18/1', the version a number), got {ref!r}")
+    return ref
 
 
 def _check_ref(ref: Any, what: str) -> None:

@@ -1,16 +1,20 @@
 """Find attached inputs (weight bundles, competition folders) under ``/kaggle/input``.
 
 Kaggle mounts inputs differently from one notebook image to the next: ``/kaggle/input/<slug>``,
-``/kaggle/input/datasets/<owner>/<slug>``, ``/kaggle/input/competitions/<slug>``, sometimes with
-symlinks between them. So nothing here hard-codes a layout: we walk the tree (bounded in depth) and
+``/kaggle/input/datasets/<owner>/<slug>``, ``/kaggle/input/competitions/<slug>``, and Kaggle Models at
+``/kaggle/input/<model>/pytorch/<variation>/<version>`` (``/kaggle/input/models/<owner>/...`` in newer images),
+sometimes with symlinks between them. So nothing here hard-codes a layout: we walk the tree (bounded in depth) and
 keep the directories that hold a marker file.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+from .metadata import FRAMEWORK, ModelHandle, parse_model_handle
 
 # written by `bundle()` into every weight bundle; notebooks look for it instead of a mount path
 BUNDLE_MARKER = "kaggle-tli-bundle.json"
@@ -18,8 +22,8 @@ BUNDLE_MARKER = "kaggle-tli-bundle.json"
 COMPETITION_MARKERS = ("sample_submission.csv", "train.csv")
 KAGGLE_INPUT = "/kaggle/input"
 
-# /kaggle/input/datasets/<owner>/<slug>/versions/<n> is the deepest known layout (5 levels)
-_MAX_DEPTH = 5
+# /kaggle/input/models/<owner>/<model>/pytorch/<variation>/<version> is the deepest known layout (6 levels)
+_MAX_DEPTH = 6
 
 
 def find_inputs(
@@ -92,6 +96,63 @@ def find_competition(root: str | Path = KAGGLE_INPUT, slug: str | None = None) -
         )
     listing = ", ".join(str(p) for p in candidates)
     raise ValueError(f"several {what}s under {root}: {listing}; pass slug= (or the folder itself) to pick one")
+
+
+def locate_bundle(path: str | Path, *, run_id: str | None = None, dataset: str | None = None,
+                  model: str | None = None) -> Path:
+    """The bundle folder at or below `path` (of dataset `dataset` or Kaggle Model `model`, and for run `run_id`,
+    when given).
+
+    A bundle belongs to `dataset` when its marker says so or when it is mounted under the dataset's slug (Kaggle
+    mounts `owner/slug` as `.../slug`, whatever id the bundle was built with). It belongs to `model` ("owner/model",
+    optionally with "/pytorch/variation[/version]") when its marker names that model (and variation), or when it is
+    mounted under the model's slug (and variation and version): `.../<model>/pytorch/<variation>/<version>`.
+    """
+    path = Path(path)
+    if dataset is not None and (not isinstance(dataset, str) or dataset.count("/") != 1):
+        raise ValueError(f"dataset must be 'owner/slug', got {dataset!r}")
+    handle = parse_model_handle(model) if model is not None else None
+    candidates = [path] if (path / BUNDLE_MARKER).is_file() else find_bundles(path)
+    if dataset is not None:
+        slug = dataset.split("/")[1]
+        candidates = [c for c in candidates
+                      if read_json(c / BUNDLE_MARKER).get("dataset") == dataset or slug in c.relative_to(path).parts]
+    if handle is not None:
+        candidates = [c for c in candidates if _is_of_model(c, path, handle)]
+    if run_id is not None:
+        candidates = [c for c in candidates if read_json(c / BUNDLE_MARKER).get("run_id") == run_id]
+    if len(candidates) == 1:
+        return candidates[0]
+    which = "".join(f"{w} " for w in (dataset and f"of dataset {dataset!r}", model and f"of model {model!r}",
+                                       run_id and f"for run {run_id!r}") if w)
+    if not candidates:
+        raise FileNotFoundError(
+            f"no kaggle-tli bundle {which}at or below {path} (looked for {BUNDLE_MARKER}): attach the "
+            "weights dataset or model to the notebook (Add Input), or pass the bundle folder"
+        )
+    listing = ", ".join(f"{c} (run {read_json(c / BUNDLE_MARKER).get('run_id')})" for c in candidates)
+    raise ValueError(f"several bundles {which}under {path}: {listing}; pass dataset=, model=, run_id= or the "
+                     "folder itself")
+
+
+def _is_of_model(bundle_dir: Path, root: Path, handle: ModelHandle) -> bool:
+    """Whether the bundle at `bundle_dir` is (a version of) the model or variation `handle`."""
+    marked = read_json(bundle_dir / BUNDLE_MARKER).get("kaggle_model")
+    wanted = [handle.owner, handle.model, *([FRAMEWORK, handle.variation] if handle.variation else [])]
+    if isinstance(marked, str) and marked.split("/")[:len(wanted)] == wanted:
+        return handle.version is None or bundle_dir.name == str(handle.version)
+    # a mount: .../<model>/pytorch/<variation>/<version>, owner-less in older images, owner-first in newer ones
+    parts = bundle_dir.relative_to(root).parts if bundle_dir != root else bundle_dir.parts[-4:]
+    tail = [handle.model, FRAMEWORK, handle.variation, str(handle.version) if handle.version else None]
+    return all(p is None or p in parts for p in tail) and handle.model in parts
+
+
+def read_json(path: Path) -> dict:
+    """A bundle's JSON file (marker, metadata, run.json) as a dict; ValueError naming the file when unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from e
 
 
 def _is_dir(entry: os.DirEntry) -> bool:

@@ -238,13 +238,17 @@ def _initial_info(req: StageRequest, run_dir: Path, folds: list[int], init_files
         "created_at": utc_now(), "finished_at": None, "extra": dict(req.extra), "data": req.data.spec(),
         "init_files": {str(k): v for k, v in init_files.items()}, "sessions": 1,
         "parent_arch": req.parent.arch.get("name") if req.parent else None,
+        # a parent loaded from a bundle built for a Kaggle Model names its variation: the child's own variation
+        # will name it as its base (kaggle/model_files.py)
+        "parent_kaggle_model": req.parent.info.get("kaggle_model") if req.parent else None,
     }
 
 
 def _ledger_start_fields(req: StageRequest, info: dict, run_dir: Path, folds: list[int]) -> dict:
     fields = {
         "parent_run_id": info["parent_id"], "stage": req.stage, "arch": req.spec.get("name"),
-        "parent_arch": info["parent_arch"], "init": req.init, "fold": _fold_label(folds),
+        "parent_arch": info["parent_arch"], "parent_kaggle_model": info["parent_kaggle_model"], "init": req.init,
+        "fold": _fold_label(folds),
         "epochs": req.cfg.epochs, "metric": resolve_metric(req.cfg.metric).name, "seed": req.cfg.seed,
         "config_hash": info["config_hash"], "git_sha": git_sha(), "checkpoint": str(run_dir.resolve()),
     }
@@ -257,7 +261,8 @@ def _ledger_row_from_info(run: Run) -> dict:
     cfg = info.get("config", {})
     return {
         "parent_run_id": info.get("parent_id"), "stage": info.get("stage"), "arch": run.arch.get("name"),
-        "parent_arch": info.get("parent_arch"), "init": info.get("init"), "fold": _fold_label(info.get("fold_plan", [0])),
+        "parent_arch": info.get("parent_arch"), "parent_kaggle_model": info.get("parent_kaggle_model"),
+        "init": info.get("init"), "fold": _fold_label(info.get("fold_plan", [0])),
         "epochs": cfg.get("epochs"), "metric": str(cfg.get("metric")), "seed": cfg.get("seed"),
         "config_hash": info.get("config_hash"), "git_sha": git_sha(), "checkpoint": str(run.path.resolve()),
         **{k: info.get("extra", {})[k] for k in _LEDGER_EXTRA if k in info.get("extra", {})},
