@@ -19,20 +19,16 @@ What a trainer needs from a data object (the `KaggleData` interface): `num_class
 `sample_submission`, `spec()` (to rebuild it for `predict`) and `with_folds(...)`.
 
 The package, one idea per module: `errors` (what users catch), `tables` (CSVs as written, labels, folds),
-`pipeline` (albumentations, datasets, the epoch batch sampler), `base` (`KaggleData`) and `competitions`
-(`ImageCsvData`, `PixelCsvData`, `open_competition`, `rebuild_data`).
+`pipeline` (albumentations, datasets, the epoch batch sampler), `tasks` (the four task shapes: loss, activation,
+default metric), `shapes` (which task a competition is), `submission` (outputs -> the sample's table), `base`
+(`KaggleData`), `competitions` (`ImageCsvData`, `PixelCsvData`), `folders` (`ClassFolderData`: one folder per class) and
+`opening` (`open_competition`, `rebuild_data`).
 """
 
 from .base import KaggleData
-from .competitions import (
-    IMAGE_EXTS,
-    TEST_DIR_CANDIDATES,
-    TRAIN_DIR_CANDIDATES,
-    ImageCsvData,
-    PixelCsvData,
-    open_competition,
-    rebuild_data,
-)
+from .competitions import IMAGE_EXTS, TEST_DIR_CANDIDATES, TRAIN_DIR_CANDIDATES, ImageCsvData, PixelCsvData
+from .folders import ClassFolderData
+from .opening import open_competition, rebuild_data
 from .errors import DataError, DataNotFoundError, DataWarning
 from .pipeline import (
     IMAGENET_MEAN,
@@ -43,9 +39,23 @@ from .pipeline import (
     ImageDataset,
     default_transforms,
 )
+from .shapes import Targets, infer_targets
+from .submission import check_submission, make_submission
 from .tables import check_class_sizes, make_folds, parse_labels, read_csv, require_column
+from .tasks import LOSSES, TASKS, activate, check_task, default_metric, task_loss, tune_threshold
 
 __all__ = [
+    "LOSSES",
+    "TASKS",
+    "Targets",
+    "activate",
+    "check_submission",
+    "check_task",
+    "default_metric",
+    "infer_targets",
+    "make_submission",
+    "task_loss",
+    "tune_threshold",
     "IMAGE_EXTS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -53,6 +63,7 @@ __all__ = [
     "TRAIN_DIR_CANDIDATES",
     "ArrayDataset",
     "AugmentedDataset",
+    "ClassFolderData",
     "DataError",
     "DataNotFoundError",
     "DataWarning",
