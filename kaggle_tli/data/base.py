@@ -51,7 +51,7 @@ class KaggleData:
         self,
         root: str | Path,
         *,
-        label_col: str,
+        label_col: str | None,
         label_cols: Sequence[str] | None,
         task: str | None,
         image_size: int | tuple[int, int],
@@ -70,7 +70,8 @@ class KaggleData:
         if not isinstance(folds, int) or folds < 2:
             raise DataError(f"folds={folds!r}: need an integer >= 2 (5 is usual)")
         _check_image_size(image_size)
-        self.label_col, self.group_col = label_col, group_col
+        self.label_col, self.group_col = label_col or "label", group_col
+        self._label_col_given = label_col
         self.label_cols = [str(c) for c in label_cols] if label_cols else None
         self.task_given = check_task(task)  # None: inferred from the tables
         self.image_size, self.folds, self.seed, self.hflip = image_size, folds, seed, hflip
@@ -85,9 +86,10 @@ class KaggleData:
         """Infer the task and its targets (`data/shapes.py`), then fill `class_names` (one name per model output)
         and `frame`'s label (as text for a table), target (class index, single-label shapes) and fold columns."""
         targets = infer_targets(
-            table, self.sample_submission, label_col=self.label_col, label_cols=self.label_cols,
+            table, self.sample_submission, label_col=self._label_col_given, label_cols=self.label_cols,
             task=self.task_given, folds=self.folds, source=source,
         )
+        self.label_col = targets.columns[0]
         candidates = [c for c in (self.label_col, *(self.label_cols or ()), *self._sample_columns()) if c in table]
         self._target_table = table[list(dict.fromkeys(candidates))]
         self._set_targets(targets, table, source)
@@ -107,6 +109,11 @@ class KaggleData:
         self._groups = groups
         self.frame["fold"] = make_folds(fold_strata(targets, self.folds), self.folds, self.seed, groups)
 
+    def _text_label_cols(self) -> list[str]:
+        """The columns that may hold a single label, to be read as the text written ("01" stays "01")."""
+        asked = self._sample_columns()
+        return [self.label_col, *(asked if len(asked) == 1 else [])]
+
     def _sample_columns(self) -> list[str]:
         return [str(c) for c in self.sample_submission.columns[1:]] if self.sample_submission is not None else []
 
@@ -119,8 +126,8 @@ class KaggleData:
         clone._init_kwargs = {**self._init_kwargs, "task": task}
         table = self._target_table
         source = "the training table"
-        targets = infer_targets(table, self.sample_submission, label_col=self.label_col, label_cols=self.label_cols,
-                                task=task, folds=self.folds, source=source)
+        targets = infer_targets(table, self.sample_submission, label_col=self._label_col_given,
+                                label_cols=self.label_cols, task=task, folds=self.folds, source=source)
         if reason:
             targets.how = reason
         clone._set_targets(targets, self._group_table(), source)

@@ -43,7 +43,7 @@ class ImageCsvData(KaggleData):
         csv: str = "train.csv",
         *,
         id_col: str = "id",
-        label_col: str = "label",
+        label_col: str | None = None,
         label_cols: Sequence[str] | None = None,
         task: str | None = None,
         image_dir: str | Path | None = None,
@@ -91,7 +91,7 @@ class ImageCsvData(KaggleData):
 
     def _training_table(self, csv: str) -> tuple[pd.DataFrame, str]:
         """train.csv as written (ids, a single label column and groups as text), and how messages name it."""
-        text_cols = [c for c in (self.id_col, self.label_col, self.group_col) if c is not None]
+        text_cols = [c for c in (self.id_col, *self._text_label_cols(), self.group_col) if c is not None]
         return read_csv(self.root / csv, what="training CSV", str_cols=text_cols), f"{csv!r}"
 
     # ---- finding files --------------------------------------------------------------------------
@@ -224,7 +224,7 @@ class PixelCsvData(KaggleData):
         root: str | Path,
         csv: str = "train.csv",
         *,
-        label_col: str = "label",
+        label_col: str | None = None,
         label_cols: Sequence[str] | None = None,
         task: str | None = None,
         id_col: str | None = None,
@@ -252,12 +252,12 @@ class PixelCsvData(KaggleData):
         )
         self.id_col = id_col
         source = f"{csv!r}"
-        text_cols = [c for c in (id_col, label_col, group_col) if c is not None]
+        text_cols = [c for c in (id_col, *self._text_label_cols(), group_col) if c is not None]
         table = read_csv(self.root / csv, what="training CSV", str_cols=text_cols)
         if id_col is not None:
             require_column(table, id_col, source=source, param="id_col")
             require_ids(table, id_col, source=source)
-        reserved = {label_col, id_col, group_col, "fold", *(label_cols or ()), *self._sample_columns()}
+        reserved = {self.label_col, id_col, group_col, "fold", *(label_cols or ()), *self._sample_columns()}
         self.pixel_cols = [c for c in table.columns if c not in reserved]
         self.image_shape = self._shape(image_shape, len(self.pixel_cols), source)
         self.in_chans = self.image_shape[2]

@@ -48,22 +48,24 @@ class Targets:
 
 
 def infer_targets(
-    table: pd.DataFrame, sample: pd.DataFrame | None, *, label_col: str, label_cols: Sequence[str] | None,
+    table: pd.DataFrame, sample: pd.DataFrame | None, *, label_col: str | None, label_cols: Sequence[str] | None,
     task: str | None, folds: int, source: str,
 ) -> Targets:
-    """The targets of `table` (train.csv) for the task its sample submission (or `task=`, `label_cols=`) asks."""
+    """The targets of `table` (train.csv) for the task its sample submission (or `task=`, `label_cols=`) asks.
+    `label_col` None: the column the sample submission asks for when train.csv has it, else "label"."""
     task = check_task(task)
     asked = [str(c) for c in sample.columns[1:]] if sample is not None else []
+    given, label_col = label_col is not None, label_col or "label"
     if label_cols:
         for col in label_cols:
             require_column(table, col, source=source, param="label_cols")
         cols, how = [str(c) for c in label_cols], f"label_cols={list(label_cols)}"
-    elif asked and all(c in table.columns for c in asked):
+    elif asked and all(c in table.columns for c in asked) and not given:
         cols = asked
         how = f"the sample submission asks for train.csv column{'s' if len(asked) > 1 else ''} {asked}"
     elif len(asked) > 1 and label_col in table.columns:
         return _class_columns(table, sample, label_col, task, folds, source)
-    elif len(asked) > 1:
+    elif len(asked) > 1 and not given:
         raise DataError(
             f"the sample submission's columns {first_few(asked)} match no target in {source}: they are neither "
             f"columns of it (its columns: {first_few([str(c) for c in table.columns])}) nor the values of a label "
