@@ -27,9 +27,9 @@ default metric), `shapes` (which task a competition is), `submission` (outputs -
 
 from .base import KaggleData
 from .competitions import IMAGE_EXTS, TEST_DIR_CANDIDATES, TRAIN_DIR_CANDIDATES, ImageCsvData, PixelCsvData
+from .errors import DataError, DataNotFoundError, DataWarning
 from .folders import ClassFolderData
 from .opening import open_competition, rebuild_data
-from .errors import DataError, DataNotFoundError, DataWarning
 from .pipeline import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import os
 import random
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import pandas as pd
 
 from .base import KaggleData
-from .errors import DataError, DataWarning
+from .errors import DataError
 from .pipeline import ArrayDataset, ImageDataset
 from .tables import first_few, read_csv, require_column, require_ids
 

@@ -191,7 +191,7 @@ def _many_columns(table: pd.DataFrame, cols: list[str], task: str | None, source
             col = bad[0]
             rows = ~np.isin(values[:, cols.index(col)], (0.0, 1.0))
             raise DataError(
-                f"{source}: multi-label column {col!r} is not 0/1 (CSV {csv_lines(rows)}); a multi-label target "
+                f"{source}: multi-label column {col!r} is not 0/1 on CSV {csv_lines(rows)}: a multi-label target "
                 "holds 1 where the label applies and 0 where it does not. Fix those rows, or pass task='regression' "
                 "if the columns are numbers to predict"
             )
