@@ -154,7 +154,7 @@ def _refit(student: nn.Module, data: KaggleData, fold: int, refit: bool, batches
         out["head_refit"] = asdict(head)
     if not same_task:
         prev_task = (prev.info.get("task") or {}).get("name", "single_label")
-        after = "then refitted by a linear probe on training batches" if out.get("head_refit", {}).get("refitted") \
+        after = "and is then refitted by a linear probe on training batches" if out.get("head_refit", {}).get("refitted") \
             else "and is trained from there"
         out["head"] = (
             f"run {prev.id!r} predicts {prev_task} ({prev.num_classes} outputs: {prev.class_names[:6]}), this data is "
