@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from conftest import WORDS, write_image_competition
 
 SHAPES = ("binary", "multilabel", "tags", "regression", "integer", "folders")
