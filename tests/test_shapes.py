@@ -138,6 +138,14 @@ def test_a_label_asked_for_but_never_trained_and_an_empty_class_folder(comps, tm
         open_competition(root, image_size=32, folds=2)
 
 
+def test_ids_with_a_class_sub_folder_find_their_images(comps, tmp_path):
+    root = _copy(comps("folders"), tmp_path / "bag")
+    ids = sorted(f"{p.parent.name}/{p.name}" for p in (root / "train").glob("*/*.png"))
+    pd.DataFrame({"id": ids, "label": [i.split("/")[0] for i in ids]}).to_csv(root / "train.csv", index=False)
+    data = ImageCsvData(root, image_size=32, folds=2)
+    assert len(data) == 80 and data.frame["path"].iloc[0].endswith(ids[0]), "ids like bag/00023.jpg are paths"
+
+
 @pytest.mark.parametrize("task, outputs, metric, fits", [
     ("regression", 1, "accuracy", False), ("single_label", 10, "f1_score", False),
     ("single_label", 10, "roc_auc_score", False), ("single_label", 10, "mean_squared_error", False),

@@ -88,11 +88,7 @@ def infer_targets(
 
 def _one_column(column: pd.Series, col: str, task: str | None, sample_values: pd.Series | None, folds: int,
                 source: str, how: str) -> Targets:
-    missing = is_empty(column)
-    if missing.any():
-        raise DataError(f"{source}: {int(missing.sum())} row(s) have no {col!r} value, on CSV {csv_lines(missing)}; "
-                        "fill or drop them")
-    text = [str(v).strip() for v in column]
+    text = _filled(column, col, source)
     numbers = _numbers(text)
     scores = sample_values is not None and _fractional(sample_values)
     if task is None:
@@ -115,6 +111,15 @@ def _one_column(column: pd.Series, col: str, task: str | None, sample_values: pd
             values[i, [lookup[t] for t in v.split()]] = 1.0
         return Targets("multilabel", [col], names, text, values, how, tags=True, sample_scores=scores)
     return _classes(text, col, task, folds, source, how, scores)
+
+
+def _filled(column: pd.Series, col: str, source: str) -> list[str]:
+    """The column's values as text, once every row has one (empty cells are refused by CSV line)."""
+    missing = is_empty(column)
+    if missing.any():
+        raise DataError(f"{source}: {int(missing.sum())} row(s) have no {col!r} value, on CSV {csv_lines(missing)}; "
+                        "fill or drop them")
+    return [str(v).strip() for v in column]
 
 
 def _guess_one(text: list[str], numbers: np.ndarray | None, scores: bool) -> tuple[str, str]:
@@ -151,8 +156,8 @@ def _class_columns(table: pd.DataFrame, sample: pd.DataFrame, label_col: str, ta
                    source: str) -> Targets:
     """The sample asks for one probability column per class of `label_col`: every class must be in train.csv."""
     asked = [str(c) for c in sample.columns[1:]]
-    text = [str(v).strip() for v in table[label_col]]
-    known = {str(v) for v in parse_labels(pd.Series(text))} if not is_empty(table[label_col]).any() else set(text)
+    text = _filled(table[label_col], label_col, source)
+    known = {str(v) for v in parse_labels(pd.Series(text))}
     never = [c for c in asked if c not in known]
     if len(never) == len(asked):
         raise DataError(

@@ -96,6 +96,12 @@ def _output_column(table: pd.DataFrame, name: str) -> str:
 
 def _averaged_outputs(run: Run, data: KaggleData, *, tta: Any, which: str, batch_size: int, device: str
                       ) -> np.ndarray:
+    record = run.info.get("task") or {"name": "single_label"}
+    if data.task != record["name"]:
+        raise DataError(
+            f"the data is read as a {data.task} task but run {run.id!r} predicts {record['name']}: build the data "
+            f"with task={record['name']!r} (--task {record['name']}), or pass test=<folder> to rebuild it as the run did"
+        )
     if list(data.class_names) != list(run.class_names):
         raise DataError(
             f"the data's classes {data.class_names[:10]} differ from the run's {run.class_names[:10]}; "
@@ -105,7 +111,6 @@ def _averaged_outputs(run: Run, data: KaggleData, *, tta: Any, which: str, batch
     if not folds:
         raise FileNotFoundError(f"run {run.id!r} has no {which!r} weights for any fold; train it first")
     views = tta_views(tta, data.hflip)
-    record = run.info.get("task") or {"name": "single_label"}
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     total = None
     for k in folds:
