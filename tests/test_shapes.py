@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from shape_competitions import SHAPES, write_shape_competition
 
 from kaggle_tli.cli import main
@@ -239,6 +240,21 @@ def test_mixup_and_cutmix_for_class_shapes_and_refused_for_regression(comps, tmp
         finetune("resnet10t", regression, runs=tmp_path / "runs", mixup=0.4, **TINY)
 
 
+def test_multilabel_mixup_mixes_label_rows_with_the_weights_of_the_images():
+    from kaggle_tli.train import TrainConfig
+    from kaggle_tli.train.loop import _mix, make_mixup  # the loop's own mixing step, tried on a known batch
+
+    for mode in ("batch", "elem"):  # one weight per batch, or one per image
+        mixup = make_mixup(TrainConfig(mixup=0.4), "multilabel", 3)
+        mixup.mode = mode
+        x = torch.arange(4, dtype=torch.float32)[:, None, None, None].expand(4, 3, 2, 2).clone()
+        y = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], dtype=torch.float32)
+        plain = x[:, 0, 0, 0].clone()
+        mixed_x, mixed_y = _mix(mixup, "multilabel", x, y)
+        lam = (mixed_x[:, 0, 0, 0] - plain.flip(0)) / (plain - plain.flip(0))
+        assert torch.allclose(mixed_y, lam[:, None] * y + (1 - lam[:, None]) * y.flip(0), atol=1e-5), mode
+
+
 def test_the_cli_trains_and_predicts_every_shape_option(comps, tmp_path, capsys):
     runs = tmp_path / "runs"
     assert main(["finetune", "resnet10t", "--data", str(comps("multilabel")), "--image-size", "32", "--folds", "2",
@@ -251,6 +267,15 @@ def test_the_cli_trains_and_predicts_every_shape_option(comps, tmp_path, capsys)
     sub = pd.read_csv(tmp_path / "sub.csv", dtype={"id": str})
     sample = pd.read_csv(comps("multilabel") / "sample_submission.csv", dtype={"id": str})
     assert list(sub.columns) == list(sample.columns) and sub["id"].tolist() == sample["id"].tolist()
+
+
+def test_the_cli_predicts_every_shape_like_the_api(trained, tmp_path):
+    for shape, (run, _, api) in trained[0].items():
+        out = tmp_path / f"{shape}.csv"
+        assert main(["predict", str(run.path), "-o", str(out)]) == 0
+        cli = pd.read_csv(out, dtype=str, keep_default_na=False)
+        assert cli.equals(pd.read_csv(trained[1] / f"{shape}.csv", dtype=str, keep_default_na=False)), shape
+        assert list(cli.columns) == [str(c) for c in api.columns], shape
 
 
 # ------------------------------------------------------------------------------------ TLI across task shapes

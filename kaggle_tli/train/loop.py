@@ -16,7 +16,6 @@ Shape of one fold in one process (one of N data-parallel processes when launched
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any
 
@@ -113,14 +112,22 @@ def make_mixup(cfg: TrainConfig, task: str, num_classes: int) -> Mixup | None:
         return None
     if task == "regression":
         raise ValueError("mixup / cutmix mix class targets: a regression task has none; set mixup=0 and cutmix=0")
-    kwargs: dict[str, Any] = {}
-    if task == "multilabel":
-        if "multi_label" not in inspect.signature(Mixup.__init__).parameters:
-            raise ValueError("this timm's Mixup has no multi_label option: upgrade timm, or set mixup=0 and cutmix=0 "
-                             "for a multi-label task")
-        kwargs["multi_label"] = True
-    return Mixup(mixup_alpha=float(cfg.mixup), cutmix_alpha=float(cfg.cutmix), label_smoothing=cfg.label_smoothing,
-                 num_classes=num_classes, **kwargs)
+    # multi-label targets are mixed by `_mix` with the weights timm used (its multi_label option is recent)
+    dense = task == "multilabel"
+    return Mixup(mixup_alpha=float(cfg.mixup), cutmix_alpha=float(cfg.cutmix),
+                 label_smoothing=0.0 if dense else cfg.label_smoothing, num_classes=2 if dense else num_classes)
+
+
+def _mix(mixup: Mixup, task: str, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixed images and soft targets. For 0/1 label rows timm mixes a probe target (0, 1, 0, 1, ...) instead: each
+    row's weight on its own image comes back as the probe's weight on the row's own class (row i is mixed with
+    row n-1-i, whose class always differs in an even batch)."""
+    if task != "multilabel":
+        return mixup(x, y)
+    probe = torch.arange(len(x), device=x.device) % 2
+    x, mixed = mixup(x, probe)
+    lam = mixed.gather(1, probe[:, None]).to(y.dtype)
+    return x, lam * y + (1 - lam) * y.flip(0)
 
 
 def _loader(dataset: Any, sampler: Any, cfg: TrainConfig, ctx: Ctx, *, persistent: bool = False) -> DataLoader:
@@ -142,8 +149,9 @@ def _micro_step(ctx: Ctx, fr: Fold, x: torch.Tensor, y: torch.Tensor, scale: flo
     y = y.to(ctx.device, non_blocking=True)
     smoothing = ctx.cfg.label_smoothing
     if fr.mixup is not None and len(x) % 2 == 0:  # timm mixes a batch with its reverse: it needs an even batch
-        x, y = fr.mixup(x, y)
-        smoothing = 0.0  # already in the mixed targets
+        x, y = _mix(fr.mixup, ctx.job.data.task, x, y)
+        if ctx.job.data.task != "multilabel":
+            smoothing = 0.0  # timm put it in the mixed class targets
     sync_ctx = ctx.acc.no_sync(fr.model) if not sync and ctx.world > 1 else _nullcontext()
     with sync_ctx:
         with ctx.acc.autocast():
