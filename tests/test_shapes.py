@@ -16,7 +16,9 @@ from kaggle_tli.cli import main
 from kaggle_tli.data import ClassFolderData, DataError, ImageCsvData, open_competition
 from kaggle_tli.ledger import Ledger
 from kaggle_tli.stages import finetune, iterate, predict, run_predictions, tta_views
-from kaggle_tli.train.metrics import check_metric
+from kaggle_tli.train import TrainConfig
+from kaggle_tli.train.loop import _mix, make_mixup
+from kaggle_tli.train.metrics import check_metric, fake_prediction
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: torch on one thread for this module
 
@@ -156,16 +158,10 @@ def test_ids_with_a_class_sub_folder_find_their_images(comps, tmp_path):
 ])
 def test_a_metric_is_tried_on_a_fake_prediction_of_the_task(task, outputs, metric, fits):
     if fits:
-        assert np.isfinite(check_metric(metric, task, outputs)(*_fake(task, outputs), task))
+        assert np.isfinite(check_metric(metric, task, outputs)(*fake_prediction(task, outputs), task))
     else:
         with pytest.raises(ValueError, match=rf"{metric}.*(does not fit|scores numbers).*Use|use"):
             check_metric(metric, task, outputs)
-
-
-def _fake(task, outputs):
-    from kaggle_tli.train.metrics import fake_prediction
-
-    return fake_prediction(task, outputs)
 
 
 def test_a_metric_that_does_not_fit_stops_finetune_before_a_run_exists(comps, tmp_path):
@@ -241,9 +237,7 @@ def test_mixup_and_cutmix_for_class_shapes_and_refused_for_regression(comps, tmp
 
 
 def test_multilabel_mixup_mixes_label_rows_with_the_weights_of_the_images():
-    from kaggle_tli.train import TrainConfig
-    from kaggle_tli.train.loop import _mix, make_mixup  # the loop's own mixing step, tried on a known batch
-
+    # the loop's own mixing step, tried on a batch whose images say how much of each went in
     for mode in ("batch", "elem"):  # one weight per batch, or one per image
         mixup = make_mixup(TrainConfig(mixup=0.4), "multilabel", 3)
         mixup.mode = mode
