@@ -286,8 +286,9 @@ def test_iterate_onto_another_shape_starts_the_head_at_init_and_says_so(trained,
     assert child.info["extra"]["head"].startswith(f"run {run.id!r}"), "run.json records what became of the head"
 
 
-def test_a_same_shape_student_keeps_the_teachers_function(trained):
-    run, _, _ = trained[0]["multilabel"]
+@pytest.mark.parametrize("shape", ["multilabel", "regression"])
+def test_a_same_shape_student_keeps_the_teachers_function(trained, shape):
+    run, _, _ = trained[0][shape]
     child = iterate(run, "resnet10t", recalibrate=False, eval_at_start=True, **TINY)
     fold = str(run.primary_fold)
     assert child.metrics["start_metric"][fold] == pytest.approx(run.info["folds"][fold]["last_metric"], abs=1e-6), \

@@ -75,7 +75,7 @@ def iterate(
         raise ValueError(f"init={init!r}: use 'tli' (inject the previous run's weights) or 'kaiming' (from scratch)")
     _check_arch_name(new_arch)
     prev = load_run(prev_run, runs=runs)
-    data = _data_for(prev, data)
+    data, same_rows = _data_for(prev, data)
     same_task = _same_task(prev, data)
     spec = student_spec(prev, new_arch, num_classes=data.num_classes)
     student = create_model_from_spec(spec)
@@ -93,7 +93,10 @@ def iterate(
             _head_at_init(student, spec)
     if not same_task and "metric" not in train_cfg:
         train_cfg["metric"] = "auto"  # the parent's metric scored the parent's task
-    fold = int(train_cfg.get("fold", prev.config.get("fold", prev.primary_fold))) if same_task else 0
+    # on the parent's rows the student validates where the parent did; other data starts at its own fold 0
+    fold = int(train_cfg.get("fold", prev.config.get("fold", prev.primary_fold) if same_rows else 0))
+    if not same_rows:
+        train_cfg.setdefault("fold", fold)
     if recalibrate:
         recalibrate_norms(student, _training_batches(data, fold), max_batches=recalibrate_batches)
     extra: dict[str, Any] = {"notes": notes, "recalibrated": recalibrate, "which": which}
@@ -165,9 +168,10 @@ def _refit(student: nn.Module, data: KaggleData, fold: int, refit: bool, batches
     return out
 
 
-def _data_for(prev: Run, data: KaggleData | None) -> KaggleData:
+def _data_for(prev: Run, data: KaggleData | None) -> tuple[KaggleData, bool]:
     """The competition data, on prev_run's fold split when it is the same competition (the same ids: the student
-    never validates on rows its teacher trained on); other data keeps its own folds."""
+    never validates on rows its teacher trained on); other data keeps its own folds. Also whether it is the same
+    competition's rows."""
     if data is None:
         spec = prev.info.get("data")
         if not spec:
@@ -182,7 +186,7 @@ def _data_for(prev: Run, data: KaggleData | None) -> KaggleData:
     check_data(data)
     folds = prev.path / "folds.csv"
     if not folds.is_file():
-        return data
+        return data, True
     saved = read_csv(folds, what="folds table", str_cols=("id", "label"))
     same_rows = "id" in saved.columns and set(saved["id"].astype(str)) == set(data.frame["id"].astype(str))
-    return data.with_folds(saved) if same_rows else data
+    return (data.with_folds(saved) if same_rows else data), same_rows
