@@ -122,7 +122,7 @@ class KaggleData:
         regression when the metric is a regression metric (`reason` says so in the printed task line)."""
         clone = copy.copy(self)
         clone.frame = self.frame[["id", *(["path"] if "path" in self.frame else [])]].copy()
-        clone._task_given = task
+        clone.task_given = task
         clone._init_kwargs = {**self._init_kwargs, "task": task}
         table = self._target_table
         source = "the training table"
