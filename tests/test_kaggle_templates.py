@@ -181,8 +181,9 @@ def _execute(tree: SimpleNamespace, template: str, parameters: dict, *, env: dic
     return _run_notebook(tree, folder / f"{template}.ipynb", name, env=env, kernel=kernel)
 
 
-def _render(tree: SimpleNamespace, template: str, competition: str, parameters: dict, name: str) -> Path:
-    return render_kernel(template, competition=competition, weights=WEIGHTS, out_dir=tree.base / "kernels" / name,
+def _render(tree: SimpleNamespace, template: str, competition: str, parameters: dict, name: str,
+            weights: str = WEIGHTS) -> Path:
+    return render_kernel(template, competition=competition, weights=weights, out_dir=tree.base / "kernels" / name,
                          owner=OWNER, parameters={"input_root": str(tree.input), "working_root": str(tree.working),
                                                   "torch_threads": 1, **parameters})
 
@@ -347,7 +348,7 @@ def test_the_inference_template_predicts_every_task_shape(kaggle, teacher, tmp_p
                                        n_test_per_class=1)
         run = kaggle_tli.finetune("resnet10t", open_competition(comp, image_size=32, folds=2), runs=tmp_path,
                                   max_steps=1, batch_size=8, progress=False)
-        kaggle_tli.bundle(run, kaggle.input / f"shape-{shape}-weights", wheel=wheel)
+        kaggle_tli.bundle(run, kaggle.input / f"shape-{shape}-weights", dataset=f"{OWNER}/shape-{shape}", wheel=wheel)
         runs[shape] = run.id
     _set_mode(kaggle.input, writable=False)
     if kaggle.working.exists():
@@ -356,7 +357,8 @@ def test_the_inference_template_predicts_every_task_shape(kaggle, teacher, tmp_p
     cells = []
     for k, shape in enumerate(SHAPE_RUNS):
         folder = _render(kaggle, "inference", f"shape-{shape}", {"run_id": runs[shape], "tta": "all",
-                         "working_root": str(kaggle.working / shape)}, f"inference-{shape}")
+                         "working_root": str(kaggle.working / shape)}, f"inference-{shape}",
+                         weights=f"{OWNER}/shape-{shape}")
         nb = nbformat.read(str(folder / "inference.ipynb"), as_version=4)
         injected = next(i for i, c in enumerate(nb.cells) if "injected-parameters" in c.metadata.get("tags", []))
         setup = next(i for i, c in enumerate(nb.cells) if "import kaggle_tli as kt" in c.source)
