@@ -59,7 +59,10 @@ def iterate(
     """Train `new_arch` starting from what `prev_run` learned; returns the new run (`run.report`: what TLI did).
 
     prev_run: a `Run`, a run id (looked up in `runs`), or a run directory, read-only ones (Kaggle inputs) included.
-    data: the competition data; default: rebuilt from the description in prev_run's run.json.
+    data: the competition data; default: rebuilt from the description in prev_run's run.json. Data of another task
+        shape or other classes (another competition) is a new task: the body moves by TLI, the classifier starts at
+        init (refitted by the probe for class targets), the metric is that task's own unless given, and the data
+        keeps its own folds (the parent's folds.csv applies only to the parent's rows).
     init: "tli" (inject prev_run's `which` weights: "last", "best" or "ema") or "kaiming" (timm's default init).
     recalibrate: refit BatchNorm running statistics on `recalibrate_batches` training batches (un-augmented, never
         the validation fold) before training, so the student's evaluation is meaningful from step 0.
@@ -90,7 +93,7 @@ def iterate(
     if teacher is not None:
         report = transfer(teacher, student, options=tli_options)
         if not same_task:
-            _head_at_init(student, spec)
+            _head_at_init(student, spec, int(train_cfg.get("seed", prev.config.get("seed", 42))))
     if not same_task and "metric" not in train_cfg:
         train_cfg["metric"] = "auto"  # the parent's metric scored the parent's task
     # on the parent's rows the student validates where the parent did; other data starts at its own fold 0
@@ -135,9 +138,12 @@ def _same_task(prev: Run, data: KaggleData) -> bool:
     return prev_task == data.task and list(data.class_names) == list(prev.class_names)
 
 
-def _head_at_init(student: nn.Module, spec: dict) -> None:
-    """Put the classifier back to the architecture's own init: the teacher's head answered another question."""
-    fresh = classifier_of(create_model_from_spec(spec))
+def _head_at_init(student: nn.Module, spec: dict, seed: int) -> None:
+    """Put the classifier back to the architecture's own (seeded) init: the teacher's head answered another
+    question."""
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
+        torch.manual_seed(seed)
+        fresh = classifier_of(create_model_from_spec(spec))
     head = classifier_of(student)
     with torch.no_grad():
         head.weight.copy_(fresh.weight)
