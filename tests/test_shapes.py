@@ -164,6 +164,14 @@ def test_a_metric_is_tried_on_a_fake_prediction_of_the_task(task, outputs, metri
             check_metric(metric, task, outputs)
 
 
+def test_a_label_missing_from_a_validation_fold_is_left_out_of_the_mean_auc():
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    probs = np.array([[0.9, 0.2, 0.5], [0.1, 0.8, 0.5], [0.7, 0.6, 0.5], [0.2, 0.1, 0.5]])
+    auc = check_metric("roc_auc", "multilabel", 3)(y, probs, "multilabel")
+    assert auc == pytest.approx(1.0), "the third label, never positive here, has no AUC and is left out"
+    assert np.isnan(check_metric("roc_auc", "multilabel", 3)(y[:, 2:], probs[:, 2:], "multilabel"))
+
+
 def test_a_metric_that_does_not_fit_stops_finetune_before_a_run_exists(comps, tmp_path):
     data = ImageCsvData(comps("regression"), image_size=32, folds=2)
     with pytest.raises(ValueError, match="'accuracy' does not fit a regression task.*root_mean_squared_error"):

@@ -22,6 +22,7 @@ import sklearn.metrics as skm
 
 # sklearn functions that score probabilities rather than labels
 _PROBA_FUNCS = {"log_loss", "roc_auc_score", "average_precision_score", "top_k_accuracy_score", "brier_score_loss"}
+_RANKING_FUNCS = ("roc_auc_score", "average_precision_score")  # undefined for a label with one class
 _REGRESSION_PREFIXES = ("mean_", "median_", "root_mean", "max_error", "r2", "explained_variance", "neg_mean",
                         "neg_median", "neg_root", "neg_max", "d2_")
 _SUGGEST = {
@@ -79,9 +80,19 @@ class Metric:
             y, pred = _squeeze(y_true), _squeeze(outputs)
             return self.sign * float(self.fn(y, pred, **self.kwargs))
         if task == "multilabel":
-            pred = outputs if self.needs_proba else (outputs >= 0.5).astype(int)
-            return self.sign * float(self.fn(np.asarray(y_true).astype(int), pred, **self.kwargs))
+            return self._labels(np.asarray(y_true).astype(int), outputs)
         return self._classes(np.asarray(y_true), outputs)
+
+    def _labels(self, y: np.ndarray, probs: np.ndarray) -> float:
+        pred = probs if self.needs_proba else (probs >= 0.5).astype(int)
+        if getattr(self.fn, "__name__", "") in _RANKING_FUNCS:
+            # a rare label can be absent from (or everywhere in) a validation fold: its AUC is undefined, so it is
+            # left out of the mean rather than stopping the run; no label left gives NaN
+            both = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
+            if not both:
+                return math.nan
+            y, pred = y[:, both], pred[:, both]
+        return self.sign * float(self.fn(y, pred, **self.kwargs))
 
     def _classes(self, y_true: np.ndarray, probs: np.ndarray) -> float:
         kwargs = dict(self.kwargs)
