@@ -47,6 +47,8 @@ _EXPORTS: dict[str, str] = {
     "UnknownArchError": "kaggle_tli.models",
     # data, training, runs
     "ImageCsvData": "kaggle_tli.data",
+    "ClassFolderData": "kaggle_tli.data",
+    "run_predictions": "kaggle_tli.stages",
     "DataError": "kaggle_tli.data",
     "DataWarning": "kaggle_tli.data",
     "rebuild_data": "kaggle_tli.data",

@@ -31,14 +31,19 @@ def _add_data_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     g.add_argument("--csv", default=None, help="training CSV inside --data (default: train.csv)")
     g.add_argument("--id-col", default=None, help="id column of an image competition (default: id)")
     g.add_argument("--label-col", default=None, help="label column (default: label)")
+    g.add_argument("--label-cols", default=None, help="comma-separated target columns of train.csv (multi-label "
+                   "0/1 columns or regression targets; default: what sample_submission.csv asks for)")
+    g.add_argument("--task", choices=("single_label", "binary", "multilabel", "regression"), default=None,
+                   help="the task shape (default: inferred from train.csv and sample_submission.csv)")
     g.add_argument("--image-size", type=int, default=None, help="training image size in pixels (default: 224 "
                    "for image folders, 32 for pixel CSVs)")
     g.add_argument("--folds", type=int, default=None, help="number of CV folds (default: 5)")
-    g.add_argument("--format", choices=("auto", "images", "pixels"), default=None,
-                   help="images: train.csv + image folder; pixels: one column per pixel (Digit Recognizer)")
+    g.add_argument("--format", choices=("auto", "images", "pixels", "folders"), default=None,
+                   help="images: train.csv + image folder; pixels: one column per pixel (Digit Recognizer); "
+                   "folders: train/<class>/ images and no train.csv")
 
 
-_DATA_OPTIONS = ("csv", "id_col", "label_col", "image_size", "folds", "format")
+_DATA_OPTIONS = ("csv", "id_col", "label_col", "label_cols", "task", "image_size", "folds", "format")
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -95,7 +100,9 @@ def _load_data(args: argparse.Namespace, run: str | None = None):
         spec = load_run(run, runs=getattr(args, "runs", None)).info.get("data")
         if spec:
             return rebuild_data(spec, root=args.data)
-    options = {"id_col": args.id_col, "label_col": args.label_col, "image_size": args.image_size, "folds": args.folds}
+    options = {"id_col": args.id_col, "label_col": args.label_col, "image_size": args.image_size, "folds": args.folds,
+               "task": args.task,
+               "label_cols": [c.strip() for c in args.label_cols.split(",") if c.strip()] if args.label_cols else None}
     return open_competition(args.data, args.csv or "train.csv", format=args.format or "auto",
                             **{k: v for k, v in options.items() if v is not None})
 
@@ -187,7 +194,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from kaggle_tli.stages.predict import predict
 
     test = _load_data(args, run=args.run) if args.data else None
-    submission = predict(args.run, test, tta=not args.no_tta, out=args.output)
+    tta = False if args.no_tta else (args.tta.split(",") if args.tta and args.tta != "all" else args.tta or True)
+    submission = predict(args.run, test, tta=tta, out=args.output)
     print(submission.head().to_string(index=False))
     print(f"{len(submission)} rows")
     return 0
@@ -264,6 +272,9 @@ def _add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="test predictions (hflip TTA, fold average) and submission.csv")
     p.add_argument("run")
     p.add_argument("--no-tta", action="store_true")
+    p.add_argument("--tta", default=None, metavar="VIEWS",
+                   help="flips averaged with the image: comma-separated hflip, vflip, hvflip, or all (default: hflip "
+                   "where the data allows mirroring)")
     p.add_argument("-o", "--output", default=None, help="submission path (default: <run>/submission.csv)")
     _add_data_options(p, required=False)
     p.set_defaults(func=cmd_predict)

@@ -144,7 +144,7 @@ def test_a_run_whose_directory_was_deleted_says_so(teacher, tmp_path):
         iterate(copy, "resnet10t", data, max_steps=1)
 
 
-def test_failing_factory_other_classes_and_newer_ledger_are_explained(teacher, make_image_competition, tmp_path):
+def test_failing_factory_and_newer_ledger_are_explained(teacher, tmp_path):
     run, data, runs = teacher
 
     @registry.register_arch("broken_factory_test")
@@ -154,10 +154,7 @@ def test_failing_factory_other_classes_and_newer_ledger_are_explained(teacher, m
     with pytest.raises(registry.ArchBuildError, match="broken_factory_test.*kernel size must be odd"):
         iterate(run, "broken_factory_test", data)
 
-    other = ImageCsvData(make_image_competition(tmp_path / "other", digits=(5, 6), per_class=10), image_size=32)
-    with pytest.raises(ValueError, match="classes"):
-        iterate(run, "resnet10t", other)
-
+    # data with other classes is a new task, not an error: tests/test_shapes.py (TLI across task shapes)
     newer = tmp_path / "newer-runs"
     newer.mkdir()
     header = (runs / "ledger.csv").read_text().splitlines()[0]

@@ -33,9 +33,12 @@ import nbformat
 import pandas as pd
 import papermill
 import pytest
+from conftest import WORDS
 from fake_kaggle import FakeKaggle
+from shape_competitions import write_shape_competition
 
 import kaggle_tli
+from kaggle_tli.data import open_competition
 from kaggle_tli.kaggle import BUNDLE_MARKER, find_credentials, locate_bundle, render_kernel, validate_bundle
 from kaggle_tli.kaggle.kernels import template_dirs
 from kaggle_tli.ledger import Ledger
@@ -178,10 +181,21 @@ def _execute(tree: SimpleNamespace, template: str, parameters: dict, *, env: dic
     if tree.working.exists():
         shutil.rmtree(tree.working)
     tree.working.mkdir(parents=True)
-    folder = render_kernel(template, competition=competition, weights=weights, model_sources=model_sources,
-                           out_dir=tree.base / "kernels" / name, owner=OWNER,
-                           parameters={"input_root": str(tree.input), "working_root": str(tree.working),
-                                       "torch_threads": 1, **parameters})
+    folder = _render(tree, template, competition, parameters, name, weights=weights, model_sources=model_sources)
+    return _run_notebook(tree, folder / f"{template}.ipynb", name, env=env, kernel=kernel)
+
+
+def _render(tree: SimpleNamespace, template: str, competition: str, parameters: dict, name: str,
+            weights: str | None = WEIGHTS, model_sources: tuple[str, ...] = ()) -> Path:
+    return render_kernel(template, competition=competition, weights=weights, model_sources=model_sources,
+                         out_dir=tree.base / "kernels" / name, owner=OWNER,
+                         parameters={"input_root": str(tree.input), "working_root": str(tree.working),
+                                     "torch_threads": 1, **parameters})
+
+
+def _run_notebook(tree: SimpleNamespace, notebook: Path, name: str, *, env: dict[str, str | None] | None = None,
+                  kernel: str = KERNEL) -> tuple[Path, str]:
+    """Run a rendered notebook with papermill, offline, and check that /kaggle/input comes out unchanged."""
     executed = tree.base / "executed" / f"{name}.ipynb"
     executed.parent.mkdir(exist_ok=True)
     proxies = {k: CLOSED_PORT for k in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY")}
@@ -194,10 +208,10 @@ def _execute(tree: SimpleNamespace, template: str, parameters: dict, *, env: dic
             else:
                 mp.setenv(key, value)
         # no parameters here: the kernel folder runs exactly as rendered (render_kernel injected them)
-        papermill.execute_notebook(str(folder / f"{template}.ipynb"), str(executed), kernel_name=kernel,
+        papermill.execute_notebook(str(notebook), str(executed), kernel_name=kernel,
                                    cwd=str(tree.working), progress_bar=False, start_timeout=180,
                                    execution_timeout=300)
-    assert _snapshot(tree.input) == before, f"the {template} notebook changed files under /kaggle/input"
+    assert _snapshot(tree.input) == before, f"the {name} notebook changed files under /kaggle/input"
     output = tree.base / "outputs" / name
     shutil.copytree(tree.working, output)
     return output, _outputs_text(executed)
@@ -356,6 +370,60 @@ def test_inference_from_a_kaggle_model_mount_gives_the_same_submission(kaggle, i
     assert "kaggle_tli is importable" in text, text[:2000]
     from_dataset = pd.read_csv(inferred[0] / "submission.csv")
     pd.testing.assert_frame_equal(pd.read_csv(out / "submission.csv"), from_dataset)
+
+
+# ------------------------------------------------------------------------------------------ every task shape
+
+SHAPE_RUNS = ("binary", "multilabel", "tags", "regression", "folders")
+
+
+def test_the_inference_template_predicts_every_task_shape(kaggle, teacher, tmp_path):
+    """One kernel, several predictions: the inference notebook's prediction cells run once per shape, each after
+    its own injected parameters (one papermill run, not five: kernels are slow to start)."""
+    wheel = next((teacher[0] / "bundle").glob("*.whl"))  # the teacher's bundle already built one
+    _set_mode(kaggle.input, writable=True)
+    runs = {}
+    for shape in SHAPE_RUNS:
+        comp = write_shape_competition(kaggle.input / "competitions" / f"shape-{shape}", shape, per_class=4,
+                                       n_test_per_class=1)
+        run = kaggle_tli.finetune("resnet10t", open_competition(comp, image_size=32, folds=2), runs=tmp_path,
+                                  max_steps=1, batch_size=8, progress=False)
+        kaggle_tli.bundle(run, kaggle.input / f"shape-{shape}-weights", dataset=f"{OWNER}/shape-{shape}", wheel=wheel)
+        runs[shape] = run.id
+    _set_mode(kaggle.input, writable=False)
+    if kaggle.working.exists():
+        shutil.rmtree(kaggle.working)
+    kaggle.working.mkdir(parents=True)
+    cells = []
+    for k, shape in enumerate(SHAPE_RUNS):
+        folder = _render(kaggle, "inference", f"shape-{shape}", {"run_id": runs[shape], "tta": "all",
+                         "working_root": str(kaggle.working / shape)}, f"inference-{shape}",
+                         weights=f"{OWNER}/shape-{shape}")
+        nb = nbformat.read(str(folder / "inference.ipynb"), as_version=4)
+        injected = next(i for i, c in enumerate(nb.cells) if "injected-parameters" in c.metadata.get("tags", []))
+        setup = next(i for i, c in enumerate(nb.cells) if "import kaggle_tli as kt" in c.source)
+        picked = nb.cells if k == 0 else [nb.cells[injected], *nb.cells[setup:]]
+        for i, cell in enumerate(picked):
+            cell["id"] = f"{shape}-{i}"  # cell ids must stay unique in the combined notebook
+        cells += picked
+    nb.cells = cells
+    combined = kaggle.base / "kernels" / "inference-shapes.ipynb"
+    nbformat.write(nb, str(combined))
+    out, text = _run_notebook(kaggle, combined, "inference-shapes")
+    for shape in SHAPE_RUNS:
+        sample = pd.read_csv(kaggle.input / "competitions" / f"shape-{shape}" / "sample_submission.csv", dtype=str)
+        sub = pd.read_csv(out / shape / "submission.csv", dtype=str, keep_default_na=False)
+        assert list(sub.columns) == list(sample.columns) and sub.iloc[:, 0].tolist() == sample.iloc[:, 0].tolist()
+        values = sub.iloc[:, 1:]
+        if shape in ("binary", "multilabel"):
+            numbers = values.to_numpy(dtype=float)
+            assert ((numbers > 0) & (numbers < 1)).all(), f"{shape}: probabilities, never hard labels"
+        elif shape == "tags":
+            assert all(set(t.split()) <= {"big", "even", "loop", "odd"} and t for t in values["tags"]), values
+        elif shape == "regression":
+            assert values["value"].astype(float).notna().all()
+        else:
+            assert set(values["label"]) <= set(WORDS), values
 
 
 # ------------------------------------------------------------------------------------------ the files

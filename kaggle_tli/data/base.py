@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +14,9 @@ from torch.utils.data import DataLoader
 
 from .errors import DataError, DataNotFoundError, DataWarning
 from .pipeline import AugmentedDataset, EpochBatchSampler, default_transforms
-from .tables import (
-    check_class_sizes,
-    csv_lines,
-    first_few,
-    is_empty,
-    make_folds,
-    parse_labels,
-    read_csv,
-    require_column,
-)
+from .shapes import Targets, fold_strata, infer_targets
+from .tables import first_few, make_folds, read_csv, require_column
+from .tasks import check_task
 
 
 def _check_image_size(image_size: Any) -> None:
@@ -58,7 +51,9 @@ class KaggleData:
         self,
         root: str | Path,
         *,
-        label_col: str,
+        label_col: str | None,
+        label_cols: Sequence[str] | None,
+        task: str | None,
         image_size: int | tuple[int, int],
         folds: int,
         seed: int,
@@ -75,7 +70,10 @@ class KaggleData:
         if not isinstance(folds, int) or folds < 2:
             raise DataError(f"folds={folds!r}: need an integer >= 2 (5 is usual)")
         _check_image_size(image_size)
-        self.label_col, self.group_col = label_col, group_col
+        self.label_col, self.group_col = label_col or "label", group_col
+        self._label_col_given = label_col
+        self.label_cols = [str(c) for c in label_cols] if label_cols else None
+        self.task_given = check_task(task)  # None: inferred from the tables
         self.image_size, self.folds, self.seed, self.hflip = image_size, folds, seed, hflip
         self._custom_transforms = train_transform is not None or valid_transform is not None
         self._train_transform, self._valid_transform = train_transform, valid_transform
@@ -85,29 +83,90 @@ class KaggleData:
     # ---- label encoding and folds -------------------------------------------------------------
 
     def _encode(self, table: pd.DataFrame, source: str) -> None:
-        """Fill `class_names` (sorted original labels) and `frame` with target and fold columns."""
-        labels = table[self.label_col]
-        missing = is_empty(labels)
-        if missing.any():
-            raise DataError(
-                f"{source}: {int(missing.sum())} row(s) have no {self.label_col!r} value, on CSV "
-                f"{csv_lines(missing)}; fill or drop them"
-            )
-        values = parse_labels(labels)
-        check_class_sizes(pd.Series(values), self.folds)
-        self.class_names = sorted(set(values))
-        if len(self.class_names) < 2:
-            raise DataError(f"{source}: column {self.label_col!r} has one class only; classification needs two")
-        lookup = {c: i for i, c in enumerate(self.class_names)}
-        self.frame["label"] = values
-        self.frame["target"] = np.array([lookup[v] for v in values], dtype=np.int64)
+        """Infer the task and its targets (`data/shapes.py`), then fill `class_names` (one name per model output)
+        and `frame`'s label (as text for a table), target (class index, single-label shapes) and fold columns."""
+        targets = infer_targets(
+            table, self.sample_submission, label_col=self._label_col_given, label_cols=self.label_cols,
+            task=self.task_given, folds=self.folds, source=source,
+        )
+        self.label_col = targets.columns[0]
+        candidates = [c for c in (self.label_col, *(self.label_cols or ()), *self._sample_columns()) if c in table]
+        self._target_table = table[list(dict.fromkeys(candidates))]
+        self._set_targets(targets, table, source)
+
+    def _set_targets(self, targets: Targets, table: pd.DataFrame, source: str) -> None:
+        self.target_info = targets
+        self.class_names = list(targets.names)
+        self.frame["label"] = targets.labels
+        if targets.values.ndim == 1:
+            self.frame["target"] = targets.values
         groups = None
         if self.group_col is not None:
             require_column(table, self.group_col, source=source, param="group_col")
             groups = table[self.group_col].astype(str).to_numpy()
             if len(set(groups)) < self.folds:
                 raise DataError(f"{source}: {len(set(groups))} groups in {self.group_col!r} < folds={self.folds}")
-        self.frame["fold"] = make_folds(self.frame["target"].to_numpy(), self.folds, self.seed, groups)
+        self._groups = groups
+        self.frame["fold"] = make_folds(fold_strata(targets, self.folds), self.folds, self.seed, groups)
+
+    def _text_label_cols(self) -> list[str]:
+        """The columns that may hold a single label, to be read as the text written ("01" stays "01")."""
+        asked = self._sample_columns()
+        return [self.label_col, *(asked if len(asked) == 1 else [])]
+
+    def _sample_columns(self) -> list[str]:
+        return [str(c) for c in self.sample_submission.columns[1:]] if self.sample_submission is not None else []
+
+    def with_task(self, task: str, *, reason: str | None = None) -> KaggleData:
+        """A copy read as another task shape (the targets and folds made again), e.g. integer scores as a
+        regression when the metric is a regression metric (`reason` says so in the printed task line)."""
+        clone = copy.copy(self)
+        clone.frame = self.frame[["id", *(["path"] if "path" in self.frame else [])]].copy()
+        clone.task_given = task
+        clone._init_kwargs = {**self._init_kwargs, "task": task}
+        table = self._target_table
+        source = "the training table"
+        targets = infer_targets(table, self.sample_submission, label_col=self._label_col_given,
+                                label_cols=self.label_cols, task=task, folds=self.folds, source=source)
+        if reason:
+            targets.how = reason
+        clone._set_targets(targets, self._group_table(), source)
+        return clone
+
+    def _group_table(self) -> pd.DataFrame:
+        if self.group_col is None:
+            return pd.DataFrame(index=self.frame.index)
+        return pd.DataFrame({self.group_col: self._groups})
+
+    # ---- the task -----------------------------------------------------------------------------
+
+    @property
+    def task(self) -> str:
+        """"single_label", "binary", "multilabel" or "regression" (see `kaggle_tli.data.tasks`)."""
+        return self.target_info.task
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Per training row: the class index (single-label, binary), or the 0/1 labels / target values (N, K)."""
+        return self.target_info.values
+
+    def training_targets(self, indices: np.ndarray) -> np.ndarray:
+        """What the loss sees for rows `indices`: regression targets standardised, the others as they are."""
+        values = self.targets[np.asarray(indices)]
+        scale = self.target_info.scale
+        if scale is None:
+            return values
+        return ((values - np.array(scale["mean"])) / np.array(scale["std"])).astype(np.float32)
+
+    def task_record(self) -> dict:
+        """The task as run.json records it: enough for predict to turn outputs into a submission."""
+        t = self.target_info
+        return {"name": t.task, "columns": list(t.columns), "tags": t.tags, "scale": t.scale,
+                "sample_scores": t.sample_scores, "how": t.how}
+
+    def describe_task(self) -> str:
+        """One line: the task, its outputs and why (printed at the start of a run)."""
+        return self.target_info.describe()
 
     @property
     def num_classes(self) -> int:
@@ -234,7 +293,7 @@ class KaggleData:
             # absolute: a run made from `cd X && ... --data ../comp` must rebuild from any working directory
             "type": type(self).__name__, "root": str(self.root.resolve()), "kwargs": self._init_kwargs,
             "custom_transforms": self._custom_transforms, "n_train": len(self.frame),
-            "num_classes": self.num_classes, "in_chans": self.in_chans,
+            "num_classes": self.num_classes, "in_chans": self.in_chans, "task": self.task,
         }
 
     def _test_summary(self) -> str:
@@ -243,6 +302,6 @@ class KaggleData:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({str(self.root)!r}: {len(self.frame)} train samples, "
-            f"{self.num_classes} classes, {self.folds} folds, {self._test_summary()})"
+            f"{self.task}, {self.num_classes} outputs, {self.folds} folds, {self._test_summary()})"
         )
 

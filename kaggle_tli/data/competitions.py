@@ -1,20 +1,18 @@
-"""The concrete data types (train.csv + image folder, pixel CSV) and the two ways to get one: open or rebuild."""
+"""The two table-shaped data types: train.csv + an image folder (`ImageCsvData`), and a pixel CSV (`PixelCsvData`)."""
 
 from __future__ import annotations
 
 import os
 import random
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import pandas as pd
 
 from .base import KaggleData
-from .errors import DataError, DataWarning
+from .errors import DataError
 from .pipeline import ArrayDataset, ImageDataset
 from .tables import first_few, read_csv, require_column, require_ids
 
@@ -43,7 +41,9 @@ class ImageCsvData(KaggleData):
         csv: str = "train.csv",
         *,
         id_col: str = "id",
-        label_col: str = "label",
+        label_col: str | None = None,
+        label_cols: Sequence[str] | None = None,
+        task: str | None = None,
         image_dir: str | Path | None = None,
         group_col: str | None = None,
         test_dir: str | Path | None = None,
@@ -61,22 +61,20 @@ class ImageCsvData(KaggleData):
         if check_images not in ("header", "decode", "none"):
             raise ValueError(f"check_images={check_images!r}: use 'header', 'decode' or 'none'")
         init_kwargs = dict(
-            csv=csv, id_col=id_col, label_col=label_col, image_dir=None if image_dir is None else str(image_dir),
+            csv=csv, id_col=id_col, label_col=label_col, label_cols=None if label_cols is None else list(label_cols),
+            task=task, image_dir=None if image_dir is None else str(image_dir),
             group_col=group_col, test_dir=None if test_dir is None else str(test_dir), test_csv=test_csv,
             sample_submission=sample_submission, image_size=image_size, in_chans=in_chans, folds=folds,
             seed=seed, hflip=hflip, check_images=check_images,
         )
         super().__init__(
-            root, label_col=label_col, image_size=image_size, folds=folds, seed=seed, group_col=group_col,
-            hflip=hflip, train_transform=train_transform, valid_transform=valid_transform,
-            sample_submission=sample_submission, init_kwargs=init_kwargs,
+            root, label_col=label_col, label_cols=label_cols, task=task, image_size=image_size, folds=folds,
+            seed=seed, group_col=group_col, hflip=hflip, train_transform=train_transform,
+            valid_transform=valid_transform, sample_submission=sample_submission, init_kwargs=init_kwargs,
         )
         self.id_col, self.in_chans, self.check_images = id_col, in_chans, check_images
-        source = f"{csv!r}"
-        text_cols = [c for c in (id_col, label_col, group_col) if c is not None]
-        table = read_csv(self.root / csv, what="training CSV", str_cols=text_cols)
+        table, source = self._training_table(csv)
         require_column(table, id_col, source=source, param="id_col")
-        require_column(table, label_col, source=source, param="label_col")
         require_ids(table, id_col, source=source)
         ids = table[id_col].astype(str).tolist()
         dupes = table[id_col][table[id_col].duplicated()].astype(str).unique().tolist()
@@ -89,6 +87,11 @@ class ImageCsvData(KaggleData):
         self._encode(table, source)
         self.test_ids, self.test_paths = self._test_set_or_warning(lambda: self._find_test(test_dir, test_csv), ([], []))
 
+    def _training_table(self, csv: str) -> tuple[pd.DataFrame, str]:
+        """train.csv as written (ids, a single label column and groups as text), and how messages name it."""
+        text_cols = [c for c in (self.id_col, *self._text_label_cols(), self.group_col) if c is not None]
+        return read_csv(self.root / csv, what="training CSV", str_cols=text_cols), f"{csv!r}"
+
     # ---- finding files --------------------------------------------------------------------------
 
     def _find_image_dir(self, ids: list[str], given: str | Path | None, candidates: Sequence[str], what: str) -> Path:
@@ -99,7 +102,7 @@ class ImageCsvData(KaggleData):
             return folder
         tried = [self.root / c for c in candidates if (self.root / c).is_dir()] + [self.root]
         for folder in tried:
-            if _lookup(_index_folder(folder), ids[0]) is not None:
+            if _lookup(_index_folder(folder), ids[0], folder) is not None:
                 return folder
         raise DataError(
             f"cannot find the {what} images: no file for id {ids[0]!r} in "
@@ -108,7 +111,7 @@ class ImageCsvData(KaggleData):
 
     def _resolve(self, ids: list[str], folder: Path, what: str, *, param: str, id_source: str) -> list[str]:
         index = _index_folder(folder)
-        found = [_lookup(index, i) for i in ids]
+        found = [_lookup(index, i, folder) for i in ids]
         missing = [i for i, f in zip(ids, found, strict=True) if f is None]
         if missing:
             raise DataError(
@@ -173,7 +176,8 @@ class ImageCsvData(KaggleData):
 
     def dataset(self, indices: np.ndarray, *, train: bool) -> ImageDataset:
         rows = self.frame.iloc[np.asarray(indices)]
-        return ImageDataset(rows["path"].tolist(), rows["target"].to_numpy(), self.transform(train), self.in_chans)
+        targets = self.training_targets(indices)
+        return ImageDataset(rows["path"].tolist(), targets, self.transform(train), self.in_chans)
 
     def test_dataset(self) -> ImageDataset:
         self._require_test_set()
@@ -191,7 +195,10 @@ def _index_folder(folder: Path) -> dict[str, str]:
     return index
 
 
-def _lookup(index: dict[str, str], image_id: str) -> str | None:
+def _lookup(index: dict[str, str], image_id: str, folder: Path | None = None) -> str | None:
+    if folder is not None and "/" in image_id:  # an id with a sub-folder: "bag/00023.jpg" or "bag/00023"
+        found = [image_id] + [image_id + ext for ext in IMAGE_EXTS]
+        return next((f for f in found if f.lower().endswith(IMAGE_EXTS) and (folder / f).is_file()), None)
     name = index.get(image_id)
     if name is not None and name.lower().endswith(IMAGE_EXTS):
         return name
@@ -215,7 +222,9 @@ class PixelCsvData(KaggleData):
         root: str | Path,
         csv: str = "train.csv",
         *,
-        label_col: str = "label",
+        label_col: str | None = None,
+        label_cols: Sequence[str] | None = None,
+        task: str | None = None,
         id_col: str | None = None,
         test_csv: str | None = "test.csv",
         sample_submission: str | None = "sample_submission.csv",
@@ -229,24 +238,24 @@ class PixelCsvData(KaggleData):
         valid_transform: Callable | None = None,
     ):
         init_kwargs = dict(
-            csv=csv, label_col=label_col, id_col=id_col, test_csv=test_csv, sample_submission=sample_submission,
+            csv=csv, label_col=label_col, label_cols=None if label_cols is None else list(label_cols), task=task,
+            id_col=id_col, test_csv=test_csv, sample_submission=sample_submission,
             image_shape=None if image_shape is None else list(image_shape), image_size=image_size, folds=folds,
             seed=seed, group_col=group_col, hflip=hflip,
         )
         super().__init__(
-            root, label_col=label_col, image_size=image_size, folds=folds, seed=seed, group_col=group_col,
-            hflip=hflip, train_transform=train_transform, valid_transform=valid_transform,
-            sample_submission=sample_submission, init_kwargs=init_kwargs,
+            root, label_col=label_col, label_cols=label_cols, task=task, image_size=image_size, folds=folds,
+            seed=seed, group_col=group_col, hflip=hflip, train_transform=train_transform,
+            valid_transform=valid_transform, sample_submission=sample_submission, init_kwargs=init_kwargs,
         )
         self.id_col = id_col
         source = f"{csv!r}"
-        text_cols = [c for c in (id_col, label_col, group_col) if c is not None]
+        text_cols = [c for c in (id_col, *self._text_label_cols(), group_col) if c is not None]
         table = read_csv(self.root / csv, what="training CSV", str_cols=text_cols)
-        require_column(table, label_col, source=source, param="label_col")
         if id_col is not None:
             require_column(table, id_col, source=source, param="id_col")
             require_ids(table, id_col, source=source)
-        reserved = {label_col, id_col, group_col, "fold"}
+        reserved = {self.label_col, id_col, group_col, "fold", *(label_cols or ()), *self._sample_columns()}
         self.pixel_cols = [c for c in table.columns if c not in reserved]
         self.image_shape = self._shape(image_shape, len(self.pixel_cols), source)
         self.in_chans = self.image_shape[2]
@@ -305,52 +314,8 @@ class PixelCsvData(KaggleData):
 
     def dataset(self, indices: np.ndarray, *, train: bool) -> ArrayDataset:
         indices = np.asarray(indices)
-        return ArrayDataset(self.images[indices], self.frame["target"].to_numpy()[indices], self.transform(train))
+        return ArrayDataset(self.images[indices], self.training_targets(indices), self.transform(train))
 
     def test_dataset(self) -> ArrayDataset:
         self._require_test_set()
         return ArrayDataset(self.test_images, np.full(len(self.test_images), -1), self.transform(False))
-
-
-# --------------------------------------------------------------------------------------------------
-# opening and rebuilding
-
-_DATA_TYPES = {"ImageCsvData": ImageCsvData, "PixelCsvData": PixelCsvData}
-
-
-def rebuild_data(spec: dict, root: str | Path | None = None) -> KaggleData:
-    """The data object `spec` (from `KaggleData.spec()`, kept in run.json) describes, optionally on
-    another root (the same competition mounted elsewhere, e.g. in a Kaggle rerun)."""
-    kind = _DATA_TYPES.get(spec.get("type", ""))
-    if kind is None:
-        raise ValueError(f"cannot rebuild data of type {spec.get('type')!r}; pass the data object itself")
-    if spec.get("custom_transforms"):
-        warnings.warn(
-            "this run was trained with custom train_transform= / valid_transform= pipelines, which run.json "
-            "cannot store: the data is rebuilt with the default albumentations pipelines instead, so training "
-            "and prediction no longer see the images the run saw. Pass the data object built with your "
-            "transforms, e.g. iterate(prev_run, arch, data=data) or predict(run, test=data)",
-            DataWarning,
-            stacklevel=2,
-        )
-    kwargs = dict(spec.get("kwargs", {}))
-    for key in ("image_size", "image_shape"):
-        if isinstance(kwargs.get(key), list):
-            kwargs[key] = tuple(kwargs[key])
-    return kind(root if root is not None else spec["root"], **kwargs)
-
-
-def open_competition(root: str | Path, csv: str = "train.csv", *, format: str = "auto", **options: Any
-                     ) -> KaggleData:
-    """A competition folder as `PixelCsvData` (the CSV has pixel0, pixel1, ... columns: Digit Recognizer's shape)
-    or `ImageCsvData` (train.csv + an image folder); `format` "pixels" / "images" skips the guess. `options` go to
-    the class (id_col applies to image folders only)."""
-    if format not in ("auto", "images", "pixels"):
-        raise ValueError(f"format={format!r}: use 'auto', 'images' or 'pixels'")
-    if format == "auto":
-        header = read_csv(Path(root) / csv, what="training CSV").columns
-        format = "pixels" if any(str(c).startswith("pixel") for c in header) else "images"
-    if format == "pixels":
-        options.pop("id_col", None)
-        return PixelCsvData(root, csv, **options)
-    return ImageCsvData(root, csv, **options)

@@ -72,7 +72,9 @@ class AugmentedDataset(Dataset):
     """
 
     def __init__(self, targets: np.ndarray, transform: Callable | None):
-        self.targets = np.asarray(targets, dtype=np.int64)
+        targets = np.asarray(targets)
+        # class indices stay integers; multi-label and regression targets are float vectors
+        self.targets = targets.astype(np.float32) if targets.dtype.kind == "f" else targets.astype(np.int64)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -81,24 +83,25 @@ class AugmentedDataset(Dataset):
     def load(self, index: int) -> np.ndarray:
         raise NotImplementedError
 
-    def _item(self, index: int) -> tuple[torch.Tensor, int]:
+    def _item(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         image = self.load(index)
         if self.transform is not None:
             image = self.transform(image=image)["image"]
-        return _to_tensor(image), int(self.targets[index])
+        target = self.targets[index]
+        return _to_tensor(image), (torch.from_numpy(target.copy()) if target.ndim else int(target))
 
     def _seed(self, seed: int) -> None:
         if hasattr(self.transform, "set_random_state"):
             self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int | torch.Tensor]:
         if isinstance(key, tuple):
             index, seed = key
             self._seed(seed)
             return self._item(index)
         return self._item(int(key))
 
-    def __getitems__(self, keys: list) -> list[tuple[torch.Tensor, int]]:
+    def __getitems__(self, keys: list) -> list[tuple[torch.Tensor, int | torch.Tensor]]:
         # DataLoader hands a whole batch here: seed once, then transform the samples in order
         if keys and isinstance(keys[0], tuple):
             self._seed(keys[0][1])

@@ -22,7 +22,7 @@ from kaggle_tli.data import KaggleData
 from kaggle_tli.models import create_model, create_model_from_spec
 from kaggle_tli.runs import Run
 from kaggle_tli.train import StageRequest, TrainConfig, fold_plan, seed_everything, start_run
-from kaggle_tli.train.checks import check_data, check_spec_classes, spec_for_data
+from kaggle_tli.train.checks import check_data, check_spec_classes, data_for_metric, spec_for_data
 
 
 def finetune(
@@ -44,6 +44,7 @@ def finetune(
     """
     config = TrainConfig.from_kwargs(**cfg)
     check_data(data)
+    data = data_for_metric(data, config.metric)
     fold_plan(config, data.folds)
     weights = _pretrained_file(arch, config.pretrained, pretrained_file)
     spec, model = _build(arch, data, config.seed, weights)

@@ -12,13 +12,16 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from kaggle_tli.data import KaggleData, rebuild_data
+import torch
+from torch import nn
+
+from kaggle_tli.data import KaggleData, read_csv, rebuild_data
 from kaggle_tli.ledger import Ledger
 from kaggle_tli.models import create_model_from_spec
 from kaggle_tli.runs import Run, load_run
 from kaggle_tli.stages.inject import student_spec, transfer
 from kaggle_tli.stages.resume import runs_dir_for, start_child
-from kaggle_tli.tli import TransferOptions, recalibrate_norms
+from kaggle_tli.tli import TransferOptions, classifier_of, recalibrate_norms
 from kaggle_tli.tli import refit_head as fit_head
 from kaggle_tli.tli.options import DEFAULTS
 from kaggle_tli.train import TrainConfig
@@ -56,7 +59,10 @@ def iterate(
     """Train `new_arch` starting from what `prev_run` learned; returns the new run (`run.report`: what TLI did).
 
     prev_run: a `Run`, a run id (looked up in `runs`), or a run directory, read-only ones (Kaggle inputs) included.
-    data: the competition data; default: rebuilt from the description in prev_run's run.json.
+    data: the competition data; default: rebuilt from the description in prev_run's run.json. Data of another task
+        shape or other classes (another competition) is a new task: the body moves by TLI, the classifier starts at
+        init (refitted by the probe for class targets), the metric is that task's own unless given, and the data
+        keeps its own folds (the parent's folds.csv applies only to the parent's rows).
     init: "tli" (inject prev_run's `which` weights: "last", "best" or "ema") or "kaiming" (timm's default init).
     recalibrate: refit BatchNorm running statistics on `recalibrate_batches` training batches (un-augmented, never
         the validation fold) before training, so the student's evaluation is meaningful from step 0.
@@ -72,8 +78,9 @@ def iterate(
         raise ValueError(f"init={init!r}: use 'tli' (inject the previous run's weights) or 'kaiming' (from scratch)")
     _check_arch_name(new_arch)
     prev = load_run(prev_run, runs=runs)
-    data = _data_for(prev, data)
-    spec = student_spec(prev, new_arch)
+    data, same_rows = _data_for(prev, data)
+    same_task = _same_task(prev, data)
+    spec = student_spec(prev, new_arch, num_classes=data.num_classes)
     student = create_model_from_spec(spec)
     # before any weight moves or any statistic is refit: a student that cannot take the data's images, or
     # has another class count, fails with the stages' own message rather than inside the refits
@@ -85,14 +92,19 @@ def iterate(
     report = None
     if teacher is not None:
         report = transfer(teacher, student, options=tli_options)
-    fold = int(train_cfg.get("fold", prev.config.get("fold", prev.primary_fold)))
+        if not same_task:
+            _head_at_init(student, spec, int(train_cfg.get("seed", prev.config.get("seed", 42))))
+    if not same_task and "metric" not in train_cfg:
+        train_cfg["metric"] = "auto"  # the parent's metric scored the parent's task
+    # on the parent's rows the student validates where the parent did; other data starts at its own fold 0
+    fold = int(train_cfg.get("fold", prev.config.get("fold", prev.primary_fold) if same_rows else 0))
+    if not same_rows:
+        train_cfg.setdefault("fold", fold)
     if recalibrate:
         recalibrate_norms(student, _training_batches(data, fold), max_batches=recalibrate_batches)
     extra: dict[str, Any] = {"notes": notes, "recalibrated": recalibrate, "which": which}
-    if refit_head and init == "tli":  # a Kaiming student stays what "from scratch" means: timm's init
-        head = fit_head(student, _training_batches(data, fold), max_batches=recalibrate_batches)
-        print(f"kaggle-tli: {head}")
-        extra["head_refit"] = asdict(head)
+    if init == "tli":  # a Kaiming student stays what "from scratch" means: timm's init
+        extra.update(_refit(student, data, fold, refit_head, recalibrate_batches, prev, same_task))
     files = {}
     if report is not None:
         extra.update(tli_score=round(report.score, 4), coverage=round(report.coverage, 4), tli=report.settings)
@@ -120,9 +132,52 @@ def _training_batches(data: KaggleData, fold: int):
             yield x, y
 
 
-def _data_for(prev: Run, data: KaggleData | None) -> KaggleData:
-    """The competition data on prev_run's fold split (so the student never validates on rows its teacher trained
-    on), checked to have prev_run's classes before any weight is moved."""
+def _same_task(prev: Run, data: KaggleData) -> bool:
+    """Whether `data` asks for what prev_run predicts: the same task shape and the same outputs, in order."""
+    prev_task = (prev.info.get("task") or {}).get("name", "single_label")
+    return prev_task == data.task and list(data.class_names) == list(prev.class_names)
+
+
+def _head_at_init(student: nn.Module, spec: dict, seed: int) -> None:
+    """Put the classifier back to the architecture's own (seeded) init: the teacher's head answered another
+    question."""
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
+        torch.manual_seed(seed)
+        fresh = classifier_of(create_model_from_spec(spec))
+    head = classifier_of(student)
+    with torch.no_grad():
+        head.weight.copy_(fresh.weight)
+        if head.bias is not None and fresh.bias is not None:
+            head.bias.copy_(fresh.bias)
+
+
+def _refit(student: nn.Module, data: KaggleData, fold: int, refit: bool, batches: int, prev: Run,
+           same_task: bool) -> dict[str, Any]:
+    """Refit the classifier with a linear probe where that is meaningful (class targets), say what became of the
+    head, and return what the run records about it."""
+    probe = refit and data.task in ("single_label", "binary")
+    out: dict[str, Any] = {}
+    if probe:
+        head = fit_head(student, _training_batches(data, fold), max_batches=batches)
+        print(f"kaggle-tli: {head}")
+        out["head_refit"] = asdict(head)
+    if not same_task:
+        prev_task = (prev.info.get("task") or {}).get("name", "single_label")
+        after = "and is then refitted by a linear probe on training batches" if out.get("head_refit", {}).get("refitted") \
+            else "and is trained from there"
+        out["head"] = (
+            f"run {prev.id!r} predicts {prev_task} ({prev.num_classes} outputs: {prev.class_names[:6]}), this data is "
+            f"{data.task} ({data.num_classes} outputs: {list(data.class_names)[:6]}): the student's body comes from "
+            f"the teacher by TLI, its classifier starts at the architecture's init {after}"
+        )
+        print(f"kaggle-tli: {out['head']}")
+    return out
+
+
+def _data_for(prev: Run, data: KaggleData | None) -> tuple[KaggleData, bool]:
+    """The competition data, on prev_run's fold split when it is the same competition (the same ids: the student
+    never validates on rows its teacher trained on); other data keeps its own folds. Also whether it is the same
+    competition's rows."""
     if data is None:
         spec = prev.info.get("data")
         if not spec:
@@ -135,10 +190,9 @@ def _data_for(prev: Run, data: KaggleData | None) -> KaggleData:
                 "data: iterate(prev_run, arch, data=kt.ImageCsvData('/kaggle/input/<competition>', ...))"
             ) from e
     check_data(data)
-    if list(data.class_names) != list(prev.class_names):
-        raise ValueError(
-            f"the data's classes {list(data.class_names)[:10]} are not run {prev.id!r}'s {prev.class_names[:10]}: "
-            "iterate continues a run on the same task. Pass the competition data that run trained on."
-        )
     folds = prev.path / "folds.csv"
-    return data.with_folds(folds) if folds.is_file() else data
+    if not folds.is_file():
+        return data, True
+    saved = read_csv(folds, what="folds table", str_cols=("id", "label"))
+    same_rows = "id" in saved.columns and set(saved["id"].astype(str)) == set(data.frame["id"].astype(str))
+    return (data.with_folds(saved) if same_rows else data), same_rows

@@ -1,9 +1,13 @@
-"""`predict`: every trained fold of a run x horizontal-flip TTA -> a submission checked against the sample.
+"""`predict`: every trained fold of a run x flip TTA, averaged in probability or value space -> a submission.
+
+`run_predictions` gives the same averaged outputs (or the run's out-of-fold ones) as a table, one column per class,
+label or target, for blending several runs.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,28 +18,34 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from kaggle_tli.data import DataError, KaggleData, rebuild_data
+from kaggle_tli.data import DataError, KaggleData, activate, make_submission, rebuild_data, tune_threshold
 from kaggle_tli.files import atomic_write_text
 from kaggle_tli.runs import Run, load_run, weights_name
+from kaggle_tli.train import resolve_metric
+
+TTA_VIEWS = ("hflip", "vflip", "hvflip")  # averaged with the image as it is; "all" is the three
 
 
 def predict(
     run: Run | str | Path,
     test: KaggleData | str | Path | None = None,
     *,
-    tta: bool = True,
+    tta: bool | str | Sequence[str] = True,
     which: str = "best",
     batch_size: int = 64,
     device: str = "auto",
     out: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Predict the test set with every trained fold of `run` (averaging probabilities, with a
-    horizontal-flip TTA), and return the submission, checked against `sample_submission.csv`.
+    """Predict the test set with every trained fold of `run` (averaging probabilities or values over folds and TTA
+    views), and return the submission, checked against `sample_submission.csv`.
 
     `test`: None rebuilds the run's data from run.json; a data object is used as is; a folder is
     the same competition mounted elsewhere. `which`: "best" | "last" | "ema" weights of each fold.
-    `tta`: average with the mirrored image, only where the data allows mirroring (`data.hflip`;
-    `PixelCsvData` sets it False because mirrored digits and letters change meaning).
+    `tta`: True averages with the mirrored image where the data allows mirroring (`data.hflip`; `PixelCsvData`
+    sets it False because mirrored digits and letters change meaning); or name the views: "hflip", "vflip",
+    "hvflip" (both flips), a list of them, or "all". A binary task submits the positive class's probability when
+    the sample holds fractions (0.5) or the run's metric scores probabilities; tags are cut at the threshold that
+    maximises the OOF micro F1.
     The submission is written to `out` when given (and only there); otherwise into the run
     directory, or to `./submission.csv` (the notebook's working directory, /kaggle/working on
     Kaggle) when the run directory is read-only (a run attached as a Kaggle dataset). The path
@@ -43,6 +53,55 @@ def predict(
     """
     run = load_run(run)
     data = _test_data(run, test)
+    outputs = _averaged_outputs(run, data, tta=tta, which=which, batch_size=batch_size, device=device)
+    metric = str(run.config.get("metric", "accuracy"))
+    scores = data.target_info.sample_scores or (
+        not metric.startswith("callable:") and resolve_metric(metric).needs_proba)
+    threshold = _oof_threshold(run) if data.task == "multilabel" else 0.5
+    submission = make_submission(data, outputs, scores=scores, threshold=threshold)
+    _write_submission(run, submission, out)
+    return submission
+
+
+def run_predictions(
+    run: Run | str | Path, test: KaggleData | str | Path | None = None, *, split: str = "test",
+    tta: bool | str | Sequence[str] = True, which: str = "best", batch_size: int = 64, device: str = "auto",
+) -> pd.DataFrame:
+    """A run's predictions in probability or value space: `id` plus one column per class, label or target (the
+    run's `class_names`). `split="test"`: the test set, folds and TTA averaged as `predict` does; `split="oof"`:
+    the out-of-fold predictions of oof.csv (with their `fold`), the rows to fit blend weights on."""
+    run = load_run(run)
+    names = [str(c) for c in run.class_names]
+    if split == "oof":
+        path = run.path / "oof.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"run {run.id!r} has no oof.csv: it has not finished a fold yet")
+        table = pd.read_csv(path, dtype={"id": str, "label": str, "prediction": str}, keep_default_na=False)
+        values = table[[_output_column(table, n) for n in names]].to_numpy(dtype=np.float64)
+        return pd.concat([table[["id", "fold"]], pd.DataFrame(values, columns=names)], axis=1)
+    if split != "test":
+        raise ValueError(f"split={split!r}: use 'test' or 'oof'")
+    data = _test_data(run, test)
+    outputs = _averaged_outputs(run, data, tta=tta, which=which, batch_size=batch_size, device=device)
+    return pd.concat([pd.DataFrame({"id": [str(i) for i in data.test_ids]}), pd.DataFrame(outputs, columns=names)],
+                     axis=1)
+
+
+def _output_column(table: pd.DataFrame, name: str) -> str:
+    for col in (f"prob_{name}", f"pred_{name}"):
+        if col in table.columns:
+            return col
+    raise DataError(f"oof.csv has no column for output {name!r} (prob_{name} or pred_{name})")
+
+
+def _averaged_outputs(run: Run, data: KaggleData, *, tta: Any, which: str, batch_size: int, device: str
+                      ) -> np.ndarray:
+    record = run.info.get("task") or {"name": "single_label"}
+    if data.task != record["name"]:
+        raise DataError(
+            f"the data is read as a {data.task} task but run {run.id!r} predicts {record['name']}: build the data "
+            f"with task={record['name']!r} (--task {record['name']}), or pass test=<folder> to rebuild it as the run did"
+        )
     if list(data.class_names) != list(run.class_names):
         raise DataError(
             f"the data's classes {data.class_names[:10]} differ from the run's {run.class_names[:10]}; "
@@ -51,16 +110,38 @@ def predict(
     folds = [k for k in run.trained_folds if _has_weights(run, which, k)]
     if not folds:
         raise FileNotFoundError(f"run {run.id!r} has no {which!r} weights for any fold; train it first")
+    views = tta_views(tta, data.hflip)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-    probs = None
+    total = None
     for k in folds:
         model = run.build_model(which, k).to(dev).eval()
-        p = _test_probs(model, data.test_dataset(), batch_size, dev, tta and data.hflip)
-        probs = p if probs is None else probs + p
-    probs = probs / len(folds)
-    submission = make_submission(data, probs)
-    _write_submission(run, submission, out)
-    return submission
+        out = _test_outputs(model, data.test_dataset(), batch_size, dev, views, record)
+        total = out if total is None else total + out
+    return total / len(folds)
+
+
+def tta_views(tta: bool | str | Sequence[str], hflip_allowed: bool = True) -> list[str]:
+    """The flips averaged with the plain image: True is "hflip" where mirroring is allowed, False none."""
+    if tta is True:
+        return ["hflip"] if hflip_allowed else []
+    if tta is False or tta is None:
+        return []
+    views = list(TTA_VIEWS) if tta == "all" else [tta] if isinstance(tta, str) else list(tta)
+    bad = [v for v in views if v not in TTA_VIEWS]
+    if bad:
+        raise ValueError(f"tta={tta!r}: unknown view(s) {bad}; use True, False, 'all' or some of {TTA_VIEWS}")
+    return views
+
+
+def _oof_threshold(run: Run) -> float:
+    """The tag threshold with the best micro F1 on the run's out-of-fold predictions (0.5 without them)."""
+    path = run.path / "oof.csv"
+    if not path.is_file():
+        return 0.5
+    table = pd.read_csv(path, dtype={"id": str, "label": str, "prediction": str}, keep_default_na=False)
+    names = [str(c) for c in run.class_names]
+    y = np.array([[float(n in set(str(v).split())) for n in names] for v in table["label"]])
+    return tune_threshold(y, table[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64))
 
 
 def _has_weights(run: Run, which: str, fold: int) -> bool:
@@ -83,57 +164,24 @@ def _test_data(run: Run, test: KaggleData | str | Path | None) -> KaggleData:
     return data
 
 
+_FLIP_DIMS = {"hflip": [3], "vflip": [2], "hvflip": [2, 3]}
+
+
 @torch.no_grad()
-def _test_probs(model: nn.Module, dataset: Any, batch_size: int, device: torch.device, tta: bool) -> np.ndarray:
+def _test_outputs(model: nn.Module, dataset: Any, batch_size: int, device: torch.device, views: list[str],
+                  record: dict) -> np.ndarray:
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
     outs = []
     amp = device.type == "cuda"
+    task, scale = record.get("name", "single_label"), record.get("scale")
     for x, _ in tqdm(loader, desc="predict", leave=False, disable=len(loader) < 10):
         x = x.to(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            p = model(x).float().softmax(1)
-            if tta:
-                p = (p + model(torch.flip(x, dims=[3])).float().softmax(1)) / 2
-        outs.append(p.cpu())
+            p = activate(task, model(x), scale)
+            for view in views:  # averaged where they are scored: probabilities or values, never logits
+                p = p + activate(task, model(torch.flip(x, dims=_FLIP_DIMS[view])), scale)
+        outs.append((p / (1 + len(views))).cpu())
     return torch.cat(outs).numpy()
-
-
-def make_submission(data: KaggleData, probs: np.ndarray) -> pd.DataFrame:
-    """The submission table in the shape of `sample_submission.csv`: one label column with class
-    names, or one probability column per class when the sample's columns are the class names."""
-    sample = data.sample_submission
-    labels = [data.class_names[i] for i in probs.argmax(axis=1)]
-    if sample is None:
-        return pd.DataFrame({"id": data.test_ids, data.label_col: labels})
-    id_col, targets = sample.columns[0], list(sample.columns[1:])
-    table = pd.DataFrame({id_col: data.test_ids})
-    names = [str(c) for c in data.class_names]
-    if len(targets) == 1:
-        table[targets[0]] = labels
-    elif sorted(map(str, targets)) == sorted(names):
-        for col in targets:
-            table[col] = probs[:, names.index(str(col))]
-    else:
-        raise DataError(
-            f"cannot fill sample submission columns {targets}: expected one label column or one column per "
-            f"class ({names[:10]})"
-        )
-    check_submission(table, sample)
-    return table
-
-
-def check_submission(submission: pd.DataFrame, sample: pd.DataFrame) -> None:
-    """Same columns, same ids in the same order, no empty cell: what Kaggle's scorer requires."""
-    if list(submission.columns) != list(sample.columns):
-        raise DataError(f"submission columns {list(submission.columns)} differ from the sample's {list(sample.columns)}")
-    if len(submission) != len(sample):
-        raise DataError(f"submission has {len(submission)} rows, the sample submission {len(sample)}")
-    ids, expected = submission.iloc[:, 0].astype(str).tolist(), sample.iloc[:, 0].astype(str).tolist()
-    if ids != expected:
-        where = next(i for i, (a, b) in enumerate(zip(ids, expected, strict=True)) if a != b)
-        raise DataError(f"submission ids differ from the sample's at row {where}: {ids[where]!r} vs {expected[where]!r}")
-    if submission.isna().any().any():
-        raise DataError("the submission has empty cells")
 
 
 def _write_submission(run: Run, submission: pd.DataFrame, out: str | Path | None) -> Path:

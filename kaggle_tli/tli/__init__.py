@@ -17,7 +17,7 @@ from .api import transfer
 from .forward import TraceError
 from .graph import trace
 from .guard import TransferIntegrityError
-from .head import HeadRefit, refit_head
+from .head import HeadRefit, classifier_of, refit_head
 from .inject import center_crop, combo_injection, resize
 from .norm import recalibrate_norms
 from .options import TransferOptions
@@ -38,6 +38,7 @@ __all__ = [
     "combo_injection",
     "rank_teachers",
     "recalibrate_norms",
+    "classifier_of",
     "refit_head",
     "resize",
     "similarity_matrix",

@@ -12,9 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from kaggle_tli.data import DataError, KaggleData
+from kaggle_tli.data import DataError, KaggleData, default_metric
 from kaggle_tli.models import arch_spec, fixed_in_chans
 from kaggle_tli.runs import Run
+from kaggle_tli.train.config import TrainConfig
+from kaggle_tli.train.metrics import check_metric, resolve_metric
 
 
 def check_input_size(model: nn.Module, data: KaggleData, arch: str) -> None:
@@ -120,3 +122,26 @@ def check_arch_channels(arch: str, in_chans: int, *, run_id: str | None = None) 
         f"registration) but {source} has {in_chans}-channel images. Either {fix}, or register {arch!r} without "
         f"change_in_chans({fixed}) so it takes the {in_chans} channels"
     )
+
+
+def data_for_metric(data: KaggleData, metric: Any) -> KaggleData:
+    """The data read as a regression when a regression metric is asked of numeric labels whose task was inferred
+    (integer scores 0, 10, ..., 90 look like classes until the metric says they are numbers)."""
+    if metric == "auto" or data.task == "regression" or data.task_given is not None:
+        return data
+    if not resolve_metric(metric).for_regression:
+        return data
+    try:
+        return data.with_task("regression", reason=f"metric={metric!r} scores numbers; pass task='single_label' to "
+                              "keep the labels as classes")
+    except DataError:
+        return data  # labels that are not numbers: check_metric refuses the metric with the fitting ones
+
+
+def settle_metric(cfg: TrainConfig, data: KaggleData) -> TrainConfig:
+    """The config with the task's own metric for "auto", once the metric has scored a fake prediction of the
+    task's shape: a metric that does not fit is refused here, before a run directory exists."""
+    if cfg.metric == "auto":
+        cfg = cfg.replace(metric=default_metric(data.task, scores=data.target_info.sample_scores))
+    check_metric(cfg.metric, data.task, data.num_classes)
+    return cfg

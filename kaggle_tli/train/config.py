@@ -9,18 +9,20 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import inspect
 import json
-import math
 import random
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import sklearn.metrics as skm
 import torch
+
+from kaggle_tli.data import LOSSES
+from kaggle_tli.train.metrics import Metric, resolve_metric
+
+__all__ = ["Metric", "TrainConfig", "fold_plan", "resolve_metric", "seed_everything"]
 
 _BOOL_FIELDS = ("ema", "eval_at_start", "pretrained", "progress")  # TrainConfig's on/off switches
 
@@ -53,7 +55,10 @@ class TrainConfig:
     num_workers: int = 0
     fold: int = 0  # the primary fold: its last weights are model.safetensors, the teacher for TLI
     train_folds: tuple[int, ...] | str | None = None  # None: only `fold`; "all"; or a list of folds
-    metric: str | Callable = "accuracy"  # "accuracy", an sklearn metric or scorer name, or a callable
+    metric: str | Callable = "auto"  # "auto": the task's own (kaggle_tli.data.tasks); a metric name or a callable
+    loss: str = "auto"  # "auto": the task's own; a regression may pick "huber" or "l1"
+    mixup: float = 0.0  # timm Mixup alpha (0: off); single- and multi-label tasks only
+    cutmix: float = 0.0  # timm CutMix alpha (0: off); single- and multi-label tasks only
     max_steps: int | None = None  # cap on optimizer steps per fold (tests, benchmarks, quick looks)
     eval_every_steps: int | None = None  # evaluate every N steps as well as at each epoch end
     eval_at_start: bool = False  # evaluate before the first step (the step-0 metric of a TLI student)
@@ -94,7 +99,13 @@ class TrainConfig:
             raise ValueError(f"lr={self.lr!r}: must be > 0")
         if self.train_folds is not None and self.train_folds != "all" and not isinstance(self.train_folds, tuple):
             raise ValueError(f"train_folds={self.train_folds!r}: use None, 'all' or a list of fold numbers")
-        resolve_metric(self.metric)  # an unknown metric name fails here, before any run exists
+        if self.metric != "auto":
+            resolve_metric(self.metric)  # an unknown metric name fails here, before any run exists
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss={self.loss!r}: choose one of {LOSSES}")
+        for name in ("mixup", "cutmix"):
+            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: a Beta alpha >= 0 (0 switches it off; 0.2-1.0 usual)")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> TrainConfig:
@@ -139,7 +150,7 @@ class TrainConfig:
         """JSON-ready: a callable metric is recorded by name."""
         out = self._fields()
         if callable(out["metric"]):
-            out["metric"] = f"callable:{getattr(out['metric'], '__module__', '?')}.{_name_of(out['metric'])}"
+            out["metric"] = f"callable:{getattr(out['metric'], '__module__', '?')}.{resolve_metric(out['metric']).name}"
         if isinstance(out["train_folds"], tuple):
             out["train_folds"] = list(out["train_folds"])
         return out
@@ -148,85 +159,6 @@ class TrainConfig:
         """sha1 of the canonical JSON of the config (sorted keys): equal configs, equal hash."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha1(canonical.encode()).hexdigest()
-
-
-def _name_of(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
-
-
-# --------------------------------------------------------------------------------------------------
-# metrics
-
-
-# sklearn functions that score probabilities rather than labels
-_PROBA_FUNCS = {"log_loss", "roc_auc_score", "average_precision_score", "top_k_accuracy_score", "brier_score_loss"}
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A validation metric. `fn(y_true, y_pred)` gets class indices, or probabilities (N, C) when
-    `needs_proba` (binary problems get the positive-class column, except for log_loss/top-k)."""
-
-    name: str
-    fn: Callable
-    needs_proba: bool = False
-    greater_is_better: bool = True
-    sign: float = 1.0
-    kwargs: dict = field(default_factory=dict)
-
-    def __call__(self, y_true: np.ndarray, probs: np.ndarray) -> float:
-        kwargs = dict(self.kwargs)
-        if not self.needs_proba:
-            return self.sign * float(self.fn(y_true, probs.argmax(axis=1), **kwargs))
-        fn_name = getattr(self.fn, "__name__", "")
-        y_score = probs
-        if probs.shape[1] == 2 and fn_name not in ("log_loss", "top_k_accuracy_score"):
-            y_score = probs[:, 1]
-        elif "labels" in _parameters(self.fn):
-            kwargs.setdefault("labels", list(range(probs.shape[1])))
-        return self.sign * float(self.fn(y_true, y_score, **kwargs))
-
-    def better(self, new: float, old: float | None) -> bool:
-        if old is None or (isinstance(old, float) and math.isnan(old)):
-            return not math.isnan(new)
-        return new > old if self.greater_is_better else new < old
-
-
-def _parameters(fn: Callable) -> set[str]:
-    try:
-        return set(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
-def resolve_metric(metric: str | Callable | Metric) -> Metric:
-    """"accuracy", an sklearn.metrics function name ("f1_score", "log_loss"), an sklearn scorer name
-    ("f1_macro", "roc_auc_ovr", "neg_log_loss"), a `Metric`, or a callable fn(y_true, y_pred_labels)."""
-    if isinstance(metric, Metric):
-        return metric
-    if callable(metric):
-        return Metric(name=_name_of(metric), fn=metric)
-    name = str(metric)
-    if name == "accuracy":
-        return Metric("accuracy", skm.accuracy_score)
-    fn = getattr(skm, name, None)
-    if callable(fn) and not name.startswith("_") and name not in ("get_scorer", "make_scorer", "check_scoring"):
-        lower_better = name.endswith(("_loss", "_error", "_deviance"))
-        return Metric(name, fn, needs_proba=name in _PROBA_FUNCS, greater_is_better=not lower_better)
-    try:
-        scorer = skm.get_scorer(name)
-    except ValueError as e:
-        known = ["accuracy", *skm.get_scorer_names()]
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        raise ValueError(
-            f"unknown metric {name!r}{f'; did you mean {close}?' if close else ''} Use 'accuracy', an sklearn "
-            "scorer name (sklearn.metrics.get_scorer_names()), an sklearn.metrics function name, or a callable"
-        ) from e
-    response = getattr(scorer, "_response_method", "predict")
-    return Metric(
-        name, scorer._score_func, needs_proba=response != "predict", sign=float(scorer._sign),
-        kwargs=dict(scorer._kwargs),
-    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from timm.data import Mixup
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from kaggle_tli.checkpoint import load_weights, save_weights
-from kaggle_tli.data import EpochBatchSampler
+from kaggle_tli.data import EpochBatchSampler, activate, task_loss
 from kaggle_tli.models import create_model_from_spec
 from kaggle_tli.runs import INIT_WEIGHTS
 from kaggle_tli.train.config import TrainConfig, seed_everything
@@ -101,9 +101,33 @@ def _build_fold(ctx: Ctx, fold: int) -> Fold:
     return Fold(
         fold=fold, model=model, raw=raw, optimizer=optimizer, scheduler=_make_scheduler(inner, cfg, total),
         ema=ema, train_set=train_set, valid_set=job.data.dataset(valid_idx, train=False),
-        valid_targets=job.data.frame["target"].to_numpy()[valid_idx], sampler=sampler, loader=loader,
-        batches_per_epoch=batches, total_steps=total,
+        valid_targets=job.data.targets[valid_idx], sampler=sampler, loader=loader,
+        batches_per_epoch=batches, total_steps=total, mixup=make_mixup(cfg, job.data.task, job.data.num_classes),
     )
+
+
+def make_mixup(cfg: TrainConfig, task: str, num_classes: int) -> Mixup | None:
+    """timm's Mixup/CutMix for the shapes with soft targets (single-label, binary, multi-label), else None."""
+    if not (cfg.mixup or cfg.cutmix):
+        return None
+    if task == "regression":
+        raise ValueError("mixup / cutmix mix class targets: a regression task has none; set mixup=0 and cutmix=0")
+    # multi-label targets are mixed by `_mix` with the weights timm used (its multi_label option is recent)
+    dense = task == "multilabel"
+    return Mixup(mixup_alpha=float(cfg.mixup), cutmix_alpha=float(cfg.cutmix),
+                 label_smoothing=0.0 if dense else cfg.label_smoothing, num_classes=2 if dense else num_classes)
+
+
+def _mix(mixup: Mixup, task: str, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixed images and soft targets. For 0/1 label rows timm mixes a probe target (0, 1, 0, 1, ...) instead: each
+    row's weight on its own image comes back as the probe's weight on the row's own class (row i is mixed with
+    row n-1-i, whose class always differs in an even batch)."""
+    if task != "multilabel":
+        return mixup(x, y)
+    probe = torch.arange(len(x), device=x.device) % 2
+    x, mixed = mixup(x, probe)
+    lam = mixed.gather(1, probe[:, None]).to(y.dtype)
+    return x, lam * y + (1 - lam) * y.flip(0)
 
 
 def _loader(dataset: Any, sampler: Any, cfg: TrainConfig, ctx: Ctx, *, persistent: bool = False) -> DataLoader:
@@ -123,11 +147,16 @@ def _micro_step(ctx: Ctx, fr: Fold, x: torch.Tensor, y: torch.Tensor, scale: flo
     """Forward and backward of one micro-batch; gradients are all-reduced only on the last of a group."""
     x = x.to(ctx.device, non_blocking=True)
     y = y.to(ctx.device, non_blocking=True)
+    smoothing = ctx.cfg.label_smoothing
+    if fr.mixup is not None and len(x) % 2 == 0:  # timm mixes a batch with its reverse: it needs an even batch
+        x, y = _mix(fr.mixup, ctx.job.data.task, x, y)
+        if ctx.job.data.task != "multilabel":
+            smoothing = 0.0  # timm put it in the mixed class targets
     sync_ctx = ctx.acc.no_sync(fr.model) if not sync and ctx.world > 1 else _nullcontext()
     with sync_ctx:
         with ctx.acc.autocast():
             logits = fr.model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=ctx.cfg.label_smoothing)
+        loss = task_loss(ctx.job.data.task, logits, y, loss=ctx.cfg.loss, label_smoothing=smoothing)
         ctx.acc.backward(loss * scale)
     return loss.detach()
 
@@ -159,7 +188,7 @@ def _optimizer_step(ctx: Ctx, fr: Fold) -> None:
 
 @torch.no_grad()
 def _valid_probs(ctx: Ctx, model: nn.Module, dataset: Any) -> torch.Tensor:
-    """Softmax probabilities for every sample of `dataset`, in order; each process scores its share
+    """Probabilities (or regression values) for every sample of `dataset`, in order; each process scores its share
     and the shares are gathered, so every process sees the full validation set."""
     n = len(dataset)
     bs = ctx.cfg.eval_batch_size or 2 * ctx.cfg.batch_size
@@ -173,7 +202,7 @@ def _valid_probs(ctx: Ctx, model: nn.Module, dataset: Any) -> torch.Tensor:
         for x, _ in loader:
             with ctx.acc.autocast():
                 logits = model(x.to(ctx.device, non_blocking=True))
-            outs.append(logits.float().softmax(dim=1).cpu())
+            outs.append(activate(ctx.job.data.task, logits, ctx.job.data.target_info.scale).cpu())
     finally:
         model.train(was_training)
     local = torch.cat(outs) if outs else torch.zeros(0, ctx.job.data.num_classes)
@@ -199,7 +228,7 @@ def _evaluate(ctx: Ctx, fr: Fold, *, at_start: bool = False) -> float:
     t0 = time.perf_counter()
     model = fr.ema.module if fr.ema is not None else fr.raw
     probs = _valid_probs(ctx, model, fr.valid_set)
-    score = ctx.metric(fr.valid_targets, probs.numpy())
+    score = ctx.metric(fr.valid_targets, probs.numpy(), ctx.job.data.task)
     add_log_row(ctx, fr, metric=score)
     if at_start:
         fr.start_metric = score

@@ -225,14 +225,24 @@ def _write_oof(ctx: Ctx, fr: Fold, probs: torch.Tensor | None, name: str) -> Non
         "id": rows["id"].astype(str).to_numpy(), "label": [str(v) for v in rows["label"]], "fold": fr.fold,
     })
     p = probs.numpy()
-    table["prediction"] = [str(data.class_names[i]) for i in p.argmax(axis=1)]
+    table["prediction"] = _predicted_text(data, p)
+    prefix = "pred" if data.task == "regression" else "prob"
     for j, name_j in enumerate(data.class_names):
-        table[f"prob_{name_j}"] = p[:, j]
+        table[f"{prefix}_{name_j}"] = p[:, j]
     path = ctx.job.run_dir / name
     if path.exists():
         old = _read_oof(path)
         table = pd.concat([old[old["fold"] != fr.fold], table], ignore_index=True)
     atomic_write_text(path, table.to_csv(index=False))
+
+
+def _predicted_text(data: Any, p: np.ndarray) -> list[str]:
+    """The prediction column of oof.csv: the class, the tags at 0.5, or the values."""
+    if data.task == "regression":
+        return [" ".join(f"{v:.6g}" for v in row) for row in p]
+    if data.task == "multilabel":
+        return [" ".join(str(n) for n, v in zip(data.class_names, row, strict=True) if v >= 0.5) for row in p]
+    return [str(data.class_names[i]) for i in p.argmax(axis=1)]
 
 
 def _read_oof(path: Path) -> pd.DataFrame:
@@ -246,10 +256,11 @@ def _oof_score(ctx: Ctx, name: str) -> float | None:
         return None
     table = _read_oof(path)
     data = ctx.job.data
-    lookup = {str(c): i for i, c in enumerate(data.class_names)}
-    y = np.array([lookup[str(v)] for v in table["label"]])
-    probs = table[[f"prob_{c}" for c in data.class_names]].to_numpy()
-    return float(ctx.metric(y, probs))
+    position = {str(i): k for k, i in enumerate(data.frame["id"].astype(str))}
+    y = data.targets[np.array([position[str(i)] for i in table["id"]], dtype=np.int64)]
+    prefix = "pred" if data.task == "regression" else "prob"
+    outputs = table[[f"{prefix}_{c}" for c in data.class_names]].to_numpy(dtype=np.float64)
+    return float(ctx.metric(y, outputs, data.task))
 
 
 def finish_run(ctx: Ctx, stopped_by_budget: bool) -> None:

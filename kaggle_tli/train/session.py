@@ -27,7 +27,7 @@ from kaggle_tli.files import atomic_write_bytes, atomic_write_text
 from kaggle_tli.ledger import Ledger
 from kaggle_tli.models import create_model_from_spec
 from kaggle_tli.runs import INIT_WEIGHTS, STATE_FILE, Run, load_run, make_run_dir, utc_now, write_run_info
-from kaggle_tli.train.checks import check_input_size, check_same_classes
+from kaggle_tli.train.checks import check_input_size, check_same_classes, settle_metric
 from kaggle_tli.train.config import TrainConfig, fold_plan, resolve_metric
 from kaggle_tli.train.launch import check_devices, launch
 from kaggle_tli.train.records import truncate_log
@@ -69,12 +69,14 @@ def start_run(req: StageRequest) -> Run:
     yet) and releases its lock, so no run is left "running" with nobody training it.
     """
     folds = fold_plan(req.cfg, req.data.folds)
+    req.cfg = settle_metric(req.cfg, req.data)
     check_devices(req.cfg)
     if not (req.input_checked and req.model is not None):
         model = req.model if req.model is not None else create_model_from_spec(req.spec)
         check_input_size(model, req.data, req.spec.get("name", "model"))
     ledger = _ledger(req.runs)
     ledger.rows()  # a newer-schema or unreadable ledger fails here, before any run directory exists
+    print(f"kaggle-tli: {req.data.describe_task()}")
     run_dir = make_run_dir(req.runs, req.spec.get("name", "model"))
     lock = FileLock(str(run_dir / ".lock"))
     lock.acquire(timeout=0)
@@ -237,7 +239,7 @@ def _initial_info(req: StageRequest, run_dir: Path, folds: list[int], init_files
         "folds": {str(k): {"status": "pending"} for k in folds}, "metrics": {}, "status": "running",
         "created_at": utc_now(), "finished_at": None, "extra": dict(req.extra), "data": req.data.spec(),
         "init_files": {str(k): v for k, v in init_files.items()}, "sessions": 1,
-        "parent_arch": req.parent.arch.get("name") if req.parent else None,
+        "parent_arch": req.parent.arch.get("name") if req.parent else None, "task": req.data.task_record(),
         # a parent loaded from a bundle built for a Kaggle Model names its variation: the child's own variation
         # will name it as its base (kaggle/model_files.py)
         "parent_kaggle_model": req.parent.info.get("kaggle_model") if req.parent else None,
@@ -251,6 +253,7 @@ def _ledger_start_fields(req: StageRequest, info: dict, run_dir: Path, folds: li
         "fold": _fold_label(folds),
         "epochs": req.cfg.epochs, "metric": resolve_metric(req.cfg.metric).name, "seed": req.cfg.seed,
         "config_hash": info["config_hash"], "git_sha": git_sha(), "checkpoint": str(run_dir.resolve()),
+        "task": req.data.task,
     }
     fields.update({k: req.extra[k] for k in _LEDGER_EXTRA if k in req.extra})
     return fields
@@ -265,6 +268,7 @@ def _ledger_row_from_info(run: Run) -> dict:
         "init": info.get("init"), "fold": _fold_label(info.get("fold_plan", [0])),
         "epochs": cfg.get("epochs"), "metric": str(cfg.get("metric")), "seed": cfg.get("seed"),
         "config_hash": info.get("config_hash"), "git_sha": git_sha(), "checkpoint": str(run.path.resolve()),
+        "task": (info.get("task") or {}).get("name", "single_label"),
         **{k: info.get("extra", {})[k] for k in _LEDGER_EXTRA if k in info.get("extra", {})},
     }
 

@@ -64,6 +64,7 @@ class Fold:
     last_probs: torch.Tensor | None = None
     stop_reason: str | None = None
     checkpoint_step: int | None = None
+    mixup: Any = None  # timm Mixup/CutMix, when the config asks for it
     pending: list = field(default_factory=list)  # log rows not yet written: [fold, step, epoch, loss, lr, metric, elapsed]
 
 
