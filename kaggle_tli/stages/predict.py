@@ -1,9 +1,13 @@
 """`predict`: every trained fold of a run x horizontal-flip TTA -> a submission checked against the sample.
+
+Several runs are blended (kaggle_tli.stages.blend): each run's test predictions, averaged over its folds and TTA,
+then the weighted mean of the runs.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +21,20 @@ from tqdm.auto import tqdm
 from kaggle_tli.data import DataError, KaggleData, rebuild_data
 from kaggle_tli.files import atomic_write_text
 from kaggle_tli.runs import Run, load_run, weights_name
+from kaggle_tli.stages.blend import (
+    blend_frames,
+    fit_weights,
+    normalise_weights,
+    prediction_columns,
+    record_blend,
+)
+from kaggle_tli.stages.resume import runs_dir_for
+
+RunLike = Run | str | Path
 
 
 def predict(
-    run: Run | str | Path,
+    run: RunLike | Sequence[RunLike],
     test: KaggleData | str | Path | None = None,
     *,
     tta: bool = True,
@@ -28,6 +42,7 @@ def predict(
     batch_size: int = 64,
     device: str = "auto",
     out: str | Path | None = None,
+    weights: Sequence[float] | str | None = None,
 ) -> pd.DataFrame:
     """Predict the test set with every trained fold of `run` (averaging probabilities, with a
     horizontal-flip TTA), and return the submission, checked against `sample_submission.csv`.
@@ -40,9 +55,45 @@ def predict(
     directory, or to `./submission.csv` (the notebook's working directory, /kaggle/working on
     Kaggle) when the run directory is read-only (a run attached as a Kaggle dataset). The path
     written is printed.
+
+    A list of runs is blended: `weights` None averages them equally, numbers weigh them, "fit" fits the
+    weights on the runs' common out-of-fold rows (kaggle_tli.stages.blend). The blend gets a folder beside
+    the first run (blend.json, predictions.csv, submission.csv) and a ledger row with stage "blend".
     """
+    options = dict(tta=tta, which=which, batch_size=batch_size, device=device)
+    if isinstance(run, (list, tuple)):
+        return _predict_blend([load_run(r) for r in run], test, weights, out, options)
+    if weights is not None:
+        raise ValueError("weights= blends several runs: pass a list of runs, e.g. predict([run1, run2], weights='fit')")
     run = load_run(run)
     data = _test_data(run, test)
+    submission = make_submission(data, _run_probs(run, data, **options))
+    _write_submission(run, submission, out)
+    return submission
+
+
+def _predict_blend(runs: list[Run], test: Any, weights: Any, out: str | Path | None, options: dict) -> pd.DataFrame:
+    if not runs:
+        raise ValueError("predict([]): pass at least one run to blend")
+    fit = fit_weights(runs) if weights == "fit" else None
+    w = normalise_weights(fit.weights if fit else weights, len(runs))
+    if fit is None and all((r.path / "oof.csv").is_file() for r in runs):
+        fit = fit_weights(runs, weights=w)  # the given weights' OOF score, for the ledger
+    data = _test_data(runs[0], test)
+    ids = pd.DataFrame({"id": [str(i) for i in data.test_ids]})
+    columns = [f"prob_{c}" for c in data.class_names]  # oof.csv's names: a test frame reads like an OOF frame
+    frames = [pd.concat([ids, pd.DataFrame(_run_probs(r, data, **options), columns=columns)], axis=1) for r in runs]
+    blended = blend_frames(frames, w)
+    submission = make_submission(data, blended[prediction_columns(blended)].to_numpy())
+    folder = record_blend(runs, fit, w, submission, runs_dir_for(runs[0]), blended)
+    if out is not None:
+        atomic_write_text(Path(out).expanduser(), submission.to_csv(index=False))
+    print(f"kaggle-tli: blend of {len(runs)} runs -> {folder}/submission.csv" + (f" and {out}" if out else ""))
+    return submission
+
+
+def _run_probs(run: Run, data: KaggleData, *, tta: bool, which: str, batch_size: int, device: str) -> np.ndarray:
+    """The run's test probabilities: the mean over its trained folds (each with TTA where allowed)."""
     if list(data.class_names) != list(run.class_names):
         raise DataError(
             f"the data's classes {data.class_names[:10]} differ from the run's {run.class_names[:10]}; "
@@ -57,10 +108,7 @@ def predict(
         model = run.build_model(which, k).to(dev).eval()
         p = _test_probs(model, data.test_dataset(), batch_size, dev, tta and data.hflip)
         probs = p if probs is None else probs + p
-    probs = probs / len(folds)
-    submission = make_submission(data, probs)
-    _write_submission(run, submission, out)
-    return submission
+    return probs / len(folds)
 
 
 def _has_weights(run: Run, which: str, fold: int) -> bool:
