@@ -47,6 +47,8 @@ from kaggle_tli.train.records import (
 )
 from kaggle_tli.train.state import Ctx, Fold
 
+PROGRESS_EVERY = 10  # steps between progress-bar updates of the loss
+
 # --------------------------------------------------------------------------------------------------
 # building the pieces of a fold
 
@@ -265,8 +267,11 @@ def _train_epoch(ctx: Ctx, fr: Fold, bar: Any) -> None:
             continue
         _optimizer_step(ctx, fr)
         add_log_row(ctx, fr, loss=group_loss)
+        _show_progress(ctx, fr, bar, group_loss)
         group_loss = None
         bar.update(1)
+        if fr.step == 1:
+            update_progress(ctx, fr)  # run.json knows a step was taken: a failure now keeps the step-0 weights
         now = time.perf_counter()
         ctx.step_seconds = 0.9 * ctx.step_seconds + 0.1 * (now - t_step) if ctx.step_seconds else now - t_step
         t_step = now
@@ -278,6 +283,17 @@ def _train_epoch(ctx: Ctx, fr: Fold, bar: Any) -> None:
         fr.stop_reason = "early_stopping"
     checkpoint(ctx, fr)
     update_progress(ctx, fr)
+
+
+def _show_progress(ctx: Ctx, fr: Fold, bar: Any, loss: torch.Tensor) -> None:
+    """The loss and the last metric on the progress bar. `.item()` waits for the GPU, so only every
+    PROGRESS_EVERY steps and at the end of an epoch."""
+    if bar.disable or (fr.step % PROGRESS_EVERY and fr.batch_in_epoch < fr.batches_per_epoch):
+        return
+    shown = {"loss": f"{float(loss.item()):.4f}"}
+    if fr.last_metric is not None:
+        shown[ctx.metric.name] = f"{fr.last_metric:.4f}"
+    bar.set_postfix(shown, refresh=False)
 
 
 def _after_step(ctx: Ctx, fr: Fold) -> bool:
