@@ -19,11 +19,13 @@ What a trainer needs from a data object (the `KaggleData` interface): `num_class
 `sample_submission`, `spec()` (to rebuild it for `predict`) and `with_folds(...)`.
 
 The package, one idea per module: `errors` (what users catch), `tables` (CSVs as written, labels, folds),
-`pipeline` (albumentations, datasets, the epoch batch sampler), `base` (`KaggleData`) and `competitions`
+`pipeline` (albumentations, datasets, the epoch batch sampler), `cache` (the resize cache), `loading` (DataLoader
+settings), `base` (`KaggleData`) and `competitions`
 (`ImageCsvData`, `PixelCsvData`, `open_competition`, `rebuild_data`).
 """
 
 from .base import KaggleData
+from .cache import DEFAULT_CACHE_DIR, ResizeCache
 from .competitions import (
     IMAGE_EXTS,
     TEST_DIR_CANDIDATES,
@@ -34,6 +36,7 @@ from .competitions import (
     rebuild_data,
 )
 from .errors import DataError, DataNotFoundError, DataWarning
+from .loading import default_num_workers, loader_options
 from .pipeline import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -46,6 +49,7 @@ from .pipeline import (
 from .tables import check_class_sizes, make_folds, parse_labels, read_csv, require_column
 
 __all__ = [
+    "DEFAULT_CACHE_DIR",
     "IMAGE_EXTS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -59,10 +63,13 @@ __all__ = [
     "EpochBatchSampler",
     "ImageCsvData",
     "ImageDataset",
+    "ResizeCache",
     "KaggleData",
     "PixelCsvData",
     "check_class_sizes",
+    "default_num_workers",
     "default_transforms",
+    "loader_options",
     "make_folds",
     "open_competition",
     "parse_labels",

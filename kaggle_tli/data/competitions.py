@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .base import KaggleData
+from .cache import DEFAULT_CACHE_DIR, ResizeCache
 from .errors import DataError, DataWarning
 from .pipeline import ArrayDataset, ImageDataset
 from .tables import first_few, read_csv, require_column, require_ids
@@ -35,6 +36,8 @@ class ImageCsvData(KaggleData):
     preference, from the ids of `sample_submission.csv`, of `test_csv`, or the listing of the test
     folder (`test/`, `test_images/`). Every image file is checked to exist and to have an image
     header (`check_images="header"`; `"decode"` decodes them all, `"none"` skips the check).
+    `cache="resized"` decodes each image once and keeps a copy shrunk to a little above `image_size` in
+    `cache_dir` (default ./kaggle_tli_cache), reused by later epochs, folds and runs (kaggle_tli.data.cache).
     """
 
     def __init__(
@@ -57,14 +60,20 @@ class ImageCsvData(KaggleData):
         train_transform: Callable | None = None,
         valid_transform: Callable | None = None,
         check_images: str = "header",
+        cache: str | None = None,
+        cache_dir: str | Path | None = None,
     ):
         if check_images not in ("header", "decode", "none"):
             raise ValueError(f"check_images={check_images!r}: use 'header', 'decode' or 'none'")
+        cache = "resized" if cache_dir is not None and cache is None else cache
+        if cache not in (None, "resized"):
+            raise ValueError(f"cache={cache!r}: use cache='resized' (optionally with cache_dir=<folder>), or None")
         init_kwargs = dict(
             csv=csv, id_col=id_col, label_col=label_col, image_dir=None if image_dir is None else str(image_dir),
             group_col=group_col, test_dir=None if test_dir is None else str(test_dir), test_csv=test_csv,
             sample_submission=sample_submission, image_size=image_size, in_chans=in_chans, folds=folds,
-            seed=seed, hflip=hflip, check_images=check_images,
+            seed=seed, hflip=hflip, check_images=check_images, cache=cache,
+            cache_dir=None if cache_dir is None else str(Path(cache_dir).expanduser().resolve()),
         )
         super().__init__(
             root, label_col=label_col, image_size=image_size, folds=folds, seed=seed, group_col=group_col,
@@ -72,6 +81,7 @@ class ImageCsvData(KaggleData):
             sample_submission=sample_submission, init_kwargs=init_kwargs,
         )
         self.id_col, self.in_chans, self.check_images = id_col, in_chans, check_images
+        self.cache = None if cache is None else ResizeCache(cache_dir or DEFAULT_CACHE_DIR, image_size, in_chans)
         source = f"{csv!r}"
         text_cols = [c for c in (id_col, label_col, group_col) if c is not None]
         table = read_csv(self.root / csv, what="training CSV", str_cols=text_cols)
@@ -173,11 +183,13 @@ class ImageCsvData(KaggleData):
 
     def dataset(self, indices: np.ndarray, *, train: bool) -> ImageDataset:
         rows = self.frame.iloc[np.asarray(indices)]
-        return ImageDataset(rows["path"].tolist(), rows["target"].to_numpy(), self.transform(train), self.in_chans)
+        return ImageDataset(rows["path"].tolist(), rows["target"].to_numpy(), self.transform(train), self.in_chans,
+                            self.cache)
 
     def test_dataset(self) -> ImageDataset:
         self._require_test_set()
-        return ImageDataset(self.test_paths, np.full(len(self.test_paths), -1), self.transform(False), self.in_chans)
+        return ImageDataset(self.test_paths, np.full(len(self.test_paths), -1), self.transform(False), self.in_chans,
+                            self.cache)
 
 
 def _index_folder(folder: Path) -> dict[str, str]:

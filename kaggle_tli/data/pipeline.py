@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import Dataset, Sampler  # noqa: E402
 
+from .cache import ResizeCache  # noqa: E402
 from .errors import DataError  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -107,15 +108,23 @@ class AugmentedDataset(Dataset):
 
 
 class ImageDataset(AugmentedDataset):
-    """Images read from files with OpenCV (RGB, or grey when `in_chans == 1`)."""
+    """Images read from files with OpenCV (RGB, or grey when `in_chans == 1`), through a resize cache if given."""
 
-    def __init__(self, paths: Sequence[str], targets: np.ndarray, transform: Callable | None, in_chans: int = 3):
+    def __init__(self, paths: Sequence[str], targets: np.ndarray, transform: Callable | None, in_chans: int = 3,
+                 cache: ResizeCache | None = None):
         super().__init__(targets, transform)
         self.paths = list(paths)
         self.in_chans = in_chans
+        self.cache = cache
 
     def load(self, index: int) -> np.ndarray:
         path = self.paths[index]
+        if self.cache is not None:
+            return self.cache.load(path, self.decode)
+        return self.decode(path)
+
+    def decode(self, path: str) -> np.ndarray:
+        """The original file's pixels, HWC uint8 (16-bit files come down to 8 bits, keeping their brightness)."""
         return _read_image(path, self.in_chans)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from kaggle_tli.data import DataError, KaggleData, rebuild_data
+from kaggle_tli.data import DataError, KaggleData, loader_options, rebuild_data
 from kaggle_tli.files import atomic_write_text
 from kaggle_tli.runs import Run, load_run, weights_name
 from kaggle_tli.stages.blend import (
@@ -133,7 +133,8 @@ def _test_data(run: Run, test: KaggleData | str | Path | None) -> KaggleData:
 
 @torch.no_grad()
 def _test_probs(model: nn.Module, dataset: Any, batch_size: int, device: torch.device, tta: bool) -> np.ndarray:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
+    options = loader_options(None, cuda=device.type == "cuda")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator(), **options)
     outs = []
     amp = device.type == "cuda"
     for x, _ in tqdm(loader, desc="predict", leave=False, disable=len(loader) < 10):

@@ -50,7 +50,7 @@ class TrainConfig:
     early_stopping: int | None = None  # patience, in evaluations without improvement
     time_budget_s: float | None = None  # stop cleanly (evaluate, checkpoint) before this many seconds
     seed: int = 42
-    num_workers: int = 0
+    num_workers: int | None = None  # data loader processes; None: one per CPU core (kaggle_tli.data.loading)
     fold: int = 0  # the primary fold: its last weights are model.safetensors, the teacher for TLI
     train_folds: tuple[int, ...] | str | None = None  # None: only `fold`; "all"; or a list of folds
     metric: str | Callable = "accuracy"  # "accuracy", an sklearn metric or scorer name, or a callable

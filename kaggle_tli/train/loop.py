@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from kaggle_tli.checkpoint import load_weights, save_weights
-from kaggle_tli.data import EpochBatchSampler
+from kaggle_tli.data import EpochBatchSampler, loader_options
 from kaggle_tli.models import create_model_from_spec
 from kaggle_tli.runs import INIT_WEIGHTS
 from kaggle_tli.train.config import TrainConfig, seed_everything
@@ -111,10 +111,8 @@ def _build_fold(ctx: Ctx, fold: int) -> Fold:
 def _loader(dataset: Any, sampler: Any, cfg: TrainConfig, ctx: Ctx, *, persistent: bool = False) -> DataLoader:
     # a private generator: creating a loader iterator must not consume the global torch RNG, or a
     # resumed run would draw different dropout masks than one that never stopped
-    return DataLoader(
-        dataset, batch_sampler=sampler, num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda",
-        persistent_workers=persistent and cfg.num_workers > 0, generator=torch.Generator(),
-    )
+    options = loader_options(cfg.num_workers, cuda=ctx.device.type == "cuda", persistent=persistent)
+    return DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator(), **options)
 
 
 # --------------------------------------------------------------------------------------------------
