@@ -96,3 +96,5 @@ def test_cli_predict_blends_with_given_weights(two_runs, tmp_path, capsys):
     assert any("given weights" in n and "x0.700" in n for n in notes), notes
     assert main(["predict", str(a.path), "--weights", "fit"]) == 2
     assert "blends several runs" in capsys.readouterr().err
+    assert main(["ledger", "--runs", str(runs), "--plot", str(tmp_path / "lineage.png")]) == 0
+    assert " blend " in capsys.readouterr().out and (tmp_path / "lineage.png").is_file(), "blend rows list and plot"

@@ -74,3 +74,18 @@ def test_a_run_that_fails_before_its_first_step_keeps_no_step0_weights(image_com
     assert (run_dir / "folds.csv").is_file(), "what was written besides the weights stays"
     with pytest.raises(FileNotFoundError, match="failed before its first step.*Start a new run"):
         resume(run, data)
+
+
+def test_the_data_flags_the_errors_advise_reach_the_data(make_image_competition, tmp_path):
+    from kaggle_tli.cli import _load_data, build_parser
+
+    root = make_image_competition(tmp_path / "comp", digits=(0, 1), per_class=6, image_dir="imgs", test_dir="tst")
+    (root / "sample_submission.csv").rename(root / "sub.csv")
+    args = build_parser().parse_args([
+        "finetune", "resnet10t", "--data", str(root), "--image-size", "32", "--folds", "2", "--image-dir", "imgs",
+        "--test-dir", "tst", "--sample-submission", "sub.csv", "--no-hflip", "--cache", "resized",
+    ])
+    data = _load_data(args)
+    assert data.hflip is False and data.sample_submission is not None and len(data.test_ids) == 10
+    assert data.cache is not None and data.spec()["kwargs"]["cache"] == "resized", "recorded for iterate/predict"
+    assert data.spec()["kwargs"]["image_dir"] == "imgs" and data.spec()["kwargs"]["test_dir"] == "tst"
