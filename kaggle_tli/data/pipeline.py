@@ -50,13 +50,19 @@ def _size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def _to_tensor(image: Any) -> torch.Tensor:
-    """HWC numpy (what albumentations returns) -> CHW float tensor; uint8 is scaled to [0, 1]."""
+    """HWC numpy (what albumentations returns) -> CHW float tensor; uint8 is scaled to [0, 1].
+
+    The CHW tensor is a view of the HWC array, not a copy: the loader's collate stacks the batch into one new
+    tensor anyway, and a copy here cost a tenth of the non-decode time per image.
+    """
     if isinstance(image, torch.Tensor):
         return image.float()
     image = np.asarray(image)
     if image.ndim == 2:
         image = image[:, :, None]
-    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    if not image.flags.writeable or min(image.strides) < 0:  # torch takes neither (a user's [:, ::-1] flip)
+        image = np.array(image)
+    tensor = torch.from_numpy(image).permute(2, 0, 1)
     return tensor.float().div_(255.0) if tensor.dtype == torch.uint8 else tensor.float()
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -45,7 +45,6 @@ class BlendFit:
     run_scores: list[float]  # each run alone, on those rows
     score: float  # the blend, on those rows (in-sample when the weights were fitted there)
     fitted: bool = False
-    notes: list[str] = field(default_factory=list)
 
 
 def prediction_columns(frame: pd.DataFrame) -> list[str]:
