@@ -39,10 +39,16 @@ def one_opencv_thread(_worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
-def loader_options(num_workers: int | None, *, cuda: bool, persistent: bool = False) -> dict[str, Any]:
-    """Keyword arguments for a DataLoader: worker count (None: the default), their initialiser, pinned memory on
-    CUDA, persistent workers when the loader is iterated more than once."""
-    workers = default_num_workers() if num_workers is None else int(num_workers)
+def loader_options(num_workers: int | None, *, cuda: bool, persistent: bool = False, processes: int = 1
+                   ) -> dict[str, Any]:
+    """Keyword arguments for a DataLoader: worker count (None: the default, shared out among `processes`
+    data-parallel training processes), their initialiser, pinned memory on CUDA, persistent workers when the
+    loader is iterated more than once."""
+    if num_workers is None:
+        default = default_num_workers()
+        workers = max(1, default // max(1, processes)) if default else 0
+    else:
+        workers = int(num_workers)
     options: dict[str, Any] = {"num_workers": workers, "pin_memory": cuda}
     if workers > 0:
         options.update(worker_init_fn=one_opencv_thread, persistent_workers=persistent)

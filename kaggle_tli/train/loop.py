@@ -111,7 +111,8 @@ def _build_fold(ctx: Ctx, fold: int) -> Fold:
 def _loader(dataset: Any, sampler: Any, cfg: TrainConfig, ctx: Ctx, *, persistent: bool = False) -> DataLoader:
     # a private generator: creating a loader iterator must not consume the global torch RNG, or a
     # resumed run would draw different dropout masks than one that never stopped
-    options = loader_options(cfg.num_workers, cuda=ctx.device.type == "cuda", persistent=persistent)
+    options = loader_options(cfg.num_workers, cuda=ctx.device.type == "cuda", persistent=persistent,
+                             processes=ctx.world)
     return DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator(), **options)
 
 
