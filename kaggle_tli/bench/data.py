@@ -112,15 +112,20 @@ def _rows_for(folder: Path, fmt: str, size: int, train_sizes: list[int], workers
 def run_data_bench(*, formats: list[str], sizes: list[int], train_sizes: list[int], workers: list[int],
                    images: int, batch_size: int, work_dir: Path | None = None) -> pd.DataFrame:
     """The whole grid, one row per (format, original size, training size, workers, cache)."""
-    cv2.setNumThreads(1)
+    threads = cv2.getNumThreads(), torch.get_num_threads()
+    cv2.setNumThreads(1)  # this process stands for one core, like each worker
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        rows = []
-        for fmt in formats:
-            for size in sizes:
-                folder = make_originals(Path(tmp) / f"{fmt}{size}", fmt, size, images)
-                rows += _rows_for(folder, fmt, size, train_sizes, workers, batch_size, Path(tmp) / "cache")
-                shutil.rmtree(folder)  # 2048-px PNGs add up: keep one set on disk at a time
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+            for fmt in formats:
+                for size in sizes:
+                    folder = make_originals(Path(tmp) / f"{fmt}{size}", fmt, size, images)
+                    rows += _rows_for(folder, fmt, size, train_sizes, workers, batch_size, Path(tmp) / "cache")
+                    shutil.rmtree(folder)  # 2048-px PNGs add up: keep one set on disk at a time
+    finally:
+        cv2.setNumThreads(threads[0])
+        torch.set_num_threads(threads[1])
     return pd.DataFrame(rows)
 
 
