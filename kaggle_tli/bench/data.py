@@ -20,6 +20,7 @@ steady state. This process runs OpenCV and torch on one thread, like each worker
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -158,11 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.images < max(2 * FOLDS, 3 * args.batch_size):
         parser.error(f"--images {args.images}: need at least {max(2 * FOLDS, 3 * args.batch_size)} (two per fold "
                      "and class, and three batches: the first is not timed)")
+    load_before = os.getloadavg()[0]
     frame = run_data_bench(formats=args.formats, sizes=args.sizes, train_sizes=args.train_sizes,
                            workers=args.workers, images=args.images, batch_size=args.batch_size,
                            work_dir=Path(args.work_dir) if args.work_dir else None)
     formats = {"file_kb": ".0f", "images_per_s": ".0f", "decode_limit": ".0f", "of_limit": ".0%", "speedup": ".1f"}
-    notes = _checks(frame)
+    # rates are only comparable on an idle machine: say how busy it was
+    notes = [f"{os.cpu_count()} CPU cores; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"]
+    notes += _checks(frame)
     write_table(frame, args.out, "data", title="Input pipeline images/s", notes=notes, formats=formats)
     print(markdown_table(frame, formats))
     print("\n".join(notes))
