@@ -67,24 +67,30 @@ def predict(
         raise ValueError("weights= blends several runs: pass a list of runs, e.g. predict([run1, run2], weights='fit')")
     run = load_run(run)
     data = _test_data(run, test)
-    submission = make_submission(data, _run_probs(run, data, **options))
+    submission = _submission(run, data, _averaged_outputs(run, data, **options))
     _write_submission(run, submission, out)
     return submission
+
+
+def _submission(run: Run, data: KaggleData, outputs: np.ndarray) -> pd.DataFrame:
+    """The submission from a run's (or a blend's) averaged outputs, in the sample submission's shape."""
+    return make_submission(data, outputs)
 
 
 def _predict_blend(runs: list[Run], test: Any, weights: Any, out: str | Path | None, options: dict) -> pd.DataFrame:
     if not runs:
         raise ValueError("predict([]): pass at least one run to blend")
-    fit = fit_weights(runs) if weights == "fit" else None
+    fit = fit_weights(runs) if isinstance(weights, str) and weights == "fit" else None
     w = normalise_weights(fit.weights if fit else weights, len(runs))
     if fit is None and all((r.path / "oof.csv").is_file() for r in runs):
         fit = fit_weights(runs, weights=w)  # the given weights' OOF score, for the ledger
     data = _test_data(runs[0], test)
     ids = pd.DataFrame({"id": [str(i) for i in data.test_ids]})
     columns = [f"prob_{c}" for c in data.class_names]  # oof.csv's names: a test frame reads like an OOF frame
-    frames = [pd.concat([ids, pd.DataFrame(_run_probs(r, data, **options), columns=columns)], axis=1) for r in runs]
+    frames = [pd.concat([ids, pd.DataFrame(_averaged_outputs(r, data, **options), columns=columns)], axis=1)
+              for r in runs]
     blended = blend_frames(frames, w)
-    submission = make_submission(data, blended[prediction_columns(blended)].to_numpy())
+    submission = _submission(runs[0], data, blended[prediction_columns(blended)].to_numpy())
     folder = record_blend(runs, fit, w, submission, runs_dir_for(runs[0]), blended)
     if out is not None:
         atomic_write_text(Path(out).expanduser(), submission.to_csv(index=False))
@@ -92,7 +98,8 @@ def _predict_blend(runs: list[Run], test: Any, weights: Any, out: str | Path | N
     return submission
 
 
-def _run_probs(run: Run, data: KaggleData, *, tta: bool, which: str, batch_size: int, device: str) -> np.ndarray:
+def _averaged_outputs(run: Run, data: KaggleData, *, tta: bool, which: str, batch_size: int, device: str
+                      ) -> np.ndarray:
     """The run's test probabilities: the mean over its trained folds (each with TTA where allowed)."""
     if list(data.class_names) != list(run.class_names):
         raise DataError(
