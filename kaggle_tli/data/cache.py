@@ -50,7 +50,7 @@ class ResizeCache:
         target = self.path_for(source)
         try:
             return np.load(target)
-        except (FileNotFoundError, ValueError, OSError):
+        except (OSError, ValueError, EOFError):  # FileNotFoundError is an OSError
             pass  # not cached yet, or a damaged entry: decode the original again
         image = self.shrink(decode(source))
         target.parent.mkdir(parents=True, exist_ok=True)
