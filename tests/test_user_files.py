@@ -42,7 +42,7 @@ def test_the_resize_cache_decodes_once_and_follows_the_source(make_image_competi
     files = sorted((tmp_path / "cache").rglob("*.npy"))
     assert len(files) == len(data) and first[0].shape == (40, 40, 3), "one file each, shrunk to 1.25 x 32 px"
 
-    def no_decode(path):
+    def no_decode(path, reduce=1):
         raise AssertionError(f"{path} was decoded again although it is cached")
 
     monkeypatch.setattr(train, "decode", no_decode)
@@ -55,6 +55,19 @@ def test_the_resize_cache_decodes_once_and_follows_the_source(make_image_competi
     assert bigger.dataset(np.arange(1), train=False).load(0).shape == (60, 60, 3), "another size, another copy"
     with pytest.raises(ValueError, match="cache='resized'"):
         ImageCsvData(root, image_size=32, folds=2, cache="yes")
+
+
+def test_the_cache_decodes_large_jpegs_reduced_to_nearly_the_same_pixels(tmp_path):
+    smooth = cv2.resize(np.random.default_rng(0).uniform(0, 255, (6, 6, 3)).astype(np.float32), (1024, 768),
+                        interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
+    jpeg, png = _write(tmp_path / "big.jpg", smooth), _write(tmp_path / "big.png", smooth)
+    cache = ResizeCache(tmp_path / "cache", 64, 3)  # copies with an 80-px shorter side
+    assert (cache.reduction(jpeg), cache.reduction(png)) == (8, 1), "768 // 8 = 96 px still covers 80"
+    images = ImageDataset([jpeg], np.zeros(1), transform=None, cache=cache)
+    reduced = images.load(0)
+    full = cache.shrink(images.decode(jpeg))
+    assert reduced.shape == full.shape == (80, 107, 3)
+    assert np.abs(reduced.astype(int) - full).mean() < 2, "DCT-scaled decode + area resize ~ full decode + area"
 
 
 @pytest.fixture(scope="module")

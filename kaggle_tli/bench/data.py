@@ -8,7 +8,8 @@ first `UNIQUE` are drawn, the rest are copies under other names, which decode at
   process: the single-core limit. With w workers the limit is w times that (0 workers: 1 times);
 - **the training loader**: `ImageCsvData.train_loader` (decode, RandomResizedCrop, flip, normalise, to tensor) at
   224 and 384 px with 0, 1 and 2 workers;
-- **the resize cache** (`cache="resized"`): the same loader's second epoch (the first fills the cache).
+- **the resize cache** (`cache="resized"`): the same loader's second epoch, and its first (`fill_per_s`: the epoch
+  that fills the cache, where JPEGs are decoded reduced).
 
 A loader's rate is timed from its first batch to its last, so worker start-up is left out and the figure is the
 steady state. This process runs OpenCV and torch on one thread, like each worker, so 0 workers means one core.
@@ -70,10 +71,10 @@ def decode_rate(data: ImageCsvData) -> float:
     return len(dataset.paths) / (time.perf_counter() - t0)
 
 
-def loader_rate(data: ImageCsvData, workers: int, batch_size: int, epochs: int = 1) -> float:
-    """Images/s of `data.train_loader` in its last epoch, from its first batch to its last (fold 0's rows)."""
+def loader_rate(data: ImageCsvData, workers: int, batch_size: int, epochs: int = 1) -> list[float]:
+    """Images/s of `data.train_loader` in each epoch, from its first batch to its last (fold 0's rows)."""
     loader = data.train_loader(0, batch_size, num_workers=workers)
-    rate = float("nan")
+    rates = []
     for _ in range(epochs):
         seen, t0 = 0, None
         for x, _ in loader:
@@ -81,8 +82,8 @@ def loader_rate(data: ImageCsvData, workers: int, batch_size: int, epochs: int =
                 t0 = time.perf_counter()  # the first batch carries the workers' start-up: not timed
                 continue
             seen += len(x)
-        rate = seen / (time.perf_counter() - t0) if t0 is not None and seen else float("nan")
-    return rate
+        rates.append(seen / (time.perf_counter() - t0) if t0 is not None and seen else float("nan"))
+    return rates
 
 
 def _rows_for(folder: Path, fmt: str, size: int, train_sizes: list[int], workers: list[int], batch_size: int,
@@ -97,16 +98,16 @@ def _rows_for(folder: Path, fmt: str, size: int, train_sizes: list[int], workers
         plain = ImageCsvData(folder, image_size=train_px, folds=FOLDS, check_images="none")
         for w in workers:
             limit = decode * max(w, 1)
-            rate = loader_rate(plain, w, batch_size)
+            (rate,) = loader_rate(plain, w, batch_size)
             rows.append(dict(format=fmt, original_px=size, file_kb=file_kb, train_px=train_px, workers=w,
                              cache="no", images_per_s=rate, decode_limit=limit, of_limit=rate / limit,
-                             speedup=float("nan")))
+                             speedup=float("nan"), fill_per_s=float("nan")))
             cached = ImageCsvData(folder, image_size=train_px, folds=FOLDS, check_images="none", cache="resized",
                                   cache_dir=cache_root / f"{fmt}{size}_{train_px}_{w}")
-            fast = loader_rate(cached, w, batch_size, epochs=2)
+            fill, fast = loader_rate(cached, w, batch_size, epochs=2)
             rows.append(dict(format=fmt, original_px=size, file_kb=file_kb, train_px=train_px, workers=w,
                              cache="resized", images_per_s=fast, decode_limit=limit, of_limit=float("nan"),
-                             speedup=fast / rate))
+                             speedup=fast / rate, fill_per_s=fill))
     return rows
 
 
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     frame = run_data_bench(formats=args.formats, sizes=args.sizes, train_sizes=args.train_sizes,
                            workers=args.workers, images=args.images, batch_size=args.batch_size,
                            work_dir=Path(args.work_dir) if args.work_dir else None)
-    formats = {"file_kb": ".0f", "images_per_s": ".0f", "decode_limit": ".0f", "of_limit": ".0%", "speedup": ".1f"}
+    formats = {"file_kb": ".0f", "images_per_s": ".0f", "decode_limit": ".0f", "of_limit": ".0%", "speedup": ".1f",
+               "fill_per_s": ".0f"}
     # rates are only comparable on an idle machine: say how busy it was
     notes = [f"{os.cpu_count()} CPU cores; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"]
     notes += _checks(frame)
