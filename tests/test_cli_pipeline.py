@@ -20,17 +20,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _finetune_args(comp, runs, progress: bool = False) -> list[str]:
-    # 48 training rows / 16 = 3 steps an epoch, a checkpoint every 2 steps: an interrupt lands between checkpoints
-    return ["finetune", "resnet10t", "--data", str(comp), "--image-size", "32", "--epochs", "2", "--batch-size", "16",
+    # 12 training rows / 4 = 3 steps an epoch, a checkpoint every 2 steps: an interrupt lands between checkpoints
+    return ["finetune", "resnet10t", "--data", str(comp), "--image-size", "32", "--epochs", "2", "--batch-size", "4",
+            "--folds", "2",
             "--runs", str(runs), "--set", "checkpoint_every_steps=2", "--set", f"progress={progress}",
             "--set", "ema=true"]
 
 
-def test_cli_resume_after_ctrl_c_ends_with_the_weights_of_an_uninterrupted_run(image_competition, tmp_path,
+def test_cli_resume_after_ctrl_c_ends_with_the_weights_of_an_uninterrupted_run(make_image_competition, tmp_path,
                                                                                  monkeypatch, capsys):
     import kaggle_tli.train.loop as trainer
 
-    assert main(_finetune_args(image_competition, tmp_path / "ref", progress=True)) == 0
+    comp = make_image_competition(tmp_path / "comp", digits=(0, 1), per_class=12, n_test_per_class=2)
+    assert main(_finetune_args(comp, tmp_path / "ref", progress=True)) == 0
     err = capsys.readouterr().err
     assert "loss=" in err and "accuracy=" in err, f"the bar shows the loss and the last metric: {err[-300:]}"
     (reference,) = [p for p in (tmp_path / "ref").iterdir() if p.is_dir()]
@@ -38,12 +40,12 @@ def test_cli_resume_after_ctrl_c_ends_with_the_weights_of_an_uninterrupted_run(i
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 6:  # step 6, the last; the last checkpoint is the end of epoch 1 (step 3)
+        if calls["n"] == 6:  # step 6, the last; the last checkpoint is step 4 (every 2 steps)
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "_micro_step", interrupted)
-    assert main(_finetune_args(image_competition, tmp_path / "runs")) == 130
+    assert main(_finetune_args(comp, tmp_path / "runs")) == 130
     monkeypatch.setattr(trainer, "_micro_step", original)
     (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     assert load_run(run_dir).status == "interrupted" and "interrupted" in capsys.readouterr().err
