@@ -48,20 +48,34 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path, metadata
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file onto the CPU; a missing or damaged file is a clear error."""
+    """Load a safetensors file onto the CPU; a missing file is a FileNotFoundError, a truncated or damaged one a
+    `CorruptCheckpointError` that says how to get a good copy."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights at {str(path)!r}")
     try:
         return _st_load(path.read_bytes())
     except SafetensorError as e:
-        raise ValueError(f"{str(path)!r} is not a valid safetensors file ({e}); it may be truncated") from e
+        raise _corrupt_weights(path, e) from e
 
 
 def weights_metadata(path: str | Path) -> dict[str, str]:
     """The string metadata stored in a safetensors file (arch, run_id, num_classes...)."""
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except SafetensorError as e:
+        raise _corrupt_weights(Path(path), e) from e
+
+
+def _corrupt_weights(path: Path, error: Exception) -> CorruptCheckpointError:
+    # kaggle-tli writes weights whole, in one atomic rename: a short file was cut while being copied, uploaded or
+    # downloaded (or the disk filled up), so the fix is a good copy, not a repair
+    return CorruptCheckpointError(
+        f"{str(path)!r} is truncated or damaged ({path.stat().st_size} bytes; safetensors said: {error}). Copy it "
+        "again from where it came from (the Kaggle dataset version or the machine that trained the run); without a "
+        "good copy, train that run again (a fold's weights cannot be rebuilt from the other files)"
+    )
 
 
 def save_state(state: dict, path: str | Path) -> Path:
@@ -97,12 +111,15 @@ def load_state(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         said = _torch_reason(e)
-        if "global" not in said.lower():  # a damaged pickle stream, not a forbidden object
+        # torch names the refused object (GLOBAL module.name) whether it is allowlisted, blocked or unknown
+        if "global" not in str(e).lower():  # a damaged pickle stream, not a forbidden object
             raise CorruptCheckpointError(f"{str(path)!r} is damaged ({said}). {_CORRUPT_FIX}.") from e
         raise UnsafeCheckpointError(
-            f"refusing to load {str(path)!r}: it contains Python objects other than tensors and plain "
-            "containers, and unpickling them could execute code. kaggle-tli never writes such files; "
-            f"delete it or recreate it from a trusted source. (torch said: {said})"
+            f"refusing to load {str(path)!r}: it holds Python objects that safe loading refuses ({said}). "
+            "Unpickling them could run any code, so a file like this from an attached dataset or a download may be "
+            "an attack; load training state only from a source you trust. kaggle-tli never writes such objects: "
+            "delete the file to restart the unfinished fold from its step-0 weights (finished folds are kept), or "
+            "put back a copy you trust"
         ) from e
     except (RuntimeError, EOFError, KeyError, ValueError, IndexError, TypeError, zipfile.BadZipFile) as e:
         raise CorruptCheckpointError(
@@ -110,9 +127,15 @@ def load_state(path: str | Path) -> dict:
         ) from e
 
 
+# torch's advice around the reason: turning safe loading off or allowlisting the object, which must never be passed on
+# (for a file from an attached dataset that advice is the attack), and a link to its documentation
+_TORCH_ADVICE = ("weights_only", "re-running", "trusted source", "documentation", "safe_globals", "please use")
+
+
 def _torch_reason(error: Exception) -> str:
-    """The informative line of torch's weights_only error (its first lines are generic advice)."""
+    """The informative line of torch's weights_only error, without its advice."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    detail = [line for line in lines if "WeightsUnpickler error" in line or "Unsupported" in line]
-    reason = (detail or lines or [type(error).__name__])[0]
-    return reason.split(" Please use")[0]  # the rest is how to allowlist it, which we must not suggest
+    detail = [line for line in lines if "unpickler error" in line.lower() or "unsupported" in line.lower()]
+    plain = [line for line in lines if not any(word in line.lower() for word in _TORCH_ADVICE)]
+    reason = (detail or plain or [type(error).__name__])[0]
+    return reason.split(" Please use")[0].split(" Check the documentation")[0]

@@ -28,70 +28,69 @@ def _add_data_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     g = p.add_argument_group("data (a Kaggle-shaped competition folder)")
     g.add_argument("--data", required=required, help="competition folder with train.csv" + (
         "" if required else "; unset options keep what the run recorded"))
-    g.add_argument("--csv", default=None, help="training CSV inside --data (default: train.csv)")
-    g.add_argument("--id-col", default=None, help="id column of an image competition (default: id)")
-    g.add_argument("--label-col", default=None, help="label column (default: label)")
-    g.add_argument("--label-cols", default=None, help="comma-separated target columns of train.csv (multi-label "
-                   "0/1 columns or regression targets; default: what sample_submission.csv asks for)")
+    for flag, kind, text in (
+        ("--csv", str, "training CSV inside --data (default: train.csv)"),
+        ("--id-col", str, "id column of an image competition (default: id)"),
+        ("--label-col", str, "label column (default: label)"),
+        ("--label-cols", str, "comma-separated target columns of train.csv (multi-label 0/1 columns or regression "
+                              "targets; default: what sample_submission.csv asks for)"),
+        ("--image-size", int, "training image size in pixels (default: 224 for image folders, 32 for pixel CSVs)"),
+        ("--folds", int, "number of CV folds (default: 5)"),
+        ("--image-dir", str, "training image folder inside --data (default: train/, images/, ... whichever exists)"),
+        ("--test-dir", str, "test image folder inside --data (default: test/ or test_images/)"),
+        ("--sample-submission", str, "sample submission CSV inside --data (default: sample_submission.csv)"),
+        ("--cache", str, "'resized': decode and downscale each image once, reused by later epochs and runs"),
+    ):
+        g.add_argument(flag, type=kind, default=None, help=text)
     g.add_argument("--task", choices=("single_label", "binary", "multilabel", "regression"), default=None,
                    help="the task shape (default: inferred from train.csv and sample_submission.csv)")
-    g.add_argument("--image-size", type=int, default=None, help="training image size in pixels (default: 224 "
-                   "for image folders, 32 for pixel CSVs)")
-    g.add_argument("--folds", type=int, default=None, help="number of CV folds (default: 5)")
-    g.add_argument("--format", choices=("auto", "images", "pixels", "folders"), default=None,
-                   help="images: train.csv + image folder; pixels: one column per pixel (Digit Recognizer); "
-                   "folders: train/<class>/ images and no train.csv")
+    g.add_argument("--format", choices=("auto", "images", "pixels", "folders"), help="images: train.csv + image "
+                   "folder; pixels: one column per pixel (Digit Recognizer); folders: train/<class>/, no train.csv")
+    g.add_argument("--hflip", action=argparse.BooleanOptionalAction, help="mirror in training and TTA (default: "
+                   "on for image folders, off for pixel CSVs)")
 
 
-_DATA_OPTIONS = ("csv", "id_col", "label_col", "label_cols", "task", "image_size", "folds", "format")
+_DATA_OPTIONS = ("csv", "id_col", "label_col", "label_cols", "task", "image_size", "folds", "format", "image_dir",
+                 "test_dir", "sample_submission", "hflip", "cache")
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (any TrainConfig field; unset ones keep their default or the parent's)")
-    for flag, kind, text in (
-        ("--epochs", int, "epochs"),
-        ("--batch-size", int, "batch size per process"),
-        ("--lr", float, "peak learning rate"),
-        ("--max-steps", int, "cap on optimizer steps (quick looks)"),
-        ("--fold", int, "validation fold"),
-        ("--seed", int, "random seed"),
-        ("--time-budget-s", float, "stop cleanly and checkpoint after this many seconds"),
-        ("--num-processes", int, "data-parallel processes (2 for Kaggle's T4 x2)"),
-    ):
+    for flag, kind, text in _TRAIN_FLAGS:
         g.add_argument(flag, type=kind, default=None, help=text)
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other TrainConfig field, e.g. --set ema=true --set optimizer=adam")
     p.add_argument("--runs", default=None, help="runs folder (default: runs/, or beside the parent run)")
 
 
+_TRAIN_FLAGS = (
+    ("--epochs", int, "epochs"),
+    ("--batch-size", int, "batch size per process"),
+    ("--lr", float, "peak learning rate"),
+    ("--max-steps", int, "cap on optimizer steps (quick looks)"),
+    ("--fold", int, "validation fold"),
+    ("--seed", int, "random seed"),
+    ("--time-budget-s", float, "stop cleanly and checkpoint after this many seconds"),
+    ("--num-processes", int, "data-parallel processes (2 for Kaggle's T4 x2)"),
+    ("--num-workers", int, "data loader processes (default: from the machine's cores)"),
+)
+
+
 def _train_config(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "max_steps", "fold", "seed",
-                                         "time_budget_s", "num_processes") if getattr(args, k, None) is not None}
+    from kaggle_tli.train.config import parse_config_value
+
+    names = [flag[2:].replace("-", "_") for flag, _, _ in _TRAIN_FLAGS]
+    cfg = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item!r}: write KEY=VALUE, e.g. --set ema=true")
-        cfg[key.replace("-", "_")] = _parse_value(raw)
+        cfg[key.replace("-", "_")] = parse_config_value(raw)
     return cfg
 
 
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
-
-
-def _parse_value(raw: str) -> Any:
-    """A --set value: a boolean word (any case: a string "False" would switch an option on), JSON (numbers,
-    lists, null), or else the bare string (optimizer=adam)."""
-    if raw.strip().lower() in _BOOL_WORDS:
-        return _BOOL_WORDS[raw.strip().lower()]
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
 def _load_data(args: argparse.Namespace, run: str | None = None):
-    """The data from the command line; for an existing run, its recorded data options on the new --data root
-    unless options are given (so a 32-px run is not silently predicted at 224 px)."""
+    """The data from the command line; for a run, its recorded data options on --data unless options are given."""
     from kaggle_tli.data import open_competition, rebuild_data
     from kaggle_tli.runs import load_run
 
@@ -100,9 +99,9 @@ def _load_data(args: argparse.Namespace, run: str | None = None):
         spec = load_run(run, runs=getattr(args, "runs", None)).info.get("data")
         if spec:
             return rebuild_data(spec, root=args.data)
-    options = {"id_col": args.id_col, "label_col": args.label_col, "image_size": args.image_size, "folds": args.folds,
-               "task": args.task,
-               "label_cols": [c.strip() for c in args.label_cols.split(",") if c.strip()] if args.label_cols else None}
+    options = {k: getattr(args, k) for k in _DATA_OPTIONS if k not in ("csv", "format")}
+    if args.label_cols:
+        options["label_cols"] = [c.strip() for c in args.label_cols.split(",") if c.strip()]
     return open_competition(args.data, args.csv or "train.csv", format=args.format or "auto",
                             **{k: v for k, v in options.items() if v is not None})
 
@@ -114,8 +113,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from kaggle_tli.stages.finetune import finetune
 
     run = finetune(args.arch, _load_data(args), runs=args.runs or "runs", **_train_config(args))
-    print(f"{run.id}: cv {run.metrics.get('cv')} -> {run.path}")
+    print(f"{run.id}: cv {_cv(run)} -> {run.path}")
     return 0
+
+
+def _cv(run: Any) -> Any:
+    cv = run.metrics.get("cv")
+    return round(cv, 4) if isinstance(cv, float) else cv  # a summary line: 17 digits are noise
 
 
 def cmd_iterate(args: argparse.Namespace) -> int:
@@ -127,7 +131,7 @@ def cmd_iterate(args: argparse.Namespace) -> int:
                   notes=args.notes, **_transfer_options(args), **_train_config(args))
     if run.report is not None:
         print(run.report.summary())
-    print(f"{run.id} (parent {run.parent_id}): cv {run.metrics.get('cv')} -> {run.path}")
+    print(f"{run.id} (parent {run.parent_id}): cv {_cv(run)} -> {run.path}")
     return 0
 
 
@@ -169,11 +173,11 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         print(f"imported {ledger.import_rows(args.import_from)} rows from {args.import_from}")
     if args.lineage:
         rows = _lineage(ledger, args.lineage)
-        print(" <- ".join(f"{r['run_id']} ({r['arch']}, cv {r['cv']})" for r in rows))
+        print(" <- ".join(f"{r['run_id']} ({r['arch']}, cv {r['cv'] and round(r['cv'], 4)})" for r in rows))
     else:
         frame = ledger.to_frame()
         cols = ["run_id", "parent_run_id", "stage", "arch", "init", "tli_score", "coverage", "cv", "status"]
-        print(frame[cols].to_string(index=False) if len(frame) else f"{ledger.path}: no runs yet")
+        print(frame[cols].round(4).to_string(index=False) if len(frame) else f"{ledger.path}: no runs yet")
     for problem in ledger.problems:
         print(f"warning: {problem}", file=sys.stderr)
     if args.plot:
@@ -193,11 +197,20 @@ def _lineage(ledger: Any, run_id: str) -> list[dict]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from kaggle_tli.stages.predict import predict
 
-    test = _load_data(args, run=args.run) if args.data else None
+    test = _load_data(args, run=args.run[0]) if args.data else None
+    runs = args.run if len(args.run) > 1 else args.run[0]
     tta = False if args.no_tta else (args.tta.split(",") if args.tta and args.tta != "all" else args.tta or True)
-    submission = predict(args.run, test, tta=tta, out=args.output)
-    print(submission.head().to_string(index=False))
+    submission = predict(runs, test, tta=tta, out=args.output, weights=args.weights)
+    print(submission.head().round(4).to_string(index=False))
     print(f"{len(submission)} rows")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from kaggle_tli.stages.resume import resume
+
+    run = resume(args.run, _load_data(args, run=args.run), runs=args.runs, **_train_config(args))
+    print(f"{run.id}: {run.status}, cv {_cv(run)} -> {run.path}")
     return 0
 
 
@@ -222,7 +235,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return int(module.main(args.rest) or 0)
 
 
-BENCHES = ("transfer", "convergence", "norm", "teachers", "overhead", "sweep", "quick")
+BENCHES = ("transfer", "convergence", "norm", "teachers", "overhead", "sweep", "quick", "data")
 
 
 # --------------------------------------------------------------------------------------------------- parser
@@ -242,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
-    """finetune, iterate, inject, predict: the paper's stages."""
+    """finetune, iterate, inject, resume, predict: the paper's stages."""
     p = sub.add_parser("finetune", help="stage 1: train a baseline teacher")
     p.add_argument("arch", help="registered or timm architecture name")
     _add_data_options(p, required=True)
@@ -269,8 +282,15 @@ def _add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     _add_transfer_options(p)
     p.set_defaults(func=cmd_inject)
 
-    p = sub.add_parser("predict", help="test predictions (hflip TTA, fold average) and submission.csv")
-    p.add_argument("run")
+    p = sub.add_parser("resume", help="continue an interrupted run in place (a finished one: a child run)")
+    p.add_argument("run", help="run id or run directory")
+    _add_data_options(p, required=False)
+    _add_train_options(p)
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("predict", help="test predictions (TTA, fold mean), submission.csv; several runs: a blend")
+    p.add_argument("run", nargs="+", metavar="RUN", help="a run, or several to blend")
+    p.add_argument("--weights", help="blend weights: 'fit' (on the runs' common OOF rows), or 0.7,0.3 (default: equal)")
     p.add_argument("--no-tta", action="store_true")
     p.add_argument("--tta", default=None, metavar="VIEWS",
                    help="flips averaged with the image: comma-separated hflip, vflip, hvflip, or all (default: hflip "

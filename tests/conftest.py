@@ -28,6 +28,9 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# data loaders default to one worker per core; tests load in-process, so 2 busy cores never fork (and tests that
+# compare runs bit for bit see one process's decoding)
+os.environ["KAGGLE_TLI_NUM_WORKERS"] = "0"
 
 from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402

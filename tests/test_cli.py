@@ -103,10 +103,10 @@ def test_iterate_and_predict_reuse_the_runs_recorded_data_options(tmp_path, make
     run = finetune("resnet10t", ImageCsvData(root, image_size=32, folds=2), runs=tmp_path / "runs", epochs=1,
                    max_steps=1, batch_size=8, progress=False)
     args = build_parser().parse_args(["predict", str(run.path), "--data", str(root)])
-    data = _load_data(args, run=args.run)
+    data = _load_data(args, run=args.run[0])
     assert data.image_size in (32, (32, 32)) and data.folds == 2, "the run's options, not the CLI defaults"
     args = build_parser().parse_args(["predict", str(run.path), "--data", str(root), "--image-size", "48"])
-    assert _load_data(args, run=args.run).image_size in (48, (48, 48)), "an explicit option wins"
+    assert _load_data(args, run=args.run[0]).image_size in (48, (48, 48)), "an explicit option wins"
 
 
 def test_iterate_passes_the_refit_switches_through(monkeypatch, capsys):

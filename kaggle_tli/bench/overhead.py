@@ -81,6 +81,7 @@ def _our_steps(arch: str, data: Any, batch_size: int, lr: float, steps: int, see
     run = finetune(
         arch, data, runs=runs, epochs=epochs, max_steps=steps, batch_size=batch_size, lr=lr, seed=seed,
         device="cpu" if device == "cpu" else "auto", progress=False, warmup_steps=0,
+        num_workers=0,  # the bare loop loads in-process too: the loops are compared, not the loaders
     )
     log = pd.read_csv(run.path / "log.csv")
     elapsed = log[log["loss"].notna()]["elapsed"].to_numpy()

@@ -1,7 +1,7 @@
 """`kaggle-tli bench quick` (`make bench`): the quick version of every benchmark, one after the other.
 
 Each writes into its own folder under `--out` (default `bench_out/`); the full versions are
-`kaggle-tli bench transfer|convergence|norm|teachers|overhead` without `--quick`. Figures on docs/benchmarks.md come from the
+`kaggle-tli bench transfer|convergence|norm|teachers|overhead|data` without `--quick`. Figures on docs/benchmarks.md come from the
 full versions.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import convergence, norm, overhead, teachers, transfer
+from . import data as pipeline
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("convergence", lambda: convergence.main(["--quick", "--out", str(out / "convergence"), *data])),
         ("norm", lambda: norm.main(["--quick", "--out", str(out / "norm"), *data])),
         ("teachers", lambda: teachers.main(["--quick", "--out", str(out / "teachers"), *data])),
+        # the issue's case only: 1024-px JPEGs at 224 px, with and without the resize cache
+        ("data", lambda: pipeline.main(["--formats", "jpg", "--sizes", "1024", "--train-sizes", "224", "--images", "64",
+                                        "--out", str(out / "data")])),
     ]
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -24,16 +24,19 @@ with `id`, `label`, `fold`, and `target` for single-label shapes),
 `sample_submission`, `spec()` (to rebuild it for `predict`) and `with_folds(...)`.
 
 The package, one idea per module: `errors` (what users catch), `tables` (CSVs as written, labels, folds),
-`pipeline` (albumentations, datasets, the epoch batch sampler), `tasks` (the four task shapes: loss, activation,
-default metric), `shapes` (which task a competition is), `submission` (outputs -> the sample's table), `base`
-(`KaggleData`), `competitions` (`ImageCsvData`, `PixelCsvData`), `folders` (`ClassFolderData`: one folder
-per class) and `opening` (`open_competition`, `rebuild_data`).
+`pipeline` (albumentations, datasets, the epoch batch sampler), `cache` (the resize cache), `loading` (DataLoader
+settings), `tasks` (the four task shapes: loss, activation, default metric), `shapes` (which task a competition
+is), `submission` (outputs -> the sample's table), `base` (`KaggleData`), `competitions` (`ImageCsvData`,
+`PixelCsvData`), `folders` (`ClassFolderData`: one folder per class) and `opening` (`open_competition`,
+`rebuild_data`).
 """
 
 from .base import KaggleData
+from .cache import DEFAULT_CACHE_DIR, ResizeCache
 from .competitions import IMAGE_EXTS, TEST_DIR_CANDIDATES, TRAIN_DIR_CANDIDATES, ImageCsvData, PixelCsvData
 from .errors import DataError, DataNotFoundError, DataWarning
 from .folders import ClassFolderData
+from .loading import default_num_workers, loader_options
 from .opening import open_competition, rebuild_data
 from .pipeline import (
     IMAGENET_MEAN,
@@ -61,6 +64,7 @@ __all__ = [
     "make_submission",
     "task_loss",
     "tune_threshold",
+    "DEFAULT_CACHE_DIR",
     "IMAGE_EXTS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -75,10 +79,13 @@ __all__ = [
     "EpochBatchSampler",
     "ImageCsvData",
     "ImageDataset",
+    "ResizeCache",
     "KaggleData",
     "PixelCsvData",
     "check_class_sizes",
+    "default_num_workers",
     "default_transforms",
+    "loader_options",
     "make_folds",
     "open_competition",
     "parse_labels",

@@ -13,6 +13,7 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from .errors import DataError, DataNotFoundError, DataWarning
+from .loading import loader_options
 from .pipeline import AugmentedDataset, EpochBatchSampler, default_transforms
 from .shapes import Targets, fold_strata, infer_targets
 from .tables import first_few, make_folds, read_csv, require_column
@@ -254,24 +255,27 @@ class KaggleData:
 
     def train_loader(
         self, fold: int = 0, batch_size: int = 64, *, augment: bool = True, shuffle: bool = True,
-        num_workers: int = 0, seed: int | None = None,
+        num_workers: int | None = None, seed: int | None = None,
     ) -> DataLoader:
         """Batches of (images, targets) from the training rows of `fold`.
 
         Meant for work outside the trainer, such as re-estimating BatchNorm statistics after a TLI
-        injection: `recalibrate_norms(model, (x for x, _ in data.train_loader(0, 64)))`.
+        injection: `recalibrate_norms(model, (x for x, _ in data.train_loader(0, 64)))`. `num_workers`
+        None: one per CPU core (kaggle_tli.data.loading); the workers persist across epochs of the loader.
         """
         train_idx, _ = self.fold_indices(fold)
         sampler = EpochBatchSampler(
             np.arange(len(train_idx)), batch_size, seed=self.seed if seed is None else seed, shuffle=shuffle,
             drop_last=False,
         )
-        return DataLoader(self.dataset(train_idx, train=augment), batch_sampler=sampler, num_workers=num_workers)
+        options = loader_options(num_workers, cuda=False, persistent=True)
+        return DataLoader(self.dataset(train_idx, train=augment), batch_sampler=sampler, **options)
 
-    def valid_loader(self, fold: int = 0, batch_size: int = 64, *, num_workers: int = 0) -> DataLoader:
+    def valid_loader(self, fold: int = 0, batch_size: int = 64, *, num_workers: int | None = None) -> DataLoader:
         """Batches of (images, targets) from the validation rows of `fold`, in order, no augmentation."""
         _, valid_idx = self.fold_indices(fold)
-        return DataLoader(self.dataset(valid_idx, train=False), batch_size=batch_size, num_workers=num_workers)
+        options = loader_options(num_workers, cuda=False)
+        return DataLoader(self.dataset(valid_idx, train=False), batch_size=batch_size, **options)
 
     # ---- test set and description --------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .base import KaggleData
+from .cache import DEFAULT_CACHE_DIR, ResizeCache
 from .errors import DataError
 from .pipeline import ArrayDataset, ImageDataset
 from .tables import first_few, read_csv, require_column, require_ids
@@ -33,6 +34,8 @@ class ImageCsvData(KaggleData):
     preference, from the ids of `sample_submission.csv`, of `test_csv`, or the listing of the test
     folder (`test/`, `test_images/`). Every image file is checked to exist and to have an image
     header (`check_images="header"`; `"decode"` decodes them all, `"none"` skips the check).
+    `cache="resized"` decodes each image once and keeps a copy shrunk to a little above `image_size` in
+    `cache_dir` (default ./kaggle_tli_cache), reused by later epochs, folds and runs (kaggle_tli.data.cache).
     """
 
     def __init__(
@@ -57,15 +60,21 @@ class ImageCsvData(KaggleData):
         train_transform: Callable | None = None,
         valid_transform: Callable | None = None,
         check_images: str = "header",
+        cache: str | None = None,
+        cache_dir: str | Path | None = None,
     ):
         if check_images not in ("header", "decode", "none"):
             raise ValueError(f"check_images={check_images!r}: use 'header', 'decode' or 'none'")
+        cache = "resized" if cache_dir is not None and cache is None else cache
+        if cache not in (None, "resized"):
+            raise ValueError(f"cache={cache!r}: use cache='resized' (optionally with cache_dir=<folder>), or None")
         init_kwargs = dict(
             csv=csv, id_col=id_col, label_col=label_col, label_cols=None if label_cols is None else list(label_cols),
             task=task, image_dir=None if image_dir is None else str(image_dir),
             group_col=group_col, test_dir=None if test_dir is None else str(test_dir), test_csv=test_csv,
             sample_submission=sample_submission, image_size=image_size, in_chans=in_chans, folds=folds,
-            seed=seed, hflip=hflip, check_images=check_images,
+            seed=seed, hflip=hflip, check_images=check_images, cache=cache,
+            cache_dir=None if cache_dir is None else str(Path(cache_dir).expanduser().resolve()),
         )
         super().__init__(
             root, label_col=label_col, label_cols=label_cols, task=task, image_size=image_size, folds=folds,
@@ -73,6 +82,7 @@ class ImageCsvData(KaggleData):
             valid_transform=valid_transform, sample_submission=sample_submission, init_kwargs=init_kwargs,
         )
         self.id_col, self.in_chans, self.check_images = id_col, in_chans, check_images
+        self.cache = None if cache is None else ResizeCache(cache_dir or DEFAULT_CACHE_DIR, image_size, in_chans)
         table, source = self._training_table(csv)
         require_column(table, id_col, source=source, param="id_col")
         require_ids(table, id_col, source=source)
@@ -177,11 +187,12 @@ class ImageCsvData(KaggleData):
     def dataset(self, indices: np.ndarray, *, train: bool) -> ImageDataset:
         rows = self.frame.iloc[np.asarray(indices)]
         targets = self.training_targets(indices)
-        return ImageDataset(rows["path"].tolist(), targets, self.transform(train), self.in_chans)
+        return ImageDataset(rows["path"].tolist(), targets, self.transform(train), self.in_chans, self.cache)
 
     def test_dataset(self) -> ImageDataset:
         self._require_test_set()
-        return ImageDataset(self.test_paths, np.full(len(self.test_paths), -1), self.transform(False), self.in_chans)
+        return ImageDataset(self.test_paths, np.full(len(self.test_paths), -1), self.transform(False), self.in_chans,
+                            self.cache)
 
 
 def _index_folder(folder: Path) -> dict[str, str]:

@@ -35,18 +35,21 @@ class ClassFolderData(ImageCsvData):
         train_transform: Callable | None = None,
         valid_transform: Callable | None = None,
         check_images: str = "header",
+        cache: str | None = None,
+        cache_dir: str | Path | None = None,
     ):
         self.train_dir = train_dir
         super().__init__(
             root, csv=train_dir, id_col="id", label_col="label", task=task, image_dir=train_dir,
             test_dir=test_dir, sample_submission=sample_submission, image_size=image_size, in_chans=in_chans,
             folds=folds, seed=seed, hflip=hflip, train_transform=train_transform, valid_transform=valid_transform,
-            check_images=check_images,
+            check_images=check_images, cache=cache, cache_dir=cache_dir,
         )
+        resolved_cache = {k: self._init_kwargs[k] for k in ("cache", "cache_dir")}  # as ImageCsvData resolved them
         self._init_kwargs = dict(
             train_dir=train_dir, task=task, test_dir=None if test_dir is None else str(test_dir),
             sample_submission=sample_submission, image_size=image_size, in_chans=in_chans, folds=folds, seed=seed,
-            hflip=hflip, check_images=check_images,
+            hflip=hflip, check_images=check_images, **resolved_cache,
         )
 
     def _training_table(self, csv: str) -> tuple[pd.DataFrame, str]:

@@ -68,7 +68,7 @@ ADDED_IN_SCHEMA: dict[int, tuple[str, ...]] = {
 SCHEMA_COLUMN = "schema"
 FILE_COLUMNS = LEDGER_COLUMNS + (SCHEMA_COLUMN,)
 
-STAGES = ("finetune", "inject", "resume")
+STAGES = ("finetune", "inject", "resume", "blend")  # blend: a row per blended prediction (schema 2)
 INITS = ("tli", "kaiming", "pretrained", "resume")
 STATUSES = ("running", "done", "failed", "interrupted")
 

@@ -1,7 +1,8 @@
 """`predict`: every trained fold of a run x flip TTA, averaged in probability or value space -> a submission.
 
 `run_predictions` gives the same averaged outputs (or the run's out-of-fold ones) as a table, one column per class,
-label or target, for blending several runs.
+label or target. Several runs are blended (kaggle_tli.stages.blend): each run's test predictions, averaged over its
+folds and TTA, then the weighted mean of the runs.
 """
 
 from __future__ import annotations
@@ -18,16 +19,33 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from kaggle_tli.data import DataError, KaggleData, activate, make_submission, rebuild_data, tune_threshold
+from kaggle_tli.data import (
+    DataError,
+    KaggleData,
+    activate,
+    loader_options,
+    make_submission,
+    rebuild_data,
+    tune_threshold,
+)
 from kaggle_tli.files import atomic_write_text
 from kaggle_tli.runs import Run, load_run, weights_name
+from kaggle_tli.stages.blend import (
+    blend_frames,
+    fit_weights,
+    normalise_weights,
+    prediction_columns,
+    record_blend,
+)
+from kaggle_tli.stages.resume import runs_dir_for
 from kaggle_tli.train import resolve_metric
 
 TTA_VIEWS = ("hflip", "vflip", "hvflip")  # averaged with the image as it is; "all" is the three
+RunLike = Run | str | Path
 
 
 def predict(
-    run: Run | str | Path,
+    run: RunLike | Sequence[RunLike],
     test: KaggleData | str | Path | None = None,
     *,
     tta: bool | str | Sequence[str] = True,
@@ -35,6 +53,7 @@ def predict(
     batch_size: int = 64,
     device: str = "auto",
     out: str | Path | None = None,
+    weights: Sequence[float] | str | None = None,
 ) -> pd.DataFrame:
     """Predict the test set with every trained fold of `run` (averaging probabilities or values over folds and TTA
     views), and return the submission, checked against `sample_submission.csv`.
@@ -50,15 +69,19 @@ def predict(
     directory, or to `./submission.csv` (the notebook's working directory, /kaggle/working on
     Kaggle) when the run directory is read-only (a run attached as a Kaggle dataset). The path
     written is printed.
+
+    A list of runs is blended: `weights` None averages them equally, numbers weigh them, "fit" fits the
+    weights on the runs' common out-of-fold rows (kaggle_tli.stages.blend). The blend gets a folder beside
+    the first run (blend.json, predictions.csv, submission.csv) and a ledger row with stage "blend".
     """
+    options = dict(tta=tta, which=which, batch_size=batch_size, device=device)
+    if isinstance(run, (list, tuple)):
+        return _predict_blend([load_run(r) for r in run], test, weights, out, options)
+    if weights is not None:
+        raise ValueError("weights= blends several runs: pass a list of runs, e.g. predict([run1, run2], weights='fit')")
     run = load_run(run)
     data = _test_data(run, test)
-    outputs = _averaged_outputs(run, data, tta=tta, which=which, batch_size=batch_size, device=device)
-    metric = str(run.config.get("metric", "accuracy"))
-    scores = data.target_info.sample_scores or (
-        not metric.startswith("callable:") and resolve_metric(metric).needs_proba)
-    threshold = _oof_threshold(run) if data.task == "multilabel" else 0.5
-    submission = make_submission(data, outputs, scores=scores, threshold=threshold)
+    submission = _submission(run, data, _averaged_outputs(run, data, **options))
     _write_submission(run, submission, out)
     return submission
 
@@ -94,8 +117,41 @@ def _output_column(table: pd.DataFrame, name: str) -> str:
     raise DataError(f"oof.csv has no column for output {name!r} (prob_{name} or pred_{name})")
 
 
+def _submission(run: Run, data: KaggleData, outputs: np.ndarray) -> pd.DataFrame:
+    """The submission from a run's (or a blend's) averaged outputs, in the sample submission's shape: a binary
+    task's positive-class probability where the sample or the metric asks for scores, tags at the OOF threshold."""
+    metric = str(run.config.get("metric", "accuracy"))
+    scores = data.target_info.sample_scores or (
+        not metric.startswith("callable:") and resolve_metric(metric).needs_proba)
+    threshold = _oof_threshold(run) if data.task == "multilabel" else 0.5
+    return make_submission(data, outputs, scores=scores, threshold=threshold)
+
+
+def _predict_blend(runs: list[Run], test: Any, weights: Any, out: str | Path | None, options: dict) -> pd.DataFrame:
+    if not runs:
+        raise ValueError("predict([]): pass at least one run to blend")
+    fit = fit_weights(runs) if isinstance(weights, str) and weights == "fit" else None
+    w = normalise_weights(fit.weights if fit else weights, len(runs))
+    if fit is None and all((r.path / "oof.csv").is_file() for r in runs):
+        fit = fit_weights(runs, weights=w)  # the given weights' OOF score, for the ledger
+    data = _test_data(runs[0], test)
+    ids = pd.DataFrame({"id": [str(i) for i in data.test_ids]})
+    prefix = "pred" if data.task == "regression" else "prob"  # oof.csv's names: a test frame reads like OOF's
+    columns = [f"{prefix}_{c}" for c in data.class_names]
+    frames = [pd.concat([ids, pd.DataFrame(_averaged_outputs(r, data, **options), columns=columns)], axis=1)
+              for r in runs]
+    blended = blend_frames(frames, w)
+    submission = _submission(runs[0], data, blended[prediction_columns(blended)].to_numpy())
+    folder = record_blend(runs, fit, w, submission, runs_dir_for(runs[0]), blended)
+    if out is not None:
+        atomic_write_text(Path(out).expanduser(), submission.to_csv(index=False))
+    print(f"kaggle-tli: blend of {len(runs)} runs -> {folder}/submission.csv" + (f" and {out}" if out else ""))
+    return submission
+
+
 def _averaged_outputs(run: Run, data: KaggleData, *, tta: Any, which: str, batch_size: int, device: str
                       ) -> np.ndarray:
+    """The run's test outputs (probabilities or values): the mean over its trained folds and TTA views."""
     record = run.info.get("task") or {"name": "single_label"}
     if data.task != record["name"]:
         raise DataError(
@@ -170,7 +226,8 @@ _FLIP_DIMS = {"hflip": [3], "vflip": [2], "hvflip": [2, 3]}
 @torch.no_grad()
 def _test_outputs(model: nn.Module, dataset: Any, batch_size: int, device: torch.device, views: list[str],
                   record: dict) -> np.ndarray:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
+    options = loader_options(None, cuda=device.type == "cuda")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator(), **options)
     outs = []
     amp = device.type == "cuda"
     task, scale = record.get("name", "single_label"), record.get("scale")

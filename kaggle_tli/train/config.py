@@ -52,7 +52,7 @@ class TrainConfig:
     early_stopping: int | None = None  # patience, in evaluations without improvement
     time_budget_s: float | None = None  # stop cleanly (evaluate, checkpoint) before this many seconds
     seed: int = 42
-    num_workers: int = 0
+    num_workers: int | None = None  # data loader processes; None: one per CPU core (kaggle_tli.data.loading)
     fold: int = 0  # the primary fold: its last weights are model.safetensors, the teacher for TLI
     train_folds: tuple[int, ...] | str | None = None  # None: only `fold`; "all"; or a list of folds
     metric: str | Callable = "auto"  # "auto": the task's own (kaggle_tli.data.tasks); a metric name or a callable
@@ -185,3 +185,17 @@ def fold_plan(cfg: TrainConfig, n_folds: int) -> list[int]:
         raise ValueError(f"fold(s) {bad or folds} out of range: the data has folds 0..{n_folds - 1}")
     primary = cfg.fold if cfg.fold in folds else folds[0]
     return [primary] + [k for k in dict.fromkeys(folds) if k != primary]
+
+
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def parse_config_value(raw: str) -> Any:
+    """A config value written as text (`kaggle-tli ... --set KEY=VALUE`): a boolean word (any case: a string
+    "False" would switch an option on), JSON (numbers, lists, null), or else the bare string (optimizer=adam)."""
+    if raw.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[raw.strip().lower()]
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from kaggle_tli.checkpoint import load_weights, save_weights
-from kaggle_tli.data import EpochBatchSampler, activate, task_loss
+from kaggle_tli.data import EpochBatchSampler, activate, loader_options, task_loss
 from kaggle_tli.models import create_model_from_spec
 from kaggle_tli.runs import INIT_WEIGHTS
 from kaggle_tli.train.config import TrainConfig, seed_everything
@@ -46,6 +46,8 @@ from kaggle_tli.train.records import (
     weights_path,
 )
 from kaggle_tli.train.state import Ctx, Fold
+
+PROGRESS_EVERY = 10  # steps between progress-bar updates of the loss
 
 # --------------------------------------------------------------------------------------------------
 # building the pieces of a fold
@@ -133,10 +135,9 @@ def _mix(mixup: Mixup, task: str, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
 def _loader(dataset: Any, sampler: Any, cfg: TrainConfig, ctx: Ctx, *, persistent: bool = False) -> DataLoader:
     # a private generator: creating a loader iterator must not consume the global torch RNG, or a
     # resumed run would draw different dropout masks than one that never stopped
-    return DataLoader(
-        dataset, batch_sampler=sampler, num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda",
-        persistent_workers=persistent and cfg.num_workers > 0, generator=torch.Generator(),
-    )
+    options = loader_options(cfg.num_workers, cuda=ctx.device.type == "cuda", persistent=persistent,
+                             processes=ctx.world)
+    return DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator(), **options)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,8 +295,11 @@ def _train_epoch(ctx: Ctx, fr: Fold, bar: Any) -> None:
             continue
         _optimizer_step(ctx, fr)
         add_log_row(ctx, fr, loss=group_loss)
+        _show_progress(ctx, fr, bar, group_loss)
         group_loss = None
         bar.update(1)
+        if fr.step == 1:
+            update_progress(ctx, fr)  # run.json knows a step was taken: a failure now keeps the step-0 weights
         now = time.perf_counter()
         ctx.step_seconds = 0.9 * ctx.step_seconds + 0.1 * (now - t_step) if ctx.step_seconds else now - t_step
         t_step = now
@@ -307,6 +311,17 @@ def _train_epoch(ctx: Ctx, fr: Fold, bar: Any) -> None:
         fr.stop_reason = "early_stopping"
     checkpoint(ctx, fr)
     update_progress(ctx, fr)
+
+
+def _show_progress(ctx: Ctx, fr: Fold, bar: Any, loss: torch.Tensor) -> None:
+    """The loss and the last metric on the progress bar. `.item()` waits for the GPU, so only every
+    PROGRESS_EVERY steps and at the end of an epoch."""
+    if bar.disable or (fr.step % PROGRESS_EVERY and fr.batch_in_epoch < fr.batches_per_epoch):
+        return
+    shown = {"loss": f"{float(loss.item()):.4f}"}
+    if fr.last_metric is not None:
+        shown[ctx.metric.name] = f"{fr.last_metric:.4f}"
+    bar.set_postfix(shown, refresh=False)
 
 
 def _after_step(ctx: Ctx, fr: Fold) -> bool:

@@ -140,6 +140,12 @@ def continue_run(run: Run, data: KaggleData, overrides: dict) -> Run:
         )
     saved = TrainConfig.from_dict(run.config)
     has_state = (run.path / STATE_FILE).exists()
+    if not has_state and not (run.path / INIT_WEIGHTS).is_file():
+        raise FileNotFoundError(
+            f"run {run.id!r} cannot be continued: it has neither a state.pt nor its step-0 weights "
+            f"({run.info.get('step0_weights_removed') or INIT_WEIGHTS + ' is missing'}). Start a new run with the "
+            "command that made this one (finetune or iterate)"
+        )
     _check_same_world(run, saved, overrides, has_state)
     cfg = saved.replace(**overrides)
     check_devices(cfg)
@@ -218,12 +224,31 @@ def _close(job: Job, ledger: Any, status: str, seconds: float) -> None:
     info["status"] = status if status != "running" else "failed"
     info["finished_at"] = utc_now()
     info["duration_s"] = round(float(info.get("duration_s") or 0.0) + seconds, 3)
+    if info["status"] == "failed" and _no_step_taken(job.run_dir, info):
+        _drop_step0_weights(job.run_dir, info)
     write_run_info(job.run_dir, info)
     metrics = info.get("metrics", {})
     ledger.finish(
         run.id, info["status"], steps=info.get("steps"), cv=metrics.get("cv"), best_cv=metrics.get("best_cv"),
         duration_s=info["duration_s"],
     )
+
+
+def _no_step_taken(run_dir: Path, info: dict) -> bool:
+    """No optimizer step was taken in any fold: no state.pt, no fold finished, progress still at step 0 (the loop
+    records its first step of each fold in run.json)."""
+    folds = info.get("folds", {}).values()
+    started = any(r.get("status") in ("done", "interrupted") for r in folds)
+    return not started and not (run_dir / STATE_FILE).exists() and not info.get("progress", {}).get("step")
+
+
+def _drop_step0_weights(run_dir: Path, info: dict) -> None:
+    """A run that failed before its first step has nothing to continue from, and its step-0 weights (tens of MB,
+    recreated by running the same command again) would only fill the disk: remove them, and say so in run.json."""
+    names = [INIT_WEIGHTS, *info.get("init_files", {}).values()]
+    for name in names:
+        (run_dir / name).unlink(missing_ok=True)
+    info["step0_weights_removed"] = "the run failed before its first step; run the same command again to retry"
 
 
 def _ledger(runs: Path) -> Any:
