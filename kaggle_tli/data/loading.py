@@ -4,7 +4,7 @@
 augmenting large images is usually what starves a GPU, and 0 workers does it all in the training process. The
 environment variable `KAGGLE_TLI_NUM_WORKERS` overrides the default (the test suite sets 0, so tests never fork).
 Each worker runs OpenCV on one thread: with w workers on w cores, OpenCV's own thread pool would only make them
-compete. Workers persist across epochs where the loader is reused, and batches are pinned for the copy to CUDA.
+compete; in the training process itself OpenCV runs sequentially, which keeps forked workers safe. Workers persist across epochs where the loader is reused, and batches are pinned for the copy to CUDA.
 """
 
 from __future__ import annotations
@@ -13,6 +13,11 @@ import os
 from typing import Any
 
 import cv2
+
+# OpenCV's thread pool does not survive fork: a DataLoader worker forked after the pool has started waits forever
+# for threads that exist only in the parent (a resize of a large image is enough to start it). So OpenCV runs
+# sequentially in this process, set before any call here can start the pool; the workers decode in parallel instead.
+cv2.setNumThreads(0)
 
 MAX_WORKERS = 8  # beyond that, start-up and memory grow faster than throughput on the machines Kaggle lends
 WORKERS_ENV = "KAGGLE_TLI_NUM_WORKERS"

@@ -211,7 +211,7 @@ def record_blend(runs: Sequence[Run], fit: BlendFit | None, weights: np.ndarray,
         "run_id": blend_id, "parent_run_id": runs[0].id, "stage": "blend", "arch": "blend",
         "parent_arch": runs[0].arch.get("name"), "metric": None if fit is None else fit.metric,
         "cv": None if fit is None else fit.score, "checkpoint": str(folder.resolve()), "status": "done",
-        "started_at": now, "finished_at": now, "duration_s": 0.0, "task": runs[0].info.get("task"),
+        "started_at": now, "finished_at": now, "duration_s": 0.0, "task": run_task(runs[0]),
         "notes": f"{'fitted' if fit and fit.fitted else 'given'} weights: {mix}",
     })
     return folder
