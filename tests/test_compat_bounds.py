@@ -8,10 +8,10 @@ ci/compat-tests.txt lists must also exist, so a renamed test cannot leave the co
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -65,6 +65,6 @@ def test_the_compat_subset_names_tests_that_exist(compat_ids):
         path, _, name = node.partition("::")
         source = ROOT / path
         function = re.sub(r"\[.*\]$", "", name)
-        if not source.is_file() or not re.search(rf"^def {re.escape(function)}\(", source.read_text(), re.M):
+        if not source.is_file() or (function and not re.search(rf"^def {re.escape(function)}\(", source.read_text(), re.M)):
             unknown.append(node)
     assert not unknown, f"ci/compat-tests.txt names tests that are not there (renamed?): {unknown}"
