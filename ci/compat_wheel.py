@@ -5,7 +5,7 @@ the repository root, after the test subset. It is what an offline Kaggle noteboo
 bundle: `pip install --no-deps --no-index` of the bundled wheel into whatever the image carries, then
 train on from the bundle.
 
-1. a tiny digits competition, and a 2-step resnet10t teacher trained with the checkout
+1. the tests' tiny digits competition, and a 2-step resnet10t teacher trained with the checkout
 2. `bundle` of that run: weights, run.json, lineage, marker and the kaggle_tli wheel
 3. a notebook Python: a new venv whose only packages are this venv's (a path entry to its site-packages),
    so the editable kaggle-tli of .venv-compat stays as it is; the wheel goes into it with --no-deps
@@ -25,10 +25,11 @@ import tempfile
 from pathlib import Path
 
 import kaggle_tli as kt
-from kaggle_tli.demo import write_digits_competition
 from kaggle_tli.ledger import Ledger
 
-TINY = dict(image_size=32, folds=2)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from conftest import write_image_competition  # noqa: E402  (the tests' tiny competition: 36 images, not 1,797)
+
 STEPS = ["--max-steps", "2", "--batch-size", "8", "--set", "progress=false"]
 
 
@@ -41,7 +42,7 @@ def _clean_env() -> dict[str, str]:
 
 
 def _run(command: list[str], cwd: Path) -> str:
-    proc = subprocess.run(command, cwd=cwd, env=_clean_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(command, cwd=cwd, env=_clean_env(), capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         sys.exit(f"compat wheel check: {' '.join(command)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
     return proc.stdout
@@ -60,7 +61,8 @@ def _notebook_python(venv: Path) -> tuple[Path, Path]:
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kaggle-tli-compat-wheel-"))
     try:
-        data = kt.ImageCsvData(write_digits_competition(work / "data", size=32), **TINY)
+        root = write_image_competition(work / "data", digits=(0, 1, 2), per_class=12, n_test_per_class=4)
+        data = kt.ImageCsvData(root, image_size=32, folds=2)
         teacher = kt.finetune("resnet10t", data, runs=work / "runs", max_steps=2, batch_size=8, progress=False)
         bundle_dir = kt.bundle(teacher, work / "bundle")
         [wheel] = bundle_dir.glob("kaggle_tli-*.whl")
@@ -74,8 +76,9 @@ def main() -> None:
 
         script = python.with_name("kaggle-tli")
         _run([str(script), "iterate", str(bundle_dir), "resnet18", "--runs", str(work / "student"), *STEPS], work)
-        [row] = [r for r in Ledger(work / "student").rows() if r["stage"] == "iterate"]
-        if row["status"] != "done" or row["parent_run_id"] != teacher.id:
+        # the student's ledger holds the teacher's row (its lineage, from the bundle) and the new run's
+        [row] = [r for r in Ledger(work / "student").rows() if r["run_id"] != teacher.id]
+        if (row["status"], row["init"], row["parent_run_id"]) != ("done", "tli", teacher.id):
             sys.exit(f"compat wheel check: the iterate run did not finish from the teacher: {row}")
         print(f"compat wheel check: {wheel.name} installed offline from {where}; iterate "
               f"{teacher.id} -> {row['run_id']} ({row['arch']}) done")
