@@ -38,7 +38,7 @@ $(CSTAMP): pyproject.toml ci/compat-constraints.txt
 # the subset in ci/compat-tests.txt (one test id a line), then the bundled wheel offline over those packages
 test-compat: $(CSTAMP)
 	grep -v -e '^#' -e '^$$' ci/compat-tests.txt > $(COMPAT)/tests.args
-	$(CPY) -m pytest -q -p no:cacheprovider @$(COMPAT)/tests.args
+	$(CPY) -m pytest -q -p no:cacheprovider --durations=5 @$(COMPAT)/tests.args
 	$(CPY) ci/compat_wheel.py
 
 demo: $(STAMP)
