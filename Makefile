@@ -9,7 +9,12 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: install test demo bench lint clean
+# A second venv at the oldest versions pyproject.toml declares (ci/compat-constraints.txt pins them).
+COMPAT  := .venv-compat
+CPY     := $(COMPAT)/bin/python
+CSTAMP  := $(COMPAT)/.installed
+
+.PHONY: install test test-compat demo bench lint clean
 
 install: $(STAMP)
 
@@ -22,6 +27,20 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# pip refuses a pin below a declared bound, so the install also checks that the two files agree
+$(CSTAMP): pyproject.toml ci/compat-constraints.txt
+	test -x $(CPY) || $(PYTHON) -m venv $(COMPAT)
+	$(CPY) -m pip install --quiet --upgrade pip
+	$(CPY) -m pip install --quiet -c ci/compat-constraints.txt -e ".[dev]"
+	$(CPY) -m pip check
+	touch $(CSTAMP)
+
+# the subset in ci/compat-tests.txt (one test id a line), then the bundled wheel offline over those packages
+test-compat: $(CSTAMP)
+	grep -v -e '^#' -e '^$$' ci/compat-tests.txt > $(COMPAT)/tests.args
+	$(CPY) -m pytest -q -p no:cacheprovider --durations=5 @$(COMPAT)/tests.args
+	$(CPY) ci/compat_wheel.py
+
 demo: $(STAMP)
 	$(VENV)/bin/kaggle-tli demo
 
@@ -32,4 +51,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check kaggle_tli tests
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info demo_out bench_out
+	rm -rf $(VENV) $(COMPAT) build dist *.egg-info demo_out bench_out
