@@ -146,7 +146,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(frame.round(3).to_string())
     if args.output:
         from kaggle_tli.bench._report import save_figure
-        from kaggle_tli.bench.transfer import heatmap
+        from kaggle_tli.bench.similarity import heatmap
 
         print(f"heatmap -> {save_figure(heatmap(frame, title='TLI score'), args.output)}")
     return 0

@@ -59,6 +59,35 @@ def test_resize_interpolates_and_keeps_corners():
     assert torch.allclose(resize(torch.arange(4.0), (2,)), torch.tensor([0.5, 2.5])), "shrinking averages areas"
 
 
+def _resize_axis(x, dim, size):
+    """Reference: one axis at a time, by explicit weights (linear with aligned corners, or area windows)."""
+    n = x.shape[dim]
+    if n == size:
+        return x
+    rows = []
+    for j in range(size):
+        if size > n:
+            pos = j * (n - 1) / (size - 1) if size > 1 and n > 1 else 0.0
+            lo = min(int(pos), max(n - 2, 0))
+            frac = pos - lo
+            row = x.select(dim, lo) * (1 - frac) + (x.select(dim, lo + 1) * frac if n > 1 else 0)
+        else:
+            start, end = (j * n) // size, -((-(j + 1) * n) // size)
+            row = x.narrow(dim, start, end - start).mean(dim)
+        rows.append(row)
+    return torch.stack(rows, dim)
+
+
+@pytest.mark.parametrize(("src", "dst"), [((6, 4, 3, 3), (9, 7, 1, 1)), ((6, 4, 3, 3), (3, 8, 5, 2)),
+                                          ((1, 5, 2), (4, 2, 2)), ((7,), (3,)), ((4, 4, 4, 4), (2, 2, 2, 9))])
+def test_resize_is_the_same_as_one_axis_at_a_time(src, dst):
+    t = torch.randn(src, dtype=torch.float64)
+    expected = t
+    for dim, size in enumerate(dst):
+        expected = _resize_axis(expected, dim, size)
+    assert torch.allclose(resize(t, dst).double(), expected, atol=1e-5), "several axes at once = one at a time"
+
+
 def test_resize_on_fan_in_preserves_a_linear_units_response_to_constant_input():
     # exact for weights that vary linearly along the fan-in (interpolation reproduces them and their mean)
     w = torch.randn(5, 1) + torch.randn(5, 1) * torch.linspace(-1, 1, 4)
