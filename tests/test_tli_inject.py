@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kaggle_tli.tli.inject import center_crop, combo_injection, mix, resize
+from kaggle_tli.tli.inject import ResizeCache, center_crop, combo_injection, mix, resize
 
 
 def test_same_shape_is_an_exact_copy_for_any_lam():
@@ -125,3 +125,15 @@ def test_bad_lam_and_rank_mismatch_are_refused():
         combo_injection(torch.ones(2), torch.ones(3), 1.5)
     with pytest.raises(ValueError, match="ranks differ"):
         combo_injection(torch.ones(2, 2), torch.ones(3), 0.5)
+
+
+def test_resize_cache_returns_what_resize_does_however_often_asked():
+    # the first step (3x3 -> 1x1) is shared between targets; the fan-in scale must never be written into it
+    cache, t = ResizeCache(), torch.randn(8, 6, 3, 3)
+    for shape in [(8, 6, 1, 1), (5, 9, 1, 1), (8, 6, 1, 1), (16, 3, 1, 1), (5, 9, 1, 1), (8, 6, 2, 2)]:
+        expected = resize(t, shape, fan_in_dims=(1, 2, 3))
+        assert torch.allclose(cache.resize("t", t, shape, (1, 2, 3)), expected, atol=1e-6), shape
+    small = ResizeCache(limit=2)
+    for shape in [(4, 6, 1, 1), (5, 6, 1, 1), (6, 6, 1, 1)]:
+        small.resize("t", t, shape, ())
+    assert len(small.entries) == 2, "only the latest entries are kept"

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from .meta import ShapeOnly
 from .units import CONV_TYPES
 
 # 3x224x224 for timm models without a pretrained_cfg: what almost every ImageNet model accepts.
@@ -56,41 +56,9 @@ def tensors_in(obj) -> Iterator[torch.Tensor]:
             stack.extend(reversed(list(vars(item).values())))
 
 
-class _MetaNorms(TorchDispatchMode):
-    """Shape-only norms on the meta device. torch runs BatchNorm, LayerNorm and GroupNorm there through their
-    Python decompositions, a few dozen elementwise steps each, which made half of a trace's time; the outputs' shapes
-    are known without them. The mode sits below autograd, so the graph still records the norms' own backward nodes
-    (NativeBatchNormBackward0, ...), which is all the trace reads."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        shapes = _NORM_STATS.get(func)
-        x = args[0] if args else None
-        if shapes is None or not isinstance(x, torch.Tensor) or not x.is_meta:
-            return func(*args, **kwargs)
-        # mean and 1/std are kept in float32 for half inputs, as the decompositions do
-        stats_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        stats = [torch.empty(s, dtype=stats_dtype, device="meta") for s in shapes(x, args)]
-        return (torch.empty_like(x), *stats)
-
-
-def _layer_norm_stats(x: torch.Tensor, args) -> tuple:
-    axis = x.dim() - len(args[1])  # native_layer_norm(input, normalized_shape, ...)
-    shape = (*x.shape[:axis], *([1] * len(args[1])))
-    return shape, shape
-
-
-_NORM_STATS = {  # op -> the shapes of its two statistics outputs, from (input, args)
-    torch.ops.aten.native_batch_norm.default: lambda x, args: ((x.shape[1],), (x.shape[1],)),
-    torch.ops.aten.native_layer_norm.default: _layer_norm_stats,
-    # native_group_norm(input, weight, bias, N, C, HxW, group, eps)
-    torch.ops.aten.native_group_norm.default: lambda x, args: ((args[3], args[6]), (args[3], args[6])),
-}
-
-
 def _forward_meta(model: nn.Module, input_size: tuple[int, ...]):
     """Forward on meta copies: records the graph, computes nothing, leaves the model untouched."""
-    with _meta_tensors(model) as names, _MetaNorms():
+    with _meta_tensors(model) as names, ShapeOnly():
         dtype = next(iter(model.parameters())).dtype
         x = torch.empty((1, *input_size), device="meta", dtype=dtype, requires_grad=True)
         out = model(x)

@@ -22,7 +22,7 @@ resize
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -105,23 +105,30 @@ def _shrink_whole_windows(x: Tensor, shape: Sequence[int]) -> Tensor:
     return x.reshape(split).mean(windows)
 
 
-def resize(teacher: Tensor, shape: Sequence[int], *, fan_in_dims: Sequence[int] = ()) -> Tensor:
-    """`teacher` interpolated to `shape`, one axis at a time; fan-in dimensions rescaled (module docstring)."""
+def resize(teacher: Tensor, shape: Sequence[int], *, fan_in_dims: Sequence[int] = (),
+           windows: Callable[[Tensor, Sequence[int]], Tensor] | None = None) -> Tensor:
+    """`teacher` interpolated to `shape`, one axis at a time; fan-in dimensions rescaled (module docstring).
+    `windows`: where the caller keeps the first step's results (ResizeCache), its stand-in for that step."""
     x = teacher.detach().float()
     scale = 1.0
     for d in fan_in_dims:
         scale *= x.shape[d] / shape[d]
-    x = _shrink_whole_windows(x, shape)  # the cheapest steps and the ones that shrink most: first
+    # the cheapest steps and the ones that shrink most (a 3x3 kernel to 1x1): first
+    x = (windows or _shrink_whole_windows)(x, shape)
     # then the most shrinking axes first: every later step then works on a smaller tensor
-    for dim in sorted((d for d in range(len(shape)) if shape[d] != x.shape[d]), key=lambda d: shape[d] / x.shape[d]):
+    steps = sorted((d for d in range(len(shape)) if shape[d] != x.shape[d]), key=lambda d: shape[d] / x.shape[d])
+    for dim in steps:
         x = _resize_axis(x, dim, shape[dim])
-    # every step wrote a fresh tensor, so the scale goes in place (a teacher of the student's shape never gets here)
-    return x.mul_(scale) if scale != 1.0 else x
+    if scale == 1.0:
+        return x
+    # in place only on a tensor a step here wrote: never into the teacher or a cached first step
+    return x.mul_(scale) if steps else x * scale
 
 
 class ResizeCache:
     """Resized teacher tensors, kept for the rest of one transfer: across families one teacher tensor is mixed into
-    many student tensors of one shape (every block of a stage), and the resize is the costly part of a mix. The
+    many student tensors (every block of a stage), and the resize is the costly part of a mix. Kept: the results,
+    and the first step's (a 3x3 kernel averaged to 1x1 serves every 1x1 student layer, whatever its channels). The
     caller names each teacher tensor (its key); only the `limit` latest entries are kept, since a stage's blocks
     come one after another."""
 
@@ -129,15 +136,23 @@ class ResizeCache:
         self.limit = limit
         self.entries: dict[tuple, Tensor] = {}
 
-    def resize(self, name, teacher: Tensor, shape: Sequence[int], fan_in_dims: Sequence[int]) -> Tensor:
-        key = (name, tuple(teacher.shape), tuple(shape), tuple(fan_in_dims))
+    def _get(self, key: tuple, make: Callable[[], Tensor]) -> Tensor:
         hit = self.entries.pop(key, None)
         if hit is None:
-            hit = resize(teacher, shape, fan_in_dims=fan_in_dims)
+            hit = make()
             if len(self.entries) >= self.limit:
                 self.entries.pop(next(iter(self.entries)))
         self.entries[key] = hit  # (re)inserted last: the oldest entry goes first
         return hit
+
+    def resize(self, name, teacher: Tensor, shape: Sequence[int], fan_in_dims: Sequence[int]) -> Tensor:
+        def windows(x: Tensor, target: Sequence[int]) -> Tensor:
+            # the step's result depends only on the shape it ends at: every whole-window axis is averaged to its size
+            after = tuple(t if t < n and n % t == 0 else n for n, t in zip(x.shape, target, strict=True))
+            return self._get(("windows", name, tuple(x.shape), after), lambda: _shrink_whole_windows(x, target))
+
+        key = ("resized", name, tuple(teacher.shape), tuple(shape), tuple(fan_in_dims))
+        return self._get(key, lambda: resize(teacher, shape, fan_in_dims=fan_in_dims, windows=windows))
 
 
 def combo_injection(

@@ -1,0 +1,98 @@
+"""Shape-only kernels for the meta trace: ops whose meta version torch runs in Python get their outputs' shapes.
+
+On the meta device torch computes no values, only shapes, but for BatchNorm, LayerNorm, GroupNorm, the hard and
+smooth activations, softmax, addmm, a mean and elementwise arithmetic it runs Python meta functions or decompositions (a few dozen elementwise
+steps for a norm), and these made most of a trace's time. Their outputs' shapes are known from the inputs. The mode
+sits below autograd, so the graph still records each op's own backward node (NativeBatchNormBackward0,
+HardswishBackward0, AddmmBackward0, ...), which is all the trace reads; every other op, and any op on a real
+tensor, runs as usual.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+
+class ShapeOnly(TorchDispatchMode):
+    """Within the block, the ops of `_KERNELS` on meta tensors return empty outputs of the right shape."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        kernel = _KERNELS.get(func)
+        x = args[0] if args else None
+        if kernel is None or not isinstance(x, torch.Tensor) or not x.is_meta:
+            return func(*args, **kwargs)
+        out = kernel(x, *args[1:], **kwargs)
+        return func(*args, **kwargs) if out is NotImplemented else out
+
+
+def _stats_dtype(x: torch.Tensor) -> torch.dtype:
+    """Norms keep their mean and 1/std in float32 for half inputs, as the decompositions do."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def _normed(x: torch.Tensor, stats_shape) -> tuple:
+    stats = [torch.empty(stats_shape, dtype=_stats_dtype(x), device="meta") for _ in range(2)]
+    return (torch.empty_like(x), *stats)
+
+
+def _layer_norm(x, normalized_shape, *rest, **kw):
+    axis = x.dim() - len(normalized_shape)
+    return _normed(x, (*x.shape[:axis], *([1] * len(normalized_shape))))
+
+
+def _addmm(bias, m1, m2, *rest, **kw):
+    dtype = torch.promote_types(torch.promote_types(m1.dtype, m2.dtype), bias.dtype)
+    return torch.empty((m1.shape[0], m2.shape[1]), dtype=dtype, device="meta")
+
+
+def _softmax(x, dim, dtype=None, *rest, **kw):
+    return torch.empty_like(x, dtype=dtype or x.dtype)
+
+
+def _mean(x, dim=None, keepdim=False, *, dtype=None):
+    axes = {d % x.dim() for d in dim} if dim else set(range(x.dim()))
+    shape = [1 if d in axes else n for d, n in enumerate(x.shape) if keepdim or d not in axes]
+    return torch.empty(shape, dtype=dtype or x.dtype, device="meta")
+
+
+def _binary(a, b, *rest, **kw):
+    """An elementwise op of two operands: the output takes the layout of the operand that has its shape and dtype
+    (a residual add, a gate's multiply); where neither has, torch's own meta function runs."""
+    dtype = torch.result_type(a, b)
+    shape = torch.broadcast_shapes(a.shape, b.shape) if isinstance(b, torch.Tensor) else a.shape
+    for t in (a, b):
+        if isinstance(t, torch.Tensor) and t.is_meta and t.shape == shape and t.dtype == dtype:
+            return torch.empty_like(t)
+    return NotImplemented
+
+
+def _same(x, *args, **kw):
+    return torch.empty_like(x)
+
+
+def _in_place(x, *args, **kw):
+    return x
+
+
+_KERNELS = {
+    aten.native_batch_norm.default: lambda x, *args, **kw: _normed(x, (x.shape[1],)),
+    aten.native_layer_norm.default: _layer_norm,
+    # native_group_norm(input, weight, bias, N, C, HxW, group, eps)
+    aten.native_group_norm.default: lambda x, w, b, n, c, hw, group, *rest, **kw: _normed(x, (n, group)),
+    aten.addmm.default: _addmm,
+    aten._safe_softmax.default: _softmax,
+    aten.mean.dim: _mean,
+    aten.add.Tensor: _binary,
+    aten.sub.Tensor: _binary,
+    aten.mul.Tensor: _binary,
+    **{getattr(aten, name).default: _same for name in (
+        "hardswish", "hardsigmoid", "gelu", "silu", "mish", "sigmoid", "tanh", "relu", "hardtanh", "leaky_relu",
+        "elu")},
+    **{getattr(aten, f"{name}_").default: _in_place for name in (
+        "hardswish", "hardsigmoid", "gelu", "silu", "mish", "sigmoid", "tanh", "relu", "hardtanh", "leaky_relu",
+        "elu")},
+}
