@@ -39,14 +39,40 @@ def _normed(x: torch.Tensor, stats_shape) -> tuple:
     return (torch.empty_like(x), *stats)
 
 
+def _check(ok: bool, message: str) -> None:
+    """The shape checks torch's own kernels make: an input of the wrong size must still fail the meta pass (the
+    trace then says which input it tried and how to pass another)."""
+    if not ok:
+        raise RuntimeError(message)
+
+
+def _batch_norm(x, weight, bias, running_mean, running_var, *rest, **kw):
+    channels = x.shape[1] if x.dim() > 1 else 0
+    sizes = {t.numel() for t in (weight, bias, running_mean, running_var) if t is not None}
+    _check(sizes <= {channels}, f"batch_norm: expected {sorted(sizes)} channels, got input {tuple(x.shape)}")
+    return _normed(x, (channels,))
+
+
 def _layer_norm(x, normalized_shape, *rest, **kw):
     axis = x.dim() - len(normalized_shape)
+    _check(axis >= 0 and tuple(x.shape[axis:]) == tuple(normalized_shape),
+           f"layer_norm: normalized_shape {tuple(normalized_shape)} does not end input {tuple(x.shape)}")
     return _normed(x, (*x.shape[:axis], *([1] * len(normalized_shape))))
 
 
+def _group_norm(x, weight, bias, n, c, hw, group, *rest, **kw):
+    _check(x.dim() > 1 and x.shape[1] == c and c % group == 0 and (weight is None or weight.numel() == c),
+           f"group_norm: {group} groups of {c} channels do not fit input {tuple(x.shape)}")
+    return _normed(x, (n, group))
+
+
 def _addmm(bias, m1, m2, *rest, **kw):
+    _check(m1.dim() == 2 and m2.dim() == 2 and m1.shape[1] == m2.shape[0],
+           f"mat1 and mat2 shapes cannot be multiplied ({m1.shape[0]}x{m1.shape[1]} and {m2.shape[0]}x{m2.shape[1]})")
+    shape = (m1.shape[0], m2.shape[1])
+    torch.broadcast_shapes(bias.shape, shape)  # raises as torch does where the bias does not fit
     dtype = torch.promote_types(torch.promote_types(m1.dtype, m2.dtype), bias.dtype)
-    return torch.empty((m1.shape[0], m2.shape[1]), dtype=dtype, device="meta")
+    return torch.empty(shape, dtype=dtype, device="meta")
 
 
 def _softmax(x, dim, dtype=None, *rest, **kw):
@@ -79,10 +105,9 @@ def _in_place(x, *args, **kw):
 
 
 _KERNELS = {
-    aten.native_batch_norm.default: lambda x, *args, **kw: _normed(x, (x.shape[1],)),
+    aten.native_batch_norm.default: _batch_norm,
     aten.native_layer_norm.default: _layer_norm,
-    # native_group_norm(input, weight, bias, N, C, HxW, group, eps)
-    aten.native_group_norm.default: lambda x, w, b, n, c, hw, group, *rest, **kw: _normed(x, (n, group)),
+    aten.native_group_norm.default: _group_norm,  # (input, weight, bias, N, C, HxW, group, eps)
     aten.addmm.default: _addmm,
     aten._safe_softmax.default: _softmax,
     aten.mean.dim: _mean,
