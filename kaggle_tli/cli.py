@@ -159,7 +159,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(frame.round(3).to_string())
     if args.output:
         from kaggle_tli.bench._report import save_figure
-        from kaggle_tli.bench.transfer import heatmap
+        from kaggle_tli.bench.similarity import heatmap
 
         print(f"heatmap -> {save_figure(heatmap(frame, title='TLI score'), args.output)}")
     return 0
@@ -343,6 +343,8 @@ def _add_transfer_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lam", type=float, help="ComboInjection: crop share")
     g.add_argument("--top-k", type=int, help="mix the k best teacher tensors where no block matches for sure")
     g.add_argument("--no-norm", action="store_true", help="leave normalisation layers at init")
+    g.add_argument("--no-head-as-source", action="store_true",
+                   help="across families, keep the teacher's classifier for the student's classifier alone")
     g.add_argument("--extra-blocks", choices=("identity", "copy"),
                    help="a deeper student's extra blocks: identity (keeps the function, default) or whole copies")
     g.add_argument("--activation-scale", type=float,
@@ -357,6 +359,8 @@ def _transfer_options(args: argparse.Namespace) -> dict:
                  activation_scale=args.activation_scale, growth_jitter=args.growth_jitter)
     if args.no_norm:
         given["transfer_norm"] = False
+    if args.no_head_as_source:
+        given["head_as_source"] = False
     return {k: v for k, v in given.items() if v is not None}
 
 

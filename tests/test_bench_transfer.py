@@ -13,19 +13,27 @@ import pandas as pd
 import pytest
 import torch
 
+from kaggle_tli.bench import rivals
+from kaggle_tli.bench import similarity as fig7
 from kaggle_tli.bench import transfer as bench
+from kaggle_tli.bench.methods import METHODS as INITS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# resnet18 -> resnet34 has iatransfer reference figures; the tiny timm test models have none
 PAIRS = [("resnet18", "resnet34"), ("test_resnet", "test_efficientnet")]
 TINY = ["mobilenetv3_small_050", "lcnet_050", "test_efficientnet"]
+
+
+def same_name(student, teacher):
+    """A stand-in baseline where iatransfer is not installed: copy the tensors whose name and shape agree."""
+    return INITS["same_name"].init(student, teacher)
 
 
 @pytest.fixture(scope="module")
 def pairs_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pairs")
     threads_before = torch.get_num_threads()
-    frame = bench.run_pairs(PAIRS, repeats=1, threads=1, out_dir=out, num_classes=10, progress=False)
+    frame = bench.run_pairs(PAIRS, repeats=1, threads=1, out_dir=out, num_classes=10, progress=False,
+                            baseline=same_name)
     return frame, out, threads_before
 
 
@@ -40,12 +48,30 @@ def test_run_pairs_table(pairs_run):
     assert (counts == frame["n_tensors"]).all(), "a report method the benchmark does not count: update METHODS"
 
 
-def test_run_pairs_reference_columns(pairs_run):
+def test_run_pairs_baseline_columns(pairs_run):
     frame, _, _ = pairs_run
     ref = frame.iloc[0]
-    assert (ref["iat_seconds"], ref["iat_coverage"]) == bench.IATRANSFER_1_0_3[PAIRS[0]], "reference figures lost"
-    assert math.isclose(ref["speedup"], ref["iat_seconds"] / ref["seconds"]), "speedup = iatransfer s / ours"
-    assert frame.iloc[1][["iat_seconds", "iat_coverage", "speedup"]].isna().all(), "no reference: NaN, not 0"
+    assert ref["iat_seconds"] > 0, "the baseline is timed in the same run"
+    assert math.isclose(ref["speedup"], ref["iat_seconds"] / ref["seconds"]), "speedup = baseline s / ours"
+    # by name, resnet34 takes resnet18's stem, head and first blocks of each stage; its extra blocks stay at init
+    student = bench.create_model("resnet34", 10)
+    teacher_state = bench.create_model("resnet18", 10).state_dict()
+    by_name = sum(p.numel() for k, p in student.named_parameters()
+                  if k in teacher_state and teacher_state[k].shape == p.shape)
+    total = sum(p.numel() for p in student.parameters())
+    assert ref["iat_coverage"] == pytest.approx(by_name / total), "the probe counts exactly what the baseline set"
+    assert frame["blended"].between(0.0, 1.0).all() and (frame["coverage"] + frame["blended"] <= 1 + 1e-9).all()
+    assert frame["prev_seconds"].isna().all() and frame["prev_ratio"].isna().all(), "no earlier engine: NaN"
+
+
+def test_run_pairs_without_a_baseline_leaves_its_columns_empty():
+    frame = bench.run_pairs(PAIRS[1:], repeats=1, threads=1, num_classes=10, progress=False, baseline=None)
+    assert frame.iloc[0][["iat_seconds", "iat_coverage", "speedup"]].isna().all(), "no baseline: NaN, not 0"
+
+
+def test_previous_engine_folder_without_a_package_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="git archive"):
+        rivals.EngineProcess(tmp_path, threads=1)
 
 
 def test_run_pairs_files_and_threads(pairs_run):
@@ -55,13 +81,13 @@ def test_run_pairs_files_and_threads(pairs_run):
     assert (out / "transfer.png").read_bytes()[:8] == PNG_MAGIC, "transfer.png is not a PNG"
     assert list(pd.read_csv(out / "transfer.csv").columns) == list(bench.PAIR_COLUMNS), "CSV keeps every column"
     md = (out / "transfer.md").read_text()
-    assert "| resnet18 -> resnet34 | " in md and bench.IATRANSFER_LABEL in md, "table or reference label missing"
-    assert "nan" not in md, "a missing reference figure must print as a blank cell"
+    assert "| resnet18 -> resnet34 | " in md and "Baseline columns (iatransfer s, iatransfer cov.): same_name" in md
+    assert "nan" not in md, "a missing figure must print as a blank cell"
     assert torch.get_num_threads() == threads_before, "run_pairs must restore torch's thread count"
 
 
 def test_run_similarity(tmp_path):
-    matrix = bench.run_similarity(TINY, out_dir=tmp_path, num_classes=10, progress=False)
+    matrix = fig7.run_similarity(TINY, out_dir=tmp_path, num_classes=10, progress=False)
     values = matrix.to_numpy()
     assert sorted(matrix.index) == sorted(TINY) and list(matrix.index) == list(matrix.columns), "labels"
     np.testing.assert_allclose(values, values.T, err_msg="similarity matrix must be symmetric")
@@ -77,7 +103,7 @@ def test_cluster_order_groups_families():
     # two families interleaved (a1 b1 a2 b2): clustering must put each family's members side by side
     names = ["a1", "b1", "a2", "b2"]
     s = np.array([[1.0, 0.1, 0.9, 0.2], [0.1, 1.0, 0.2, 0.8], [0.9, 0.2, 1.0, 0.1], [0.2, 0.8, 0.1, 1.0]])
-    order = [names[i] for i in bench.cluster_order(pd.DataFrame(s, index=names, columns=names))]
+    order = [names[i] for i in fig7.cluster_order(pd.DataFrame(s, index=names, columns=names))]
     assert order[0][0] == order[1][0] and order[2][0] == order[3][0], f"families not side by side: {order}"
 
 

@@ -25,7 +25,7 @@ def test_every_engine_option_reaches_the_engine_through_kt_transfer():
 def test_bad_values_are_refused_with_the_fix():
     for bad, match in [(dict(lam=2), "lam must be in"), (dict(top_k=0), "top_k"), (dict(method="x"), "method="),
                        (dict(extra_blocks="x"), "extra_blocks="), (dict(growth_jitter=1.5), "growth_jitter"),
-                       (dict(transfer_norm="no"), "transfer_norm")]:
+                       (dict(transfer_norm="no"), "transfer_norm"), (dict(head_as_source="no"), "head_as_source")]:
         with pytest.raises(ValueError, match=match):
             kt.TransferOptions(**bad)
 
@@ -43,3 +43,5 @@ def test_the_cli_passes_only_what_was_given_so_the_records_defaults_apply():
     assert cli._transfer_options(parser.parse_args(["inject", "RUN", "resnet18", "-o", "x.safetensors"])) == {}
     given = parser.parse_args(["inject", "RUN", "resnet18", "-o", "x", "--lam", "0.5", "--no-norm", "--method", "combo"])
     assert cli._transfer_options(given) == {"lam": 0.5, "transfer_norm": False, "method": "combo"}
+    given = parser.parse_args(["inject", "RUN", "resnet18", "-o", "x", "--no-head-as-source"])
+    assert cli._transfer_options(given) == {"head_as_source": False}

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kaggle_tli.tli.inject import center_crop, combo_injection, mix, resize
+from kaggle_tli.tli.inject import ResizeCache, center_crop, combo_injection, mix, resize
 
 
 def test_same_shape_is_an_exact_copy_for_any_lam():
@@ -59,6 +59,35 @@ def test_resize_interpolates_and_keeps_corners():
     assert torch.allclose(resize(torch.arange(4.0), (2,)), torch.tensor([0.5, 2.5])), "shrinking averages areas"
 
 
+def _resize_axis(x, dim, size):
+    """Reference: one axis at a time, by explicit weights (linear with aligned corners, or area windows)."""
+    n = x.shape[dim]
+    if n == size:
+        return x
+    rows = []
+    for j in range(size):
+        if size > n:
+            pos = j * (n - 1) / (size - 1) if size > 1 and n > 1 else 0.0
+            lo = min(int(pos), max(n - 2, 0))
+            frac = pos - lo
+            row = x.select(dim, lo) * (1 - frac) + (x.select(dim, lo + 1) * frac if n > 1 else 0)
+        else:
+            start, end = (j * n) // size, -((-(j + 1) * n) // size)
+            row = x.narrow(dim, start, end - start).mean(dim)
+        rows.append(row)
+    return torch.stack(rows, dim)
+
+
+@pytest.mark.parametrize(("src", "dst"), [((6, 4, 3, 3), (9, 7, 1, 1)), ((6, 4, 3, 3), (3, 8, 5, 2)),
+                                          ((1, 5, 2), (4, 2, 2)), ((7,), (3,)), ((4, 4, 4, 4), (2, 2, 2, 9))])
+def test_resize_is_the_same_as_one_axis_at_a_time(src, dst):
+    t = torch.randn(src, dtype=torch.float64)
+    expected = t
+    for dim, size in enumerate(dst):
+        expected = _resize_axis(expected, dim, size)
+    assert torch.allclose(resize(t, dst).double(), expected, atol=1e-5), "several axes at once = one at a time"
+
+
 def test_resize_on_fan_in_preserves_a_linear_units_response_to_constant_input():
     # exact for weights that vary linearly along the fan-in (interpolation reproduces them and their mean)
     w = torch.randn(5, 1) + torch.randn(5, 1) * torch.linspace(-1, 1, 4)
@@ -96,3 +125,15 @@ def test_bad_lam_and_rank_mismatch_are_refused():
         combo_injection(torch.ones(2), torch.ones(3), 1.5)
     with pytest.raises(ValueError, match="ranks differ"):
         combo_injection(torch.ones(2, 2), torch.ones(3), 0.5)
+
+
+def test_resize_cache_returns_what_resize_does_however_often_asked():
+    # the first step (3x3 -> 1x1) is shared between targets; the fan-in scale must never be written into it
+    cache, t = ResizeCache(), torch.randn(8, 6, 3, 3)
+    for shape in [(8, 6, 1, 1), (5, 9, 1, 1), (8, 6, 1, 1), (16, 3, 1, 1), (5, 9, 1, 1), (8, 6, 2, 2)]:
+        expected = resize(t, shape, fan_in_dims=(1, 2, 3))
+        assert torch.allclose(cache.resize("t", t, shape, (1, 2, 3)), expected, atol=1e-6), shape
+    small = ResizeCache(limit=2)
+    for shape in [(4, 6, 1, 1), (5, 6, 1, 1), (6, 6, 1, 1)]:
+        small.resize("t", t, shape, ())
+    assert len(small.entries) == 2, "only the latest entries are kept"

@@ -195,6 +195,19 @@ def test_squeeze_excite_layers_match_only_each_other():
     assert taken and all(".se." in r["source"] for r in taken), "gates seed gates"
 
 
+def test_head_as_source_false_keeps_the_classifiers_to_each_other():
+    """Across families a linear and a 1x1 conv are the same map, so the teacher's fc can seed body layers (the
+    default); head_as_source=False matches the two classifiers only with each other."""
+    teacher, student = _model("resnet18", 0), _model("mobilenetv3_small_050", 1)
+    rows = transfer(teacher, student, top_k=3, input_size=(3, 32, 32)).rows
+    assert [r for r in rows if "fc." in r["source"] and not r["student"].startswith("classifier")], \
+        "the default lets resnet18's fc seed mobilenetv3's body"
+    rows = transfer(teacher, student, top_k=3, input_size=(3, 32, 32), head_as_source=False).rows
+    head = [r for r in rows if r["student"].startswith("classifier.")]
+    assert head and all(r["source"] == r["student"].replace("classifier", "fc") for r in head), head
+    assert not [r["student"] for r in rows if "fc." in r["source"] and r not in head], "fc seeds no body layer"
+
+
 def test_norm_transfer_off_leaves_norms_at_init():
     teacher, student = _model("resnet18", 0), _model("resnet18", 1)
     before = {k: v.clone() for k, v in student.state_dict().items() if "bn" in k or "downsample.1" in k}

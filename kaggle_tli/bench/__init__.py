@@ -1,6 +1,7 @@
 """Benchmarks anyone can rerun: each writes its results as CSV, a markdown table and a PNG into one folder.
 
-    transfer     transfer.py     time and coverage per teacher -> student pair, and the Fig. 7 similarity matrix
+    transfer     transfer.py     time and coverage per teacher -> student pair, next to iatransfer and an earlier
+                                 engine (rivals.py), and the Fig. 7 similarity matrix (similarity.py)
     convergence  convergence.py  accuracy per step of students from each initialisation (paper Fig. 4)
     norm         norm.py         efficientnet_b0 -> b1 -> b2 with and without BatchNorm transfer (paper Fig. 5)
     teachers     teachers.py     one student from several teachers: TLI score vs convergence (rank correlation)

@@ -86,7 +86,13 @@ GROWTH_STUDENTS = (
     Student("bigger sibling: efficientnet_b0 -> b2", "efficientnet_b2", teacher="efficientnet_b0",
             methods=_GROWTH_METHODS),
 )
-STUDENT_SETS = {"default": DEFAULT_STUDENTS, "growth": GROWTH_STUDENTS}
+# `--students head`: across families, may the teacher's classifier seed body layers (TransferOptions.head_as_source)?
+_HEAD_METHODS = ("tli", "tli head_as_source=False")
+HEAD_STUDENTS = (
+    Student("other family: efficientnet_b0", "efficientnet_b0", methods=_HEAD_METHODS),
+    Student("other family: mobilenetv3_small_100", "mobilenetv3_small_100", methods=_HEAD_METHODS),
+)
+STUDENT_SETS = {"default": DEFAULT_STUDENTS, "growth": GROWTH_STUDENTS, "head": HEAD_STUDENTS}
 
 
 def register_edits() -> None:
@@ -194,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--teacher-steps", type=int, default=600)
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--students", choices=list(STUDENT_SETS), default="default",
-                        help="default: the paper's students; growth: students that are their teacher grown")
+                        help="default: the paper's students; growth: students that are their teacher grown; head: "
+                             "two students of another family, with and without the classifier as a source")
     parser.add_argument("--only", nargs="+", metavar="ARCH", default=None,
                         help="run only the students with these architectures (e.g. efficientnet_b2)")
     parser.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warmup for the students "

@@ -4,7 +4,8 @@
     xavier       Xavier-uniform weights, zero biases
     same_name    copy tensors whose name and shape agree (timm's `strict=False`, Hugging Face's
                  `ignore_mismatched_sizes`)
-    tli          kaggle_tli's transfer with its defaults, plus variants over lam, top_k and norm transfer;
+    tli          kaggle_tli's transfer with its defaults, plus variants over lam, top_k, norm transfer and the
+                 classifier as a source;
                  `tli combo` is ComboInjection everywhere (the engine before growth kept the function)
     +recal       any of the above followed by re-estimating BatchNorm statistics on a few training batches
     +probe       +recal, then the classifier refitted on the same batches where a linear probe predicts clearly
@@ -78,7 +79,9 @@ METHODS: dict[str, Method] = {
     "tli lam=1": Method(_tli(lam=1.0), recal=True, probe=True),
     "tli no norm": Method(_tli(transfer_norm=False), recal=True, probe=True),
     "tli extra_blocks=copy": Method(_tli(extra_blocks="copy"), recal=True, probe=True),
-    "tli combo": Method(_tli(method="combo"), recal=True, probe=True),  # ComboInjection everywhere: the engine
+    "tli combo": Method(_tli(method="combo"), recal=True, probe=True),
+    # the classifiers match only each other: the teacher's seeds no body layer (convergence --students head)
+    "tli head_as_source=False": Method(_tli(head_as_source=False), recal=True, probe=True),  # ComboInjection everywhere: the engine
     # before growth kept the function (and the paper's method)
 }
 QUICK_METHODS = ("kaiming", "same_name", "tli")

@@ -16,6 +16,7 @@ from .graph import trace_as
 from .grow import GROWTH_MODES
 from .growth_align import GrowthAlignment, align_growth
 from .guard import check_student, check_unchanged, fingerprint
+from .inject import ResizeCache
 from .match import Alignment, Match, match_graphs
 from .options import DEFAULTS, TransferOptions
 from .place import Growth, place_identity, place_tensor, report_row
@@ -59,7 +60,9 @@ def transfer(
     for t_idx, t in enumerate(teachers):
         role = "teacher" if len(teachers) == 1 else f"teacher {t_idx}"
         t_graph = trace_as(t, teacher_input_size or input_size, role, teacher_input_size is None)
-        found.append(_Teacher(t_graph, match_graphs(s_graph, t_graph, top_k=opts.top_k), _tensors(t)))
+        heads = {} if opts.head_as_source else {"teacher_head": _head_indices(t, t_graph),
+                                                "student_head": _head_indices(student, s_graph)}
+        found.append(_Teacher(t_graph, match_graphs(s_graph, t_graph, top_k=opts.top_k, **heads), _tensors(t)))
     plan = _plan(student, s_graph, found, opts)
     rows = _write(student, s_graph, found, plan, opts)
     sharpened = _sharpen(teachers, student, s_graph, found, plan.choices, opts.activation_scale, rows)
@@ -114,6 +117,7 @@ def _write(student: nn.Module, s_graph: Graph, found: list[_Teacher], plan: _Pla
     """Write every student tensor as planned; one report row each."""
     s_tensors = _tensors(student)
     modules = dict(student.named_modules()) if plan.identity else {}
+    cache = ResizeCache()
     rows = []
     with torch.no_grad():
         for i, unit in enumerate(s_graph.units):
@@ -129,7 +133,7 @@ def _write(student: nn.Module, s_graph: Graph, found: list[_Teacher], plan: _Pla
                 else:
                     t_idx, match = choice
                     row = place_tensor(unit, local, key, s_tensors[key], _sources(found[t_idx], match, local),
-                                       match, t_idx, opts.lam, plan.growth)
+                                       match, t_idx, opts.lam, plan.growth, cache)
                 if i in plan.zeroed and local in ("weight", "bias", ""):
                     s_tensors[key].zero_()
                     row.update(method="zeroed", fraction=1.0, blended=0.0, reason=_ZEROED)
@@ -234,6 +238,12 @@ def _head_units(model: nn.Module, graph: Graph) -> set[str]:
     ids = {id(m) for m in head.modules()}
     names = {n for n, m in model.named_modules() if id(m) in ids}
     return {u.name for u in graph.units if u.name in names or u.name.rpartition(".")[0] in names}
+
+
+def _head_indices(model: nn.Module, graph: Graph) -> list[int]:
+    """Positions in `graph.units` of the classifier's units (`_head_units`)."""
+    names = _head_units(model, graph)
+    return [i for i, u in enumerate(graph.units) if u.name in names]
 
 
 def _heads_differ(student: Graph, teacher: Graph) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .meta import ShapeOnly
 from .units import CONV_TYPES
 
 # 3x224x224 for timm models without a pretrained_cfg: what almost every ImageNet model accepts.
@@ -57,7 +58,7 @@ def tensors_in(obj) -> Iterator[torch.Tensor]:
 
 def _forward_meta(model: nn.Module, input_size: tuple[int, ...]):
     """Forward on meta copies: records the graph, computes nothing, leaves the model untouched."""
-    with _meta_tensors(model) as names:
+    with _meta_tensors(model) as names, ShapeOnly():
         dtype = next(iter(model.parameters())).dtype
         x = torch.empty((1, *input_size), device="meta", dtype=dtype, requires_grad=True)
         out = model(x)

@@ -66,9 +66,10 @@ def check_student(student: nn.Module) -> None:
             "rebuild the student before training it.")
     with torch.no_grad():
         floats = [(n, t) for n, t in tensors.items() if t.is_floating_point() and t.numel()]
-        # one sum per tensor is finite when every element is (and is cheaper than isfinite); only a non-finite sum
-        # (or one overflowed by huge finite values) is looked at element by element
-        sums = torch.stack([t.sum(dtype=torch.float64).cpu() for _, t in floats]) if floats else torch.zeros(0)
+        # one float32 sum per tensor is finite when every element is (and reads each element once, where isfinite
+        # also writes a mask, and a float64 sum converts every element); only a non-finite sum (or one overflowed by
+        # huge finite values) is looked at element by element
+        sums = torch.stack([t.sum(dtype=torch.float32).cpu() for _, t in floats]) if floats else torch.zeros(0)
         suspects = [floats[k] for k in torch.nonzero(~torch.isfinite(sums)).flatten().tolist()]
         bad = [n for n, t in suspects if not bool(torch.isfinite(t).all())]
     if bad:

@@ -21,9 +21,10 @@ resize
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
-import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -73,40 +74,85 @@ def determined_fraction(teacher_shapes: Sequence[Sequence[int]], student_shape: 
     return share
 
 
-def _resize_dim(x: Tensor, dim: int, size: int) -> Tensor:
+def _resize_axis(x: Tensor, dim: int, size: int) -> Tensor:
     """Resize one axis: linear interpolation with aligned corners to grow, area averaging (adaptive average
-    pooling's windows, through a cumulative sum) to shrink. Gathers, not dense matrices: cost grows with the
-    output, not with input x output."""
-    n = x.shape[dim]
-    if n == size:
-        return x
-    x = x.movedim(dim, -1)
-    if size > n:
-        if n == 1:
-            out = x.expand(*x.shape[:-1], size)
-        else:
-            pos = torch.arange(size, dtype=torch.float64, device=x.device) * (n - 1) / (size - 1)
-            lo = pos.floor().long().clamp(max=n - 2)
-            frac = (pos - lo).to(x.dtype)
-            out = x[..., lo] * (1 - frac) + x[..., lo + 1] * frac
+    pooling's windows) to shrink. The tensor is seen as (1, axes before, this axis, axes after), a view of a
+    contiguous tensor, so torch's 2-d kernel does it in one pass with the axes after left as they are (a window of
+    one element, an interpolation weight of exactly 1): no copy to move the axis, no temporary per step."""
+    shape = x.shape
+    before, after = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
+    grid = x.reshape(1, before, shape[dim], after)
+    if size > shape[dim]:
+        out = F.interpolate(grid, size=(size, after), mode="bilinear", align_corners=True)
     else:
-        j = torch.arange(size, device=x.device)
-        start, end = (j * n) // size, -((-(j + 1) * n) // size)
-        csum = torch.nn.functional.pad(x.cumsum(-1), (1, 0))
-        out = ((csum[..., end] - csum[..., start]) / (end - start)).to(x.dtype)
-    return out.movedim(-1, dim)
+        out = F.adaptive_avg_pool2d(grid, (size, after))
+    return out.reshape(*shape[:dim], size, *shape[dim + 1:])
 
 
-def resize(teacher: Tensor, shape: Sequence[int], *, fan_in_dims: Sequence[int] = ()) -> Tensor:
-    """`teacher` interpolated to `shape`, one dimension at a time; fan-in dimensions rescaled (module docstring)."""
+def _shrink_whole_windows(x: Tensor, shape: Sequence[int]) -> Tensor:
+    """Every axis that shrinks by a whole factor (a 3x3 kernel to 1x1, 1280 channels to 320), all in one pass: each
+    such axis is seen as (size, window) and the windows are averaged, which is what area averaging does there."""
+    dims = [d for d in range(x.dim()) if shape[d] < x.shape[d] and x.shape[d] % shape[d] == 0]
+    if not dims:
+        return x
+    split, windows = [], []
+    for d, n in enumerate(x.shape):
+        if d in dims:
+            windows.append(len(split) + 1)
+            split += [shape[d], n // shape[d]]
+        else:
+            split.append(n)
+    return x.reshape(split).mean(windows)
+
+
+def resize(teacher: Tensor, shape: Sequence[int], *, fan_in_dims: Sequence[int] = (),
+           windows: Callable[[Tensor, Sequence[int]], Tensor] | None = None) -> Tensor:
+    """`teacher` interpolated to `shape`, one axis at a time; fan-in dimensions rescaled (module docstring).
+    `windows`: where the caller keeps the first step's results (ResizeCache), its stand-in for that step."""
     x = teacher.detach().float()
     scale = 1.0
-    # shrinking axes first: every later step then works on the smaller tensor
-    for dim in sorted(range(len(shape)), key=lambda d: shape[d] / x.shape[d]):
-        if dim in fan_in_dims:
-            scale *= x.shape[dim] / shape[dim]
-        x = _resize_dim(x, dim, shape[dim])
-    return x * scale if scale != 1.0 else x
+    for d in fan_in_dims:
+        scale *= x.shape[d] / shape[d]
+    # the cheapest steps and the ones that shrink most (a 3x3 kernel to 1x1): first
+    x = (windows or _shrink_whole_windows)(x, shape)
+    # then the most shrinking axes first: every later step then works on a smaller tensor
+    steps = sorted((d for d in range(len(shape)) if shape[d] != x.shape[d]), key=lambda d: shape[d] / x.shape[d])
+    for dim in steps:
+        x = _resize_axis(x, dim, shape[dim])
+    if scale == 1.0:
+        return x
+    # in place only on a tensor a step here wrote: never into the teacher or a cached first step
+    return x.mul_(scale) if steps else x * scale
+
+
+class ResizeCache:
+    """Resized teacher tensors, kept for the rest of one transfer: across families one teacher tensor is mixed into
+    many student tensors (every block of a stage), and the resize is the costly part of a mix. Kept: the results,
+    and the first step's (a 3x3 kernel averaged to 1x1 serves every 1x1 student layer, whatever its channels). The
+    caller names each teacher tensor (its key); only the `limit` latest entries are kept, since a stage's blocks
+    come one after another."""
+
+    def __init__(self, limit: int = 64):
+        self.limit = limit
+        self.entries: dict[tuple, Tensor] = {}
+
+    def _get(self, key: tuple, make: Callable[[], Tensor]) -> Tensor:
+        hit = self.entries.pop(key, None)
+        if hit is None:
+            hit = make()
+            if len(self.entries) >= self.limit:
+                self.entries.pop(next(iter(self.entries)))
+        self.entries[key] = hit  # (re)inserted last: the oldest entry goes first
+        return hit
+
+    def resize(self, name, teacher: Tensor, shape: Sequence[int], fan_in_dims: Sequence[int]) -> Tensor:
+        def windows(x: Tensor, target: Sequence[int]) -> Tensor:
+            # the step's result depends only on the shape it ends at: every whole-window axis is averaged to its size
+            after = tuple(t if t < n and n % t == 0 else n for n, t in zip(x.shape, target, strict=True))
+            return self._get(("windows", name, tuple(x.shape), after), lambda: _shrink_whole_windows(x, target))
+
+        key = ("resized", name, tuple(teacher.shape), tuple(shape), tuple(fan_in_dims))
+        return self._get(key, lambda: resize(teacher, shape, fan_in_dims=fan_in_dims, windows=windows))
 
 
 def combo_injection(
@@ -116,13 +162,15 @@ def combo_injection(
     *,
     fan_in_dims: Sequence[int] = (),
     spatial_dims: Sequence[int] = (),
+    resized: Tensor | None = None,
 ) -> tuple[Tensor, float]:
     """ComboInjection of `teacher` into the shape of `like`; returns (tensor, fraction of its elements computed from
     the teacher).
 
     Same shape: an exact copy, whatever `lam` is. `lam=1` is a pure centre crop (the fraction is the overlap; the
     margin keeps the student's init), `lam=0` a pure resize. With 0 < lam < 1 the resize reaches every element, so
-    the fraction is 1, although a margin element carries only `1 - lam` of teacher signal.
+    the fraction is 1, although a margin element carries only `1 - lam` of teacher signal. `resized`: the resize
+    part, where the caller has it already (ResizeCache).
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
@@ -133,18 +181,19 @@ def combo_injection(
         raise ValueError(f"ranks differ: teacher {tuple(teacher.shape)} vs student {tuple(like.shape)}")
     if lam == 1.0:
         return center_crop(teacher, like, spatial_dims=spatial_dims), crop_fraction(teacher.shape, like.shape)
-    resized = resize(teacher, like.shape, fan_in_dims=fan_in_dims).to(like.dtype)
+    if resized is None:
+        resized = resize(teacher, like.shape, fan_in_dims=fan_in_dims)
     if lam == 0.0:
-        return resized, 1.0
-    cropped = center_crop(teacher, like, spatial_dims=spatial_dims)
-    return lam * cropped + (1.0 - lam) * resized, 1.0
+        return resized.to(like.dtype, copy=True), 1.0
+    # lam * crop + (1 - lam) * resize, in place on the crop's fresh tensor: one pass, no temporaries
+    return center_crop(teacher, like, spatial_dims=spatial_dims).lerp_(resized.to(like.dtype), 1.0 - lam), 1.0
 
 
 def mix(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
     """Weighted sum of already-injected candidates (paper eq. 2); weights come from a softmax and sum to 1."""
     if len(tensors) == 1:
         return tensors[0]
-    out = torch.zeros_like(tensors[0])
-    for t, w in zip(tensors, weights, strict=True):
-        out += w * t
+    out = tensors[0] * weights[0]
+    for t, w in zip(tensors[1:], weights[1:], strict=True):
+        out.add_(t, alpha=w)
     return out

@@ -12,6 +12,7 @@ matched block pair, units are aligned one-to-one in order. Both levels are dynam
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -216,9 +217,16 @@ class Alignment:
     scores: np.ndarray | None = None  # (n_student, n_teacher) pair scores, -1 where a pair may never match
 
 
-def match_graphs(student: Graph, teacher: Graph, *, top_k: int = 1, allow_repeat: bool = True) -> Alignment:
-    """Score every pair, align blocks then units, and attach top-k candidates with softmax weights."""
+def match_graphs(student: Graph, teacher: Graph, *, top_k: int = 1, allow_repeat: bool = True,
+                 teacher_head: Sequence[int] = (), student_head: Sequence[int] = ()) -> Alignment:
+    """Score every pair, align blocks then units, and attach top-k candidates with softmax weights. Given the units
+    of both classifiers (`teacher_head`, `student_head`), the classifiers match only each other: no body layer is
+    seeded from the teacher's classifier, and the student's classifier takes nothing from the teacher's body."""
     scores = score_matrix(features(student.units), features(teacher.units))
+    if len(teacher_head) or len(student_head):
+        in_s, in_t = np.zeros(len(student.units), bool), np.zeros(len(teacher.units), bool)
+        in_s[list(student_head)], in_t[list(teacher_head)] = True, True
+        scores[in_s[:, None] != in_t[None, :]] = -1.0
     s_blocks = [b.units for b in student.blocks]
     t_blocks = [b.units for b in teacher.blocks]
     inner: dict[tuple[int, int], list[tuple[int, int]]] = {}

@@ -37,6 +37,10 @@ class TransferOptions:
     growth_jitter: how unevenly duplicated channels split their fan-out (0 = evenly, as Net2Net; the copies then get
         equal gradients), drawn with `seed`. The function is kept either way.
     seed: seeds the growth's jitter, so a transfer is repeatable.
+    head_as_source: across families, may the teacher's classifier seed the student's body layers (a 1x1 conv and a
+        linear are the same map, so resnet18's fc can score well against efficientnet_b0's conv_head)? False makes
+        the two classifiers match only each other: the body is seeded from the teacher's body alone, and the
+        student's classifier from the teacher's classifier alone.
     """
 
     lam: float = 0.75
@@ -48,13 +52,14 @@ class TransferOptions:
     method: str = "auto"
     growth_jitter: float = 0.1
     seed: int = 0
+    head_as_source: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"lam must be in [0, 1] (0 = pure resize, 1 = pure centre crop), got {self.lam!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}")
-        for name in ("transfer_norm", "transfer_head"):
+        for name in ("transfer_norm", "transfer_head", "head_as_source"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.extra_blocks not in EXTRA_BLOCKS:

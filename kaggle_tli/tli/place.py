@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .grow import can_grow, grow, layer_norm_exact
-from .inject import combo_injection, determined_fraction, mix
+from .inject import ResizeCache, combo_injection, determined_fraction, mix
 from .match import Match
 from .units import Unit
 
@@ -61,8 +61,9 @@ def _as_rank(t: Tensor, rank: int) -> Tensor:
 
 
 def place_tensor(unit: Unit, local: str, key: str, target: Tensor, sources: list[tuple[str, Tensor, float]],
-                 match: Match, t_idx: int, lam: float, growth: Growth | None) -> dict:
-    """Write `target` from `sources` (teacher key, tensor, weight); returns its report row."""
+                 match: Match, t_idx: int, lam: float, growth: Growth | None, cache: ResizeCache | None = None) -> dict:
+    """Write `target` from `sources` (teacher key, tensor, weight); returns its report row. `cache` keeps resized
+    teacher tensors for the next tensors of the same transfer."""
     if not sources:
         return report_row(key, target, unit.kind, "init", reason=f"teacher layer has no '{local}'")
     keys = [k for k, _, _ in sources]
@@ -82,7 +83,8 @@ def place_tensor(unit: Unit, local: str, key: str, target: Tensor, sources: list
         row = _grown(unit, local, key, target, tensors[0], growth, common)
         if row is not None:
             return row
-    values, fraction = _combined(unit, local, target, tensors, weights, lam)
+    values, fraction = _combined(unit, local, target, tensors, weights, lam,
+                                 [(t_idx, k) for k in keys] if cache is not None else None, cache)
     target.copy_(values)
     method = "mix" if len(tensors) > 1 else "combo"
     blended = 1.0 - fraction if 0.0 < lam < 1.0 else 0.0
@@ -96,18 +98,27 @@ _SEEDED_COMBO = ("an inserted block seeded from a teacher layer of another shape
 
 
 def _combined(unit: Unit, local: str, target: Tensor, tensors: list[Tensor], weights: list[float],
-              lam: float) -> tuple[Tensor, float]:
+              lam: float, names: list | None = None, cache: ResizeCache | None = None) -> tuple[Tensor, float]:
     """The teacher tensor(s) ComboInjected into `target`'s shape and mixed; and the share of elements the teacher
     alone determines (where every source's centre crop reaches, or lam = 0)."""
     rank = max(target.dim(), *(t.dim() for t in tensors))
     like = _as_rank(target, rank)
     fan_in, spatial = _geometry(unit, local, rank)
-    injected = [combo_injection(_as_rank(t, rank), like, lam, fan_in_dims=fan_in, spatial_dims=spatial)[0]
-                for t in tensors]
+    ranked = [_as_rank(t, rank) for t in tensors]
+    resized = [None] * len(ranked)
+    if cache is not None and names is not None and lam < 1.0:  # the resize part, shared with later tensors
+        resized = [cache.resize(name, t.to(like.device), like.shape, fan_in) if _reshaped(t, like) else None
+                   for name, t in zip(names, ranked, strict=True)]
+    injected = [combo_injection(t, like, lam, fan_in_dims=fan_in, spatial_dims=spatial, resized=r)[0]
+                for t, r in zip(ranked, resized, strict=True)]
     values = mix(injected, weights)
-    fraction = determined_fraction([tuple(_as_rank(t, rank).shape) for t in tensors], tuple(like.shape), lam,
-                                   spatial)
+    fraction = determined_fraction([tuple(t.shape) for t in ranked], tuple(like.shape), lam, spatial)
     return values.reshape(target.shape), fraction
+
+
+def _reshaped(teacher: Tensor, like: Tensor) -> bool:
+    """Does ComboInjection resize this teacher tensor (same rank, another shape)?"""
+    return teacher.dim() == like.dim() and teacher.shape != like.shape
 
 
 def _grown(unit: Unit, local: str, key: str, target: Tensor, source: Tensor, growth: Growth,
