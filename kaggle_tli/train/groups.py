@@ -30,7 +30,9 @@ def transferred_names(run_dir: Path) -> set[str]:
     path = Path(run_dir) / REPORT_FILE
     if not path.is_file():
         return set()
-    frame = pd.read_csv(path, usecols=["student", "method"], keep_default_na=False)
+    frame = pd.read_csv(path, keep_default_na=False)
+    if not {"student", "method"} <= set(frame.columns):  # a file of the caller's under that name, not a report
+        return set()
     return set(frame.loc[frame["method"].isin(TRANSFERRED_METHODS), "student"])
 
 
