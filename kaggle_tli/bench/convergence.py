@@ -28,12 +28,13 @@ from . import methods
 from ._pool import run_jobs, split_cores
 from .arrays import FASHION_DIR, ArrayData, load_fashion_mnist, load_folder
 from .curves import paired_differences, plot, steps_to_reach, summarise, write_results
-from .methods import METHODS, QUICK_METHODS, Method, all_methods, baseline_methods
+from .methods import AFTER_INJECTION, METHODS, QUICK_METHODS, Method, all_methods, baseline_methods
 from .options import bench_parser, prepare
 from .training import (
     METRICS,
     PRECISE_BATCHES,
     PRECISE_SEED,
+    AfterInjection,
     accuracies,
     build,
     evaluate,
@@ -72,9 +73,11 @@ class Student:
 DEFAULT_STUDENTS = (
     Student("other family: mobilenetv3_small_100", "mobilenetv3_small_100"),
     Student("same family, deeper: resnet34", "resnet34",
-            methods=("kaiming", "same_name", "tli", "tli extra_blocks=copy", "iatransfer", "iatransfer+recal")),
-    Student("edit: resnet18 with SiLU", "resnet18_silu", methods=("kaiming", "same_name", "tli")),
-    Student("edit: resnet18 with 5x5 kernels", "resnet18_k5", methods=("kaiming", "same_name", "tli")),
+            methods=("kaiming", "same_name", "tli", "tli extra_blocks=copy", "iatransfer", "iatransfer+recal",
+                     *AFTER_INJECTION)),
+    Student("edit: resnet18 with SiLU", "resnet18_silu", methods=("kaiming", "same_name", "tli", *AFTER_INJECTION)),
+    Student("edit: resnet18 with 5x5 kernels", "resnet18_k5",
+            methods=("kaiming", "same_name", "tli", *AFTER_INJECTION)),
 )
 # `--students growth`: students that are their teacher grown, where growth keeps the function (engine issue); the
 # previous engine is `tli combo`
@@ -167,9 +170,12 @@ def _student_job(data: ArrayData, cfg: Config, st: Student, name: str, seed: int
     if method.probe:
         info |= probe_head(student, data, batches=cfg.recal_batches, batch_size=cfg.batch_size, seed=seed)
     init_s = time.perf_counter() - start
+    options = dict(method.train)
+    warmup = options.pop("warmup", cfg.warmup)
+    after = AfterInjection(transferred=info.pop(methods.TRANSFERRED, set()), teacher=teacher, **options)
     curve = train(student, data, steps=cfg.steps, seed=seed, lr=cfg.lr, batch_size=cfg.batch_size,
-                  eval_every=cfg.eval_every, channels_last=cfg.channels_last, warmup=cfg.warmup, progress=progress,
-                  desc=f"{st.arch} {name} s{seed}")
+                  eval_every=cfg.eval_every, channels_last=cfg.channels_last, warmup=warmup, progress=progress,
+                  desc=f"{st.arch} {name} s{seed}", after=after)
     return [dict(student=st.name, arch=st.arch, teacher=st.teacher, **{f"teacher_{m}": a for m, a in t_accs.items()},
                  method=name, seed=seed, init_s=init_s, **point, **info) for point in curve]
 
@@ -184,13 +190,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--students", choices=list(STUDENT_SETS), default="default",
                         help="default: the paper's students; growth: students that are their teacher grown")
+    parser.add_argument("--only", nargs="+", default=None, metavar="ARCH",
+                        help="run only the students with these architectures (e.g. mobilenetv3_small_100 resnet34)")
     parser.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warmup for the students "
                         "(default: 0, the protocol's; kaggle-tli's trainer warms up 5%% of a run)")
     args = parser.parse_args(argv)
     out, data = prepare(parser, args)
     workers, threads = split_cores(args.workers, args.threads)
+    students = [st for st in STUDENT_SETS[args.students] if args.only is None or st.arch in args.only]
+    if not students:
+        parser.error(f"--only {args.only}: no student of the {args.students!r} set has these architectures "
+                     f"({', '.join(st.arch for st in STUDENT_SETS[args.students])})")
     cfg = Config(steps=args.steps, teacher_steps=args.teacher_steps, seeds=tuple(range(args.seeds)),
-                 methods=args.methods, students=STUDENT_SETS[args.students], warmup=args.warmup, workers=workers, threads=threads, cache=out.parent / "cache")
+                 methods=args.methods, students=students, warmup=args.warmup, workers=workers, threads=threads,
+                 cache=out.parent / "cache")
     if args.quick:
         cfg = Config(steps=100, teacher_steps=300, seeds=(0,), methods=QUICK_METHODS, students=DEFAULT_STUDENTS[:2],
                      workers=workers, threads=threads, cache=out.parent / "cache", baselines=False)
