@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 import kaggle_tli.train.distill as distill_module
 from kaggle_tli import models as registry
+from kaggle_tli.bench.overhead import run_overhead
 from kaggle_tli.checkpoint import load_weights
-from kaggle_tli.data import DataError, ImageCsvData
+from kaggle_tli.data import DataError, ImageCsvData, PixelCsvData
 from kaggle_tli.ledger import Ledger
 from kaggle_tli.models import create_model
 from kaggle_tli.stages import finetune, iterate
@@ -166,3 +167,15 @@ def test_bad_input_is_refused_with_the_fix_before_any_run(teacher, make_image_co
     with pytest.raises(DataError, match="outputs 2 values per image but the student has 4 classes"):
         iterate(run, ARCH, data, distill=0.5, distill_from=other, max_steps=1, **FAST)
     assert {p.name for p in runs.iterdir()} == before
+
+
+# ------------------------------------------------------------------------------------ what the options cost
+
+
+def test_overhead_benchmark_reports_precise_validation_and_distillation_costs(pixel_competition):
+    data = PixelCsvData(pixel_competition, image_size=32)
+    result = run_overhead("resnet10t", batch_size=8, steps=2, warmup=0, repeats=1, data=data, device="cpu")
+    assert result["steps_measured"] == {"ours": 1, "bare": 2, "distill": 1}, "our loops' first step has no start"
+    assert result["precise"]["precise_images"] == len(data.fold_indices(0)[0]), "all of a fold smaller than 512"
+    assert result["precise_s_per_eval"] > 0 and result["distill_s_per_step"] > 0
+    assert result["overhead_with_precise"] > result["overhead"], "the refit costs something, spread over an epoch"
