@@ -45,8 +45,8 @@ DATASET_METADATA = "dataset-metadata.json"
 # run-directory files a finished run's bundle leaves behind (unless `include_state=True`): the optimizer
 # state and the step-0 weights are large, and iterate and predict read the trained weights only. An
 # unfinished run needs them to continue (resume loads state.pt, or restarts a fold from its step-0
-# weights), so its bundle carries them by default.
-_STATE_FILES = ("state.pt", "init.safetensors")
+# weights, and a distilling run reads its teacher's copy), so its bundle carries them by default.
+_STATE_FILES = ("state.pt", "init.safetensors", "teacher.safetensors")
 _SKIP_SUFFIXES = (".tmp", ".lock", ".partial")
 # Kaggle's own limits (the client checks the same): slug and title 6-50 characters
 _SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{4,48})[a-z0-9]$")
