@@ -65,7 +65,8 @@ class TrainConfig:
     # after an injection (kaggle_tli.train.norms, groups, distill; defaults from docs/benchmarks.md)
     eval_norms: str = "precise"  # "precise": BatchNorm statistics refitted before each evaluation | "running"
     precise_images: int | None = None  # training images of the refit; default: 512, or all when fewer
-    lr_transferred: float = 1.0  # learning-rate multiplier of tensors the teacher set (transfer.csv)
+    # a third of the rate for what the teacher set: full-rate first steps shake a network that already works
+    lr_transferred: float = 0.3  # learning-rate multiplier of tensors the teacher set (transfer.csv)
     lr_fresh: float = 1.0  # learning-rate multiplier of tensors left at init (every tensor of a run without TLI)
     freeze_transferred_steps: int = 0  # transferred tensors stay fixed (learning rate 0) for this many steps
     distill: float = 0.0  # weight of the distillation term against the teacher: loss = (1-a) task + a KD
