@@ -62,9 +62,16 @@ def register_demo_arch() -> str:
 
 
 def learning_curve(run: Run) -> pd.DataFrame:
-    """(step, metric) of a run's evaluations, step 0 included."""
+    """(step, metric, metric_running) of a run's evaluations, step 0 included: the trainer's score (precise
+    validation by default) and the same evaluation with the running BatchNorm statistics."""
     log = pd.read_csv(run.path / "log.csv")
-    return log.loc[log["metric"].notna(), ["step", "metric"]].reset_index(drop=True)
+    columns = ["step", "metric"] + (["metric_running"] if "metric_running" in log else [])
+    return log.loc[log["metric"].notna(), columns].reset_index(drop=True)
+
+
+def worst_drop(curve: pd.DataFrame) -> float:
+    """How far the score ever fell below its step-0 value (0 when it never did)."""
+    return float(max(0.0, curve["metric"].iloc[0] - curve["metric"].min()))
 
 
 def plot_curves(curves: dict[str, pd.DataFrame], teacher_cv: float, path: Path) -> Path:
@@ -118,6 +125,8 @@ def run_demo(out: str | Path = "demo_out", *, quick: bool = False) -> dict:
         "TLI": curves["TLI"]["metric"].round(3),
         "Kaiming": curves["Kaiming"]["metric"].round(3),
     })
+    if "metric_running" in curves["TLI"]:  # what eval mode with lagging statistics would have reported
+        table["TLI, running BN stats"] = curves["TLI"]["metric_running"].round(3)
     plot = plot_curves(curves, teacher.metrics["cv"], out / "learning_curves.png")
     submission = predict(tli, out=out / "submission.csv")
     check_submission(submission, pd.read_csv(competition / "sample_submission.csv", dtype=str))
@@ -130,7 +139,11 @@ def run_demo(out: str | Path = "demo_out", *, quick: bool = False) -> dict:
           .to_string(index=False))
     print(f"\nvalidation accuracy by step, {arch} (the teacher reached {teacher.metrics['cv']:.3f}):")
     print(table.to_string(index=False))
+    drop = worst_drop(curves["TLI"])
+    print(f"TLI student: never more than {drop:.3f} below its step-0 accuracy "
+          f"({'within' if drop <= 0.02 else 'NOT within'} the 0.02 a same-family edit must keep)")
     print(f"\n[5/5] submission.csv ({len(submission)} rows, test accuracy {test_acc:.3f}) -> {out / 'submission.csv'}")
     print(f"learning curves -> {plot}")
     print(f"done in {time.perf_counter() - start:.0f} s")
-    return {"teacher": teacher, "tli": tli, "kaiming": scratch, "table": table, "test_accuracy": test_acc}
+    return {"teacher": teacher, "tli": tli, "kaiming": scratch, "table": table, "test_accuracy": test_acc,
+            "tli_worst_drop": drop}

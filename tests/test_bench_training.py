@@ -154,3 +154,16 @@ def test_channels_last_training_converts_the_model_and_its_inputs(data):
     curve = cv.train(model, data, steps=2, seed=0, eval_every=2, channels_last=True)
     assert cv._memory_format(model) == torch.channels_last and len(curve) == 2
     assert cv._memory_format(cv.build("resnet10t", data.num_classes, 0)) == torch.contiguous_format
+
+
+def test_after_injection_options_freeze_transferred_tensors_and_distill_from_the_teacher(data):
+    student, teacher = cv.build("resnet10t", data.num_classes, 0), cv.build("resnet10t", data.num_classes, 1).eval()
+    transferred = {n for n, _ in student.named_parameters() if not n.startswith("fc.")}
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    after = cv.AfterInjection(transferred=transferred, freeze_steps=2, teacher=teacher, distill=0.5)
+    cv.train(student, data, steps=2, seed=0, batch_size=8, eval_every=0, after=after)
+    moved = {n for n, p in student.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {"fc.weight", "fc.bias"}, f"only the fresh head trains while the rest is frozen: {sorted(moved)[:4]}"
+    assert len(calls) == 2, "one teacher forward pass per distilled step"

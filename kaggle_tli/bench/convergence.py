@@ -28,12 +28,13 @@ from . import methods
 from ._pool import run_jobs, split_cores
 from .arrays import FASHION_DIR, ArrayData, load_fashion_mnist, load_folder
 from .curves import paired_differences, plot, steps_to_reach, summarise, write_results
-from .methods import METHODS, QUICK_METHODS, Method, all_methods, baseline_methods
+from .methods import AFTER_INJECTION, METHODS, QUICK_METHODS, Method, all_methods, baseline_methods
 from .options import bench_parser, prepare
 from .training import (
     METRICS,
     PRECISE_BATCHES,
     PRECISE_SEED,
+    AfterInjection,
     accuracies,
     build,
     evaluate,
@@ -72,9 +73,11 @@ class Student:
 DEFAULT_STUDENTS = (
     Student("other family: mobilenetv3_small_100", "mobilenetv3_small_100"),
     Student("same family, deeper: resnet34", "resnet34",
-            methods=("kaiming", "same_name", "tli", "tli extra_blocks=copy", "iatransfer", "iatransfer+recal")),
-    Student("edit: resnet18 with SiLU", "resnet18_silu", methods=("kaiming", "same_name", "tli")),
-    Student("edit: resnet18 with 5x5 kernels", "resnet18_k5", methods=("kaiming", "same_name", "tli")),
+            methods=("kaiming", "same_name", "tli", "tli extra_blocks=copy", "iatransfer", "iatransfer+recal",
+                     *AFTER_INJECTION)),
+    Student("edit: resnet18 with SiLU", "resnet18_silu", methods=("kaiming", "same_name", "tli", *AFTER_INJECTION)),
+    Student("edit: resnet18 with 5x5 kernels", "resnet18_k5",
+            methods=("kaiming", "same_name", "tli", *AFTER_INJECTION)),
 )
 # `--students growth`: students that are their teacher grown, where growth keeps the function (engine issue); the
 # previous engine is `tli combo`
@@ -173,9 +176,12 @@ def _student_job(data: ArrayData, cfg: Config, st: Student, name: str, seed: int
     if method.probe:
         info |= probe_head(student, data, batches=cfg.recal_batches, batch_size=cfg.batch_size, seed=seed)
     init_s = time.perf_counter() - start
+    options = dict(method.train)
+    warmup = options.pop("warmup", cfg.warmup)
+    after = AfterInjection(transferred=info.pop(methods.TRANSFERRED, set()), teacher=teacher, **options)
     curve = train(student, data, steps=cfg.steps, seed=seed, lr=cfg.lr, batch_size=cfg.batch_size,
-                  eval_every=cfg.eval_every, channels_last=cfg.channels_last, warmup=cfg.warmup, progress=progress,
-                  desc=f"{st.arch} {name} s{seed}")
+                  eval_every=cfg.eval_every, channels_last=cfg.channels_last, warmup=warmup, progress=progress,
+                  desc=f"{st.arch} {name} s{seed}", after=after)
     return [dict(student=st.name, arch=st.arch, teacher=st.teacher, **{f"teacher_{m}": a for m, a in t_accs.items()},
                  method=name, seed=seed, init_s=init_s, **point, **info) for point in curve]
 

@@ -10,17 +10,25 @@
     +recal       any of the above followed by re-estimating BatchNorm statistics on a few training batches
     +probe       +recal, then the classifier refitted on the same batches where a linear probe predicts clearly
                  better (`kaggle_tli.tli.refit_head`); `tli` does both, as `kaggle_tli.iterate` does
+    ... distill  trained with distillation from the teacher (weight 0.5, temperature 2, as iterate(distill=0.5))
+    ... lr_transferred=, lr_fresh=, warmup=, freeze=
+                 trained with the trainer's options after an injection: learning-rate multipliers for the tensors
+                 the transfer report says the teacher set and for fresh ones, a longer warm-up, transferred tensors
+                 frozen for the first steps
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from kaggle_tli.tli import transfer
+from kaggle_tli.train.groups import TRANSFERRED_METHODS
+
+TRANSFERRED = "_transferred"  # the info key of the tensor names an init set from the teacher (not a table column)
 
 
 def _xavier(student: nn.Module, _teacher: nn.Module) -> dict:
@@ -40,13 +48,14 @@ def _same_name(student: nn.Module, teacher: nn.Module) -> dict:
     student.load_state_dict(kept, strict=False)
     n_s = sum(p.numel() for p in student.parameters())
     n_kept = sum(v.numel() for k, v in kept.items() if k in dict(student.named_parameters()))
-    return {"coverage": n_kept / n_s}
+    return {"coverage": n_kept / n_s, TRANSFERRED: set(kept)}
 
 
 def _tli(**kw) -> Callable[[nn.Module, nn.Module], dict]:
     def init(student: nn.Module, teacher: nn.Module) -> dict:
         report = transfer(teacher, student, input_size=(3, 32, 32), **kw)
-        return {"coverage": report.coverage, "tli_score": report.score}
+        transferred = {r["student"] for r in report.rows if r["method"] in TRANSFERRED_METHODS}
+        return {"coverage": report.coverage, "tli_score": report.score, TRANSFERRED: transferred}
 
     return init
 
@@ -59,6 +68,7 @@ class Method:
     init: Callable[[nn.Module, nn.Module], dict]
     recal: bool = False
     probe: bool = False
+    train: dict = field(default_factory=dict)  # AfterInjection options (training.py), e.g. {"distill": 0.5}
 
 
 # `tli` is what `kaggle_tli.iterate` does by default: transfer() with its defaults, then BatchNorm statistics and
@@ -83,8 +93,16 @@ METHODS: dict[str, Method] = {
     # the classifiers match only each other: the teacher's seeds no body layer (convergence --students head)
     "tli head_as_source=False": Method(_tli(head_as_source=False), recal=True, probe=True),  # ComboInjection everywhere: the engine
     # before growth kept the function (and the paper's method)
+    # training after the injection (issue 16): one option changed each
+    "tli distill": Method(_tli(), recal=True, probe=True, train={"distill": 0.5}),
+    "kaiming distill": Method(lambda s, t: {}, train={"distill": 0.5}),
+    "tli lr_transferred=0.3": Method(_tli(), recal=True, probe=True, train={"lr_transferred": 0.3}),
+    "tli lr_fresh=3": Method(_tli(), recal=True, probe=True, train={"lr_fresh": 3.0}),
+    "tli warmup=20": Method(_tli(), recal=True, probe=True, train={"warmup": 20}),
+    "tli freeze=20": Method(_tli(), recal=True, probe=True, train={"freeze_steps": 20}),
 }
 QUICK_METHODS = ("kaiming", "same_name", "tli")
+AFTER_INJECTION = ("tli distill", "tli lr_transferred=0.3", "tli lr_fresh=3", "tli warmup=20", "tli freeze=20")
 
 
 def _iatransfer(student: nn.Module, teacher: nn.Module) -> dict:

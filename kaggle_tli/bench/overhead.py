@@ -1,7 +1,9 @@
 """Benchmark: time per optimizer step of kaggle-tli's training loop against a bare PyTorch loop.
 
 Same model (built through the registry from the same seed), same dataset object (same augmentation
-pipeline), same batch size, optimizer and learning rate, in the same process. The bare loop is the
+pipeline), same batch size, optimizer and learning rate, in the same process. Beside it, what the options after an
+injection cost: precise validation per evaluation (BatchNorm refit plus the running-statistics pass, also spread over
+an epoch's steps as the default once-per-epoch evaluation does) and distillation per step (a teacher forward pass). The bare loop is the
 one everybody writes (DataLoader with shuffle, forward, cross-entropy, backward, AdamW step). A step
 is timed from the end of the previous step to the end of this one, so data loading counts in both;
 for our loop those intervals come from log.csv's `elapsed` column. The two loops alternate
@@ -32,7 +34,9 @@ from torch.utils.data import DataLoader
 
 from kaggle_tli.data import PixelCsvData
 from kaggle_tli.models import create_model
-from kaggle_tli.stages import finetune
+from kaggle_tli.stages import finetune, iterate
+from kaggle_tli.train import TrainConfig
+from kaggle_tli.train.norms import precise_loader, refit_norms
 
 __all__ = ["run_overhead", "main"]
 
@@ -88,6 +92,41 @@ def _our_steps(arch: str, data: Any, batch_size: int, lr: float, steps: int, see
     return list(np.diff(elapsed))  # the first step has no predecessor: dropped
 
 
+def _distill_steps(arch: str, data: Any, batch_size: int, lr: float, steps: int, seed: int, device: str,
+                   runs: Path) -> list[float]:
+    """kaggle-tli's loop distilling from a teacher of the same architecture (iterate with distill=0.5): the same
+    steps plus one teacher forward pass each."""
+    dev = "cpu" if device == "cpu" else "auto"
+    teacher = finetune(arch, data, runs=runs, epochs=1, max_steps=1, batch_size=batch_size, lr=lr, seed=seed,
+                       device=dev, progress=False, eval_norms="running")
+    train_idx, _ = data.fold_indices(0)
+    epochs = -(-steps // max(1, len(train_idx) // batch_size)) + 1
+    run = iterate(teacher, arch, data, runs=runs, recalibrate=False, refit_head=False, epochs=epochs, max_steps=steps,
+                  warmup_steps=0, distill=0.5)
+    log = pd.read_csv(run.path / "log.csv")
+    return list(np.diff(log[log["loss"].notna()]["elapsed"].to_numpy()))
+
+
+def _precise_cost(arch: str, data: Any, batch_size: int, seed: int, device: str) -> dict:
+    """What precise validation adds to one evaluation with the trainer's defaults: the BatchNorm refit on the
+    default image count, and the second validation pass that scores the running statistics for log.csv."""
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    model = create_model(arch, data.num_classes, in_chans=data.in_chans).to(dev)
+    train_idx, valid_idx = data.fold_indices(0)
+    loader = precise_loader(TrainConfig(batch_size=batch_size), data, train_idx, pin_memory=False)
+    start = time.perf_counter()
+    refit_norms(model, loader)
+    refit = time.perf_counter() - start
+    model.eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for x, _ in DataLoader(data.dataset(valid_idx, train=False), batch_size=2 * batch_size):
+            model(x.to(dev))
+    return {"refit_s": refit, "valid_pass_s": time.perf_counter() - start, "precise_images": len(loader.dataset),
+            "steps_per_epoch": len(train_idx) // batch_size}
+
+
 def run_overhead(
     arch: str = "resnet10t",
     *,
@@ -132,14 +171,24 @@ def _measure(
             data = PixelCsvData(_digits_competition(tmp_path), image_shape=(8, 8), image_size=image_size)
         ours_all: list[float] = []
         bare_all: list[float] = []
+        distill_all: list[float] = []
         for r in range(repeats):
             bare_all += _bare_steps(arch, data, batch_size, lr, steps + warmup, seed, device)[warmup:]
             ours_all += _our_steps(arch, data, batch_size, lr, steps + warmup, seed, device, tmp_path / f"runs{r}")[warmup:]
-    bare, ours = statistics.median(bare_all), statistics.median(ours_all)
+            distill_all += _distill_steps(arch, data, batch_size, lr, steps + warmup, seed, device,
+                                          tmp_path / f"distill{r}")[warmup:]
+        precise = _precise_cost(arch, data, batch_size, seed, device)
+    bare, ours, distill = (statistics.median(v) for v in (bare_all, ours_all, distill_all))
+    # with the defaults an evaluation comes once per epoch: precise validation's cost spread over the epoch's steps
+    epoch = max(1, precise["steps_per_epoch"])
+    extra = precise["refit_s"] + precise["valid_pass_s"]
     return {
         "arch": arch, "image_size": image_size, "batch_size": batch_size, "device": device,
-        "steps_measured": {"ours": len(ours_all), "bare": len(bare_all)}, "repeats": repeats,
-        "bare_s_per_step": bare, "ours_s_per_step": ours, "overhead": ours / bare - 1.0,
+        "steps_measured": {"ours": len(ours_all), "bare": len(bare_all), "distill": len(distill_all)},
+        "repeats": repeats, "bare_s_per_step": bare, "ours_s_per_step": ours, "overhead": ours / bare - 1.0,
+        "precise": precise, "precise_s_per_eval": extra,
+        "overhead_with_precise": (epoch * ours + extra) / (epoch * bare) - 1.0,
+        "distill_s_per_step": distill, "distill_cost": distill / ours - 1.0,
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -165,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{result['arch']} @ {result['image_size']}px, batch {result['batch_size']}, {result['device']}: "
         f"bare {result['bare_s_per_step'] * 1000:.2f} ms/step, kaggle-tli {result['ours_s_per_step'] * 1000:.2f} "
-        f"ms/step, overhead {result['overhead'] * 100:+.1f}%"
+        f"ms/step, overhead {result['overhead'] * 100:+.1f}% without precise validation, "
+        f"{result['overhead_with_precise'] * 100:+.1f}% with it (one evaluation per epoch of "
+        f"{result['precise']['steps_per_epoch']} steps: +{result['precise_s_per_eval'] * 1000:.0f} ms per evaluation "
+        f"for the refit on {result['precise']['precise_images']} images and the running-statistics pass); "
+        f"distillation {result['distill_s_per_step'] * 1000:.2f} ms/step ({result['distill_cost'] * 100:+.1f}%)"
     )
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(result, indent=2) + "\n")

@@ -7,6 +7,7 @@ training batches ("precise BN", see `evaluate_precise`). The refits a method may
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from kaggle_tli.models import create_model
 from kaggle_tli.tli import recalibrate_norms, refit_head
+from kaggle_tli.train.distill import distill_loss
 
 from .arrays import ArrayData
 
@@ -87,7 +89,7 @@ def measure(model: nn.Module, data: ArrayData, step: int) -> dict:
 
 def train(model: nn.Module, data: ArrayData, *, steps: int, seed: int, lr: float = 1e-3, batch_size: int = 64,
           eval_every: int = 25, stop_at: float | None = None, channels_last: bool = False, warmup: int = 0,
-          progress: bool = False, desc: str = "") -> list[dict]:
+          progress: bool = False, desc: str = "", after: AfterInjection | None = None) -> list[dict]:
     """Adam on cross-entropy; returns one `measure` per evaluation (step, accuracy, accuracy_precise) from step 0, or
     none with `eval_every=0` (evaluations never change the training itself).
 
@@ -95,17 +97,22 @@ def train(model: nn.Module, data: ArrayData, *, steps: int, seed: int, lr: float
     channels_last: convert the model (in place) and its inputs to NHWC first; on CPU, depthwise convolutions run
     faster that way, plain resnets no faster (timings: docs/benchmarks.md).
     warmup: the learning rate grows linearly to `lr` over this many steps (kaggle-tli's trainer warms up 5% of a run).
+    after: the trainer's options after an injection (learning-rate groups, freeze, distillation), as
+    `kaggle_tli.train` applies them.
     """
     torch.manual_seed(seed)
+    after = after or AfterInjection()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(after.groups(model, lr), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda done: min(1.0, (done + 1) / (warmup + 1)))
     curve = [measure(model, data, 0)] if eval_every else []
     model.train()
     batches = data.batches(steps, batch_size, seed)
     for step, (x, y) in enumerate(tqdm(batches, total=steps, desc=desc, disable=not progress, leave=False), 1):
-        loss = F.cross_entropy(model(x.contiguous(memory_format=fmt)), y)
+        after.apply_freeze(opt, step - 1)
+        logits = model(x.contiguous(memory_format=fmt))
+        loss = after.loss(logits, F.cross_entropy(logits, y), x, step - 1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -115,6 +122,45 @@ def train(model: nn.Module, data: ArrayData, *, steps: int, seed: int, lr: float
             if stop_at is not None and curve[-1]["accuracy_precise"] >= stop_at:
                 break
     return curve
+
+
+@dataclass
+class AfterInjection:
+    """The trainer's options after an injection, for the benchmark's own loop: learning-rate multipliers for the
+    tensors the teacher set (`transferred`, from the transfer report) and for fresh ones, a freeze of the transferred
+    ones for the first steps, and distillation from `teacher` (`distill` weight, `temperature`)."""
+
+    transferred: set = field(default_factory=set)
+    lr_transferred: float = 1.0
+    lr_fresh: float = 1.0
+    freeze_steps: int = 0
+    teacher: nn.Module | None = None
+    distill: float = 0.0
+    temperature: float = 2.0
+
+    def groups(self, model: nn.Module, lr: float) -> list[dict]:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        out = []
+        for flag, scale in ((True, self.lr_transferred), (False, self.lr_fresh)):
+            params = [p for n, p in named if (n in self.transferred) == flag]
+            if params:
+                out.append({"params": params, "lr": lr * scale, "transferred": flag})
+        return out
+
+    def apply_freeze(self, optimizer: torch.optim.Optimizer, done: int) -> None:
+        """Transferred groups at learning rate 0 for the first `freeze_steps` (LambdaLR resets them next step)."""
+        if done < self.freeze_steps:
+            for group in optimizer.param_groups:
+                if group["transferred"]:
+                    group["lr"] = 0.0
+
+    def loss(self, logits: torch.Tensor, task_loss: torch.Tensor, x: torch.Tensor, done: int) -> torch.Tensor:
+        if not self.distill or self.teacher is None:
+            return task_loss
+        with torch.no_grad():
+            teacher_logits = self.teacher(x.contiguous())
+        kd = distill_loss(logits, teacher_logits, "single_label", self.temperature)
+        return (1.0 - self.distill) * task_loss + self.distill * kd
 
 
 def _refit_batches(data: ArrayData, batches: int, batch_size: int, seed: int):

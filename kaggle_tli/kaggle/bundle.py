@@ -63,8 +63,8 @@ BUNDLE_SCHEMA = 1
 # run-directory files a finished run's bundle leaves behind (unless `include_state=True`): the optimizer
 # state and the step-0 weights are large, and iterate and predict read the trained weights only. An
 # unfinished run needs them to continue (resume loads state.pt, or restarts a fold from its step-0
-# weights), so its bundle carries them by default.
-_STATE_FILES = ("state.pt", "init.safetensors")
+# weights, and a distilling run reads its teacher's copy), so its bundle carries them by default.
+_STATE_FILES = ("state.pt", "init.safetensors", "teacher.safetensors")
 _SKIP_SUFFIXES = (".tmp", ".lock", ".partial")
 
 

@@ -25,7 +25,8 @@ from kaggle_tli.tli import TransferOptions, classifier_of, recalibrate_norms
 from kaggle_tli.tli import refit_head as fit_head
 from kaggle_tli.tli.options import DEFAULTS
 from kaggle_tli.train import TrainConfig
-from kaggle_tli.train.checks import check_data, check_input_size
+from kaggle_tli.train.checks import check_data, check_input_size, check_teacher_classes
+from kaggle_tli.train.distill import TEACHER_FILE
 
 _ITERATE_INITS = ("tli", "kaiming")  # how an iterate student starts (a subset of the ledger's INITS)
 
@@ -54,6 +55,7 @@ def iterate(
     refit_head: bool = True,
     runs: str | Path | None = None,
     notes: str = "",
+    distill_from: Run | str | Path | None = None,
     **options: Any,
 ) -> Run:
     """Train `new_arch` starting from what `prev_run` learned; returns the new run (`run.report`: what TLI did).
@@ -70,8 +72,12 @@ def iterate(
         predicts clearly better than the injected head on the half of them it was not fitted on (across families the
         injected head reads scrambled features: chance at step 0, see docs/benchmarks.md for the probe's gain; a
         same-family head is kept). A Kaiming student keeps timm's init.
+    distill_from: the distillation teacher when `distill` > 0 (a run, id or directory; its `which` weights), default
+        prev_run. `distill=a` trains on `(1 - a) task loss + a KD` against the teacher's outputs on the same batches,
+        `distill_temperature=T`, `distill_steps=k` drops the term after k steps; it works with init="kaiming" too.
     options: any TLI option (a `TransferOptions` field: `lam`, `method`, ...) and any `TrainConfig` field (`epochs`,
-        `lr`, ...); training options not given are inherited from prev_run's config.
+        `lr`, `eval_norms`, `lr_transferred`, `distill`, ...); training options not given are inherited from
+        prev_run's config, except `distill` and `distill_steps` (a run distills only when asked).
     """
     tli_options, train_cfg = split_options(options)
     if init not in _ITERATE_INITS:
@@ -86,6 +92,7 @@ def iterate(
     # has another class count, fails with the stages' own message rather than inside the refits
     check_input_size(student, data, new_arch)
     teacher = prev.build_model(which) if init == "tli" else None  # a missing weights file fails here too
+    files, extra = _distill_setup(prev, which, train_cfg, distill_from, data, runs)
     out_dir = runs_dir_for(prev, runs)
     Ledger(out_dir).import_lineage(prev.id, near=prev.path)  # a prev_run from a bundle brings its ancestors
 
@@ -102,16 +109,40 @@ def iterate(
         train_cfg.setdefault("fold", fold)
     if recalibrate:
         recalibrate_norms(student, _training_batches(data, fold), max_batches=recalibrate_batches)
-    extra: dict[str, Any] = {"notes": notes, "recalibrated": recalibrate, "which": which}
+    extra.update(notes=notes, recalibrated=recalibrate, which=which)
     if init == "tli":  # a Kaiming student stays what "from scratch" means: timm's init
         extra.update(_refit(student, data, fold, refit_head, recalibrate_batches, prev, same_task))
-    files = {}
     if report is not None:
         extra.update(tli_score=round(report.score, 4), coverage=round(report.coverage, 4), tli=report.settings)
         files["transfer.csv"] = report.to_csv()
     # the student was built from `spec` and checked against `data` above: start the run from it as it is
     return start_child(student, spec, data, prev, stage="inject", init=init, extra=extra, files=files,
                        runs=out_dir, cfg=train_cfg)
+
+
+def _distill_setup(prev: Run, which: str, train_cfg: dict, distill_from: Any, data: KaggleData,
+                   runs: Any) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The teacher's weights file and run.json record of a run that distills (none when `distill` is off), checked:
+    the teacher must have weights and output one logit per class of the data."""
+    alpha = train_cfg.get("distill", 0.0)
+    if not alpha:
+        if distill_from is not None:
+            raise ValueError("distill_from=... names a distillation teacher, but distill is 0: pass distill=<weight in "
+                             "(0, 1]> as well, e.g. distill=0.5")
+        return {}, {}
+    source = prev if distill_from is None else load_run(distill_from, runs=runs)
+    try:
+        path = source.weights_path(which)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"distill={alpha} uses run {source.id!r} (status {source.status!r}) as the teacher, but it has no "
+            f"{which} weights: {e}. Distill from a run that trained (which='last', 'best' or 'ema' as it has them), "
+            "or pass distill_from=<another run>"
+        ) from e
+    teacher = source.build_model(which)
+    check_teacher_classes(teacher, data, source.arch.get("name", source.id))
+    record = {"arch": source.arch, "run_id": source.id, "which": which}
+    return {TEACHER_FILE: path.read_bytes()}, {"teacher": record}
 
 
 def _check_arch_name(new_arch: Any) -> None:

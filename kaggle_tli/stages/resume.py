@@ -148,8 +148,10 @@ def _config_and_split(parent: Run | None, data: KaggleData, cfg: dict) -> tuple[
 
 
 def _parent_config(parent: Run, cfg: dict) -> TrainConfig:
-    """The parent's training config with `cfg` on top (a child never downloads pretrained weights)."""
-    return TrainConfig.from_dict({**parent.config, "pretrained": False}).replace(**cfg)
+    """The parent's training config with `cfg` on top (a child never downloads pretrained weights, and distills
+    only when asked: its teacher is not its parent's)."""
+    inherited = {**parent.config, "pretrained": False, "distill": 0.0, "distill_steps": None}
+    return TrainConfig.from_dict(inherited).replace(**cfg)
 
 
 def _matching_state(model: nn.Module, spec: dict) -> tuple[dict[str, torch.Tensor], nn.Module]:

@@ -24,18 +24,21 @@ def check_input_size(model: nn.Module, data: KaggleData, arch: str) -> None:
     no grad), so that a model that cannot take them (a 224-px ViT given 32-px images), or that does not
     output one logit per class of the data, fails here, before a run directory or ledger row exists,
     rather than inside the training loop (or, for a wrong class count, not at all)."""
+    _check_output_width(_dummy_forward(model, data, arch), data.num_classes, arch)
+
+
+def _dummy_forward(model: nn.Module, data: KaggleData, arch: str) -> Any:
     shape = tuple(data.dataset(np.arange(1), train=False)[0][0].shape)  # what the valid pipeline makes
     device = next(model.parameters(), torch.empty(0)).device
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros((2, *shape), device=device))
+            return model(torch.zeros((2, *shape), device=device))
     except (AssertionError, RuntimeError, ValueError, IndexError, TypeError) as e:
         raise DataError(_input_size_message(arch, shape, e)) from e
     finally:
         model.train(was_training)
-    _check_output_width(out, data.num_classes, arch)
 
 
 def _input_size_message(arch: str, shape: tuple[int, ...], error: Exception) -> str:
@@ -145,3 +148,25 @@ def settle_metric(cfg: TrainConfig, data: KaggleData) -> TrainConfig:
         cfg = cfg.replace(metric=default_metric(data.task, scores=data.target_info.sample_scores))
     check_metric(cfg.metric, data.task, data.num_classes)
     return cfg
+def check_teacher(cfg: Any, extra: dict) -> None:
+    """A run that distills needs the teacher iterate copies in; finetune and resume have none to give."""
+    if cfg.distill and not extra.get("teacher"):
+        raise ValueError(
+            f"distill={cfg.distill} needs a teacher, and this run has none: distillation comes with "
+            f"kt.iterate(prev_run, arch, distill={cfg.distill}) (the teacher is prev_run's weights, or "
+            "distill_from=<run or weights file>). Pass distill=0 here"
+        )
+
+
+def check_teacher_classes(teacher: nn.Module, data: KaggleData, name: str) -> None:
+    """The distillation teacher takes the data's images and outputs one logit per class of the student (the KD
+    term compares them class by class)."""
+    out = _dummy_forward(teacher, data, name)
+    logits = out[0] if isinstance(out, (tuple, list)) else out
+    width = logits.shape[-1] if isinstance(logits, torch.Tensor) and logits.ndim == 2 else None
+    if width != data.num_classes:
+        raise DataError(
+            f"the distillation teacher {name!r} outputs {width} values per image but the student has "
+            f"{data.num_classes} classes: the KD term compares them class by class. Distill from a run trained on "
+            "this competition's classes (distill_from=<run>), or pass distill=0"
+        )

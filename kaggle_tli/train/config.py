@@ -67,6 +67,16 @@ class TrainConfig:
     num_processes: int = 1  # > 1: data parallel through accelerate.notebook_launcher (gloo on CPU)
     pretrained: bool = False  # stage 1 only: start from the registry's pretrained weights
     progress: bool = True  # tqdm progress bars
+    # after an injection (kaggle_tli.train.norms, groups, distill; defaults from docs/benchmarks.md)
+    eval_norms: str = "precise"  # "precise": BatchNorm statistics refitted before each evaluation | "running"
+    precise_images: int | None = None  # training images of the refit; default: 512, or all when fewer
+    # a third of the rate for what the teacher set: full-rate first steps shake a network that already works
+    lr_transferred: float = 0.3  # learning-rate multiplier of tensors the teacher set (transfer.csv)
+    lr_fresh: float = 1.0  # learning-rate multiplier of tensors left at init (every tensor of a run without TLI)
+    freeze_transferred_steps: int = 0  # transferred tensors stay fixed (learning rate 0) for this many steps
+    distill: float = 0.0  # weight of the distillation term against the teacher: loss = (1-a) task + a KD
+    distill_temperature: float = 2.0  # softens both logits in the KD term (scaled by T^2, Hinton et al.)
+    distill_steps: int | None = None  # drop the distillation term after this many steps (None: never)
 
     def __post_init__(self) -> None:
         if isinstance(self.train_folds, list):
@@ -99,6 +109,7 @@ class TrainConfig:
             raise ValueError(f"lr={self.lr!r}: must be > 0")
         if self.train_folds is not None and self.train_folds != "all" and not isinstance(self.train_folds, tuple):
             raise ValueError(f"train_folds={self.train_folds!r}: use None, 'all' or a list of fold numbers")
+        self._check_after_injection()
         if self.metric != "auto":
             resolve_metric(self.metric)  # an unknown metric name fails here, before any run exists
         if self.loss not in LOSSES:
@@ -106,6 +117,26 @@ class TrainConfig:
         for name in ("mixup", "cutmix"):
             if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: a Beta alpha >= 0 (0 switches it off; 0.2-1.0 usual)")
+
+    def _check_after_injection(self) -> None:
+        if self.eval_norms not in ("precise", "running"):
+            raise ValueError(f"eval_norms={self.eval_norms!r}: use 'precise' (BatchNorm statistics refitted on "
+                             "training images before each evaluation) or 'running' (the statistics training left)")
+        for name in ("precise_images", "distill_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name}={value!r}: must be a positive integer or None")
+        steps = self.freeze_transferred_steps
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise ValueError(f"freeze_transferred_steps={steps!r}: must be an integer >= 0")
+        for name in ("lr_transferred", "lr_fresh"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name}={getattr(self, name)!r}: a learning-rate multiplier must be a number >= 0")
+        if not (isinstance(self.distill, (int, float)) and 0.0 <= self.distill <= 1.0):
+            raise ValueError(f"distill={self.distill!r}: the distillation weight must be in [0, 1] (0: off, 1: the "
+                             "teacher's outputs only)")
+        if not (isinstance(self.distill_temperature, (int, float)) and self.distill_temperature > 0):
+            raise ValueError(f"distill_temperature={self.distill_temperature!r}: must be > 0")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> TrainConfig:

@@ -33,6 +33,9 @@ from kaggle_tli.data import EpochBatchSampler, activate, loader_options, task_lo
 from kaggle_tli.models import create_model_from_spec
 from kaggle_tli.runs import INIT_WEIGHTS
 from kaggle_tli.train.config import TrainConfig, seed_everything
+from kaggle_tli.train.distill import load_teacher, with_distill
+from kaggle_tli.train.groups import apply_freeze, param_groups, transferred_names
+from kaggle_tli.train.norms import has_batchnorm, precise_loader, refit_norms
 from kaggle_tli.train.records import (
     LOG_FLUSH_EVERY,
     add_log_row,
@@ -53,11 +56,8 @@ PROGRESS_EVERY = 10  # steps between progress-bar updates of the loss
 # building the pieces of a fold
 
 
-def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # no weight decay on norms and biases (1-d tensors), as timm's param_groups_weight_decay does
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _make_optimizer(model: nn.Module, cfg: TrainConfig, transferred: set[str]) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg, transferred)  # per-group lr_scale from the transfer report (groups.py)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.optimizer == "adam":
@@ -83,7 +83,7 @@ def _build_fold(ctx: Ctx, fold: int) -> Fold:
     ema = None
     if cfg.ema:
         ema = ModelEmaV3(raw, decay=cfg.ema_decay, use_warmup=True)
-    optimizer = _make_optimizer(raw, cfg)
+    optimizer = _make_optimizer(raw, cfg, transferred_names(job.run_dir))
     model, optimizer = ctx.acc.prepare(raw, optimizer)
     raw = ctx.acc.unwrap_model(model)
     if ema is not None:
@@ -100,11 +100,19 @@ def _build_fold(ctx: Ctx, fold: int) -> Fold:
     planned = cfg.epochs * -(-batches // cfg.grad_accum)
     total = min(planned, cfg.max_steps) if cfg.max_steps else planned
     inner = getattr(optimizer, "optimizer", optimizer)
+    scheduler = _make_scheduler(inner, cfg, total)
+    apply_freeze(inner, cfg, 0)
+    precise = None
+    if cfg.eval_norms == "precise" and has_batchnorm(raw):
+        precise = precise_loader(cfg, job.data, train_idx, pin_memory=ctx.device.type == "cuda")
+    if cfg.distill and ctx.teacher is None:
+        ctx.teacher = load_teacher(job.run_dir, ctx.info, ctx.device)
     return Fold(
-        fold=fold, model=model, raw=raw, optimizer=optimizer, scheduler=_make_scheduler(inner, cfg, total),
+        fold=fold, model=model, raw=raw, optimizer=optimizer, scheduler=scheduler,
         ema=ema, train_set=train_set, valid_set=job.data.dataset(valid_idx, train=False),
         valid_targets=job.data.targets[valid_idx], sampler=sampler, loader=loader,
         batches_per_epoch=batches, total_steps=total, mixup=make_mixup(cfg, job.data.task, job.data.num_classes),
+        precise=precise,
     )
 
 
@@ -158,6 +166,7 @@ def _micro_step(ctx: Ctx, fr: Fold, x: torch.Tensor, y: torch.Tensor, scale: flo
         with ctx.acc.autocast():
             logits = fr.model(x)
         loss = task_loss(ctx.job.data.task, logits, y, loss=ctx.cfg.loss, label_smoothing=smoothing)
+        loss = with_distill(ctx, fr, x, logits, loss)  # the KD term while distillation is on (distill.py)
         ctx.acc.backward(loss * scale)
     return loss.detach()
 
@@ -179,6 +188,7 @@ def _optimizer_step(ctx: Ctx, fr: Fold) -> None:
     fr.step += 1
     if fr.scheduler is not None:
         fr.scheduler.step_update(num_updates=fr.step)
+    apply_freeze(fr.optimizer, cfg, fr.step)  # transferred tensors fixed for the first steps (groups.py)
     if fr.ema is not None:
         fr.ema.update(fr.raw, step=fr.step)
 
@@ -225,12 +235,20 @@ def _gather_rows(ctx: Ctx, local: torch.Tensor, index: torch.Tensor, n: int) -> 
 
 
 def _evaluate(ctx: Ctx, fr: Fold, *, at_start: bool = False) -> float:
-    """Score the evaluated weights on the fold's validation rows; track best / patience; log it."""
+    """Score the evaluated weights on the fold's validation rows; track best / patience; log it.
+
+    With precise validation the running-statistics score is taken first (log.csv's metric_running), then the
+    statistics are refitted in place, so the weights saved below carry the statistics this score used.
+    """
     t0 = time.perf_counter()
     model = fr.ema.module if fr.ema is not None else fr.raw
+    running = None
+    if fr.precise is not None:
+        running = ctx.metric(fr.valid_targets, _valid_probs(ctx, model, fr.valid_set).numpy(), ctx.job.data.task)
+        refit_norms(model, fr.precise)
     probs = _valid_probs(ctx, model, fr.valid_set)
     score = ctx.metric(fr.valid_targets, probs.numpy(), ctx.job.data.task)
-    add_log_row(ctx, fr, metric=score)
+    add_log_row(ctx, fr, metric=score, metric_running=running)
     if at_start:
         fr.start_metric = score
     else:
@@ -269,10 +287,11 @@ def train_fold(ctx: Ctx, fold: int, state: dict | None) -> None:
             _train_epoch(ctx, fr, bar)
     finally:
         bar.close()
-    if fr.last_eval_step != fr.step or fr.last_probs is None:
+    scored = fr.last_eval_step != fr.step or fr.last_probs is None
+    if scored:
         _evaluate(ctx, fr)  # stopped mid-epoch (max_steps, time budget): score what we have
-    if fr.checkpoint_step != fr.step:
-        checkpoint(ctx, fr)
+    if fr.checkpoint_step != fr.step or (scored and fr.precise is not None):
+        checkpoint(ctx, fr)  # the last weights carry the statistics their score used
     finish_fold(ctx, fr)
 
 

@@ -22,9 +22,12 @@ import torch
 from kaggle_tli.checkpoint import save_state, save_weights
 from kaggle_tli.files import atomic_write_text
 from kaggle_tli.runs import STATE_FILE, weights_name
+from kaggle_tli.train.groups import base_lr
 from kaggle_tli.train.state import Ctx, Fold
 
-LOG_COLUMNS = ("fold", "step", "epoch", "loss", "lr", "metric", "elapsed")
+# metric_running: the same evaluation with the running BatchNorm statistics, beside the precise `metric`, so the
+# difference stays visible (empty with eval_norms="running" or a model without BatchNorm)
+LOG_COLUMNS = ("fold", "step", "epoch", "loss", "lr", "metric", "elapsed", "metric_running")
 LOG_FLUSH_EVERY = 50  # steps between log.csv writes: one .item() sync per flush, not per step
 
 
@@ -45,15 +48,17 @@ def weights_meta(ctx: Ctx, fr: Fold) -> dict:
 # log.csv
 
 
-def add_log_row(ctx: Ctx, fr: Fold, *, loss: torch.Tensor | None = None, metric: float | None = None) -> None:
+def add_log_row(ctx: Ctx, fr: Fold, *, loss: torch.Tensor | None = None, metric: float | None = None,
+                metric_running: float | None = None) -> None:
     """Queue a log.csv row for the current step (an evaluation joins the row of its step)."""
     if not ctx.is_main:
         return
     if metric is not None and fr.pending and fr.pending[-1][1] == fr.step and fr.pending[-1][5] is None:
         fr.pending[-1][5] = metric  # the evaluation belongs to the step just logged
+        fr.pending[-1][7] = metric_running
         return
-    lr = _current_lr(fr)
-    fr.pending.append([fr.fold, fr.step, fr.epoch, loss, lr, metric, round(ctx.elapsed, 5)])
+    lr = base_lr(fr.optimizer)
+    fr.pending.append([fr.fold, fr.step, fr.epoch, loss, lr, metric, round(ctx.elapsed, 5), metric_running])
 
 
 def flush_log(ctx: Ctx, fr: Fold) -> None:
@@ -70,7 +75,8 @@ def flush_log(ctx: Ctx, fr: Fold) -> None:
             writer.writerow(LOG_COLUMNS)
         for row in fr.pending:
             loss = next(values) if row[3] is not None else ""
-            writer.writerow([row[0], row[1], row[2], loss, f"{row[4]:.6g}", "" if row[5] is None else row[5], row[6]])
+            writer.writerow([row[0], row[1], row[2], loss, f"{row[4]:.6g}", "" if row[5] is None else row[5], row[6],
+                             "" if row[7] is None else row[7]])
     fr.pending.clear()
 
 
@@ -84,20 +90,18 @@ def truncate_log(run_dir: Path, fold: int | None, step: int | None, done_folds: 
         rows = list(csv.reader(f))
     if not rows:
         return
-    kept = [rows[0]]
+    kept = [list(LOG_COLUMNS)]  # a log written before metric_running existed gets the column, empty in old rows
+    width = len(rows[0])
     for row in rows[1:]:
-        if len(row) != len(LOG_COLUMNS) or not row[0].isdigit() or not row[1].isdigit():
+        if len(row) != width or not row or not row[0].isdigit() or not row[1].isdigit():
             continue
+        row = row + [""] * (len(LOG_COLUMNS) - width)
         k, s = int(row[0]), int(row[1])
         if k in done_folds or (k == fold and step is not None and s <= step):
             kept.append(row)
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(kept)
     atomic_write_text(path, buffer.getvalue())
-
-
-def _current_lr(fr: Fold) -> float:
-    return float(fr.optimizer.param_groups[0]["lr"])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,9 +27,10 @@ from kaggle_tli.files import atomic_write_bytes, atomic_write_text
 from kaggle_tli.ledger import Ledger
 from kaggle_tli.models import create_model_from_spec
 from kaggle_tli.runs import INIT_WEIGHTS, STATE_FILE, Run, load_run, make_run_dir, utc_now, write_run_info
-from kaggle_tli.train.checks import check_input_size, check_same_classes, settle_metric
+from kaggle_tli.train.checks import check_input_size, check_same_classes, check_teacher, settle_metric
 from kaggle_tli.train.config import TrainConfig, fold_plan, resolve_metric
 from kaggle_tli.train.launch import check_devices, launch
+from kaggle_tli.train.norms import check_precise
 from kaggle_tli.train.records import truncate_log
 from kaggle_tli.train.state import Job
 
@@ -71,9 +72,11 @@ def start_run(req: StageRequest) -> Run:
     folds = fold_plan(req.cfg, req.data.folds)
     req.cfg = settle_metric(req.cfg, req.data)
     check_devices(req.cfg)
-    if not (req.input_checked and req.model is not None):
-        model = req.model if req.model is not None else create_model_from_spec(req.spec)
+    model = req.model if req.model is not None else create_model_from_spec(req.spec)
+    if not req.input_checked:
         check_input_size(model, req.data, req.spec.get("name", "model"))
+    check_precise(req.cfg, req.data, folds, model)
+    check_teacher(req.cfg, req.extra)
     ledger = _ledger(req.runs)
     ledger.rows()  # a newer-schema or unreadable ledger fails here, before any run directory exists
     print(f"kaggle-tli: {req.data.describe_task()}")
@@ -138,7 +141,8 @@ def continue_run(run: Run, data: KaggleData, overrides: dict) -> Run:
             f"exact); allowed: {sorted(allowed)}. To train on with other settings, let the run finish or start "
             "a child run from its weights with resume(run.build_model(), data, arch=run.arch, parent=run, ...)"
         )
-    saved = TrainConfig.from_dict(run.config)
+    # a run saved before precise validation existed evaluated with running statistics: it goes on doing so
+    saved = TrainConfig.from_dict({"eval_norms": "running", **run.config})
     has_state = (run.path / STATE_FILE).exists()
     if not has_state and not (run.path / INIT_WEIGHTS).is_file():
         raise FileNotFoundError(
@@ -279,6 +283,7 @@ def _ledger_start_fields(req: StageRequest, info: dict, run_dir: Path, folds: li
         "epochs": req.cfg.epochs, "metric": resolve_metric(req.cfg.metric).name, "seed": req.cfg.seed,
         "config_hash": info["config_hash"], "git_sha": git_sha(), "checkpoint": str(run_dir.resolve()),
         "task": req.data.task,
+        **_distill_fields(req.cfg.to_dict()),
     }
     fields.update({k: req.extra[k] for k in _LEDGER_EXTRA if k in req.extra})
     return fields
@@ -294,8 +299,15 @@ def _ledger_row_from_info(run: Run) -> dict:
         "epochs": cfg.get("epochs"), "metric": str(cfg.get("metric")), "seed": cfg.get("seed"),
         "config_hash": info.get("config_hash"), "git_sha": git_sha(), "checkpoint": str(run.path.resolve()),
         "task": (info.get("task") or {}).get("name", "single_label"),
-        **{k: info.get("extra", {})[k] for k in _LEDGER_EXTRA if k in info.get("extra", {})},
+        **_distill_fields(cfg), **{k: info.get("extra", {})[k] for k in _LEDGER_EXTRA if k in info.get("extra", {})},
     }
+
+
+def _distill_fields(cfg: dict) -> dict:
+    """The ledger's distill columns: the KD weight and temperature of a distilled run, empty otherwise."""
+    if not cfg.get("distill"):
+        return {}
+    return {"distill": float(cfg["distill"]), "distill_temperature": float(cfg.get("distill_temperature", 0.0))}
 
 
 def _fold_label(folds: Sequence[int]) -> int | str:

@@ -65,6 +65,7 @@ class Fold:
     stop_reason: str | None = None
     checkpoint_step: int | None = None
     mixup: Any = None  # timm Mixup/CutMix, when the config asks for it
+    precise: DataLoader | None = None  # the fixed training batches of precise validation (eval_norms="precise")
     pending: list = field(default_factory=list)  # log rows not yet written: [fold, step, epoch, loss, lr, metric, elapsed]
 
 
@@ -83,6 +84,7 @@ class Ctx:
         self.elapsed_offset = 0.0
         self.eval_seconds = 0.0
         self.step_seconds = 0.0
+        self.teacher: nn.Module | None = None  # the distillation teacher (distill > 0), loaded once per process
 
     @property
     def elapsed(self) -> float:
