@@ -340,7 +340,8 @@ def _show_progress(ctx: Ctx, fr: Fold, bar: Any, loss: torch.Tensor) -> None:
     shown = {"loss": f"{float(loss.item()):.4f}"}
     if fr.last_metric is not None:
         shown[ctx.metric.name] = f"{fr.last_metric:.4f}"
-    bar.set_postfix(shown, refresh=False)
+    # drawn now at an epoch's end: tqdm skips redraws closer than its minimum interval, and the metric must show
+    bar.set_postfix(shown, refresh=fr.batch_in_epoch >= fr.batches_per_epoch)
 
 
 def _after_step(ctx: Ctx, fr: Fold) -> bool:

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
+from kaggle_tli.data import loader_options
 from kaggle_tli.tli import recalibrate_norms
 from kaggle_tli.train.config import TrainConfig
 
@@ -62,8 +63,8 @@ def precise_loader(cfg: TrainConfig, data: Any, train_idx: np.ndarray, *, pin_me
     if len(batches) > 1 and len(batches[-1]) == 1:
         batches[-2] += batches.pop()
     # a private generator: starting the loader must not consume the global torch RNG (exact resume)
-    return DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers, pin_memory=pin_memory,
-                      generator=torch.Generator())
+    return DataLoader(dataset, batch_sampler=batches, generator=torch.Generator(),
+                      **loader_options(cfg.num_workers, cuda=pin_memory))
 
 
 def refit_norms(model: nn.Module, loader: DataLoader) -> int:
