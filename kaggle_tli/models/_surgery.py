@@ -11,6 +11,7 @@ import inspect
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import timm
@@ -206,23 +207,15 @@ def _patched_all(module: Any, gens: list[str], width: float, depth: float, used:
             setattr(module, g, fn)
 
 
-def _resnet_scaler(create: Callable[..., Any], width: float, depth: float) -> Callable[..., Any]:
+def _stage_scaler(create: Callable[..., Any], width: float, depth: float, *, blocks: tuple[str, tuple[int, ...]],
+                  widths: tuple[str, tuple[int, ...]]) -> Callable[..., Any]:
+    """For families whose variants name blocks and widths per stage (resnet: layers/channels, convnext:
+    depths/dims): each argument, or the family's default, scaled."""
+    (blocks_key, default_blocks), (widths_key, default_widths) = blocks, widths
+
     def scaled(variant: str, pretrained: bool = False, **kwargs: Any) -> Any:
-        layers = kwargs.get("layers", (2, 2, 2, 2))
-        channels = kwargs.get("channels") or (64, 128, 256, 512)
-        kwargs["layers"] = tuple(max(1, round(n * depth)) for n in layers)
-        kwargs["channels"] = tuple(_round8(c * width) for c in channels)
-        return create(variant, pretrained, **kwargs)
-
-    return scaled
-
-
-def _convnext_scaler(create: Callable[..., Any], width: float, depth: float) -> Callable[..., Any]:
-    def scaled(variant: str, pretrained: bool = False, **kwargs: Any) -> Any:
-        depths = kwargs.get("depths", (3, 3, 9, 3))
-        dims = kwargs.get("dims", (96, 192, 384, 768))
-        kwargs["depths"] = tuple(max(1, round(n * depth)) for n in depths)
-        kwargs["dims"] = tuple(_round8(c * width) for c in dims)
+        kwargs[blocks_key] = tuple(max(1, round(n * depth)) for n in kwargs.get(blocks_key) or default_blocks)
+        kwargs[widths_key] = tuple(_round8(c * width) for c in kwargs.get(widths_key) or default_widths)
         return create(variant, pretrained, **kwargs)
 
     return scaled
@@ -242,7 +235,9 @@ def _vit_scaler(create: Callable[..., Any], width: float, depth: float) -> Calla
 
 # timm family -> (its create function, the wrapper that scales the variant's arguments on the way in)
 _SCALERS = {
-    "resnet": ("_create_resnet", _resnet_scaler),
-    "convnext": ("_create_convnext", _convnext_scaler),
+    "resnet": ("_create_resnet", partial(_stage_scaler, blocks=("layers", (2, 2, 2, 2)),
+                                         widths=("channels", (64, 128, 256, 512)))),
+    "convnext": ("_create_convnext", partial(_stage_scaler, blocks=("depths", (3, 3, 9, 3)),
+                                             widths=("dims", (96, 192, 384, 768)))),
     "vision_transformer": ("_create_vision_transformer", _vit_scaler),
 }

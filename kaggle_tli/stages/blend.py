@@ -29,6 +29,7 @@ from kaggle_tli.files import atomic_write_json, atomic_write_text
 from kaggle_tli.ledger import Ledger
 from kaggle_tli.runs import Run, utc_now
 from kaggle_tli.train import Metric, resolve_metric
+from kaggle_tli.train.records import read_oof_table
 
 # oof.csv's columns that are not predictions: the row, its true label, its fold and the argmax label
 NOT_PREDICTIONS = ("id", "label", "fold", "prediction")
@@ -105,7 +106,7 @@ def read_oof(run: Run) -> pd.DataFrame:
             f"run {run.id!r} has no oof.csv (no fold was trained to its end), so blend weights cannot be fitted "
             "on it: pass weights=[...] (or --weights) yourself, or finish the run first (resume)"
         )
-    return pd.read_csv(path, dtype={"id": str, "label": str, "prediction": str}, keep_default_na=False)
+    return read_oof_table(path)
 
 
 def common_oof(runs: Sequence[Run]) -> tuple[list[pd.DataFrame], pd.Series]:

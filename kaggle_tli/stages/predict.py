@@ -34,11 +34,13 @@ from kaggle_tli.stages.blend import (
     blend_frames,
     fit_weights,
     normalise_weights,
+    oof_targets,
     prediction_columns,
     record_blend,
 )
 from kaggle_tli.stages.resume import runs_dir_for
 from kaggle_tli.train import resolve_metric
+from kaggle_tli.train.records import read_oof_table
 
 TTA_VIEWS = ("hflip", "vflip", "hvflip")  # averaged with the image as it is; "all" is the three
 RunLike = Run | str | Path
@@ -99,7 +101,7 @@ def run_predictions(
         path = run.path / "oof.csv"
         if not path.is_file():
             raise FileNotFoundError(f"run {run.id!r} has no oof.csv: it has not finished a fold yet")
-        table = pd.read_csv(path, dtype={"id": str, "label": str, "prediction": str}, keep_default_na=False)
+        table = read_oof_table(path)
         values = table[[_output_column(table, n) for n in names]].to_numpy(dtype=np.float64)
         return pd.concat([table[["id", "fold"]], pd.DataFrame(values, columns=names)], axis=1)
     if split != "test":
@@ -194,10 +196,10 @@ def _oof_threshold(run: Run) -> float:
     path = run.path / "oof.csv"
     if not path.is_file():
         return 0.5
-    table = pd.read_csv(path, dtype={"id": str, "label": str, "prediction": str}, keep_default_na=False)
+    table = read_oof_table(path)
     names = [str(c) for c in run.class_names]
-    y = np.array([[float(n in set(str(v).split())) for n in names] for v in table["label"]])
-    return tune_threshold(y, table[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64))
+    outputs = table[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64)
+    return tune_threshold(oof_targets(run, table["label"]), outputs)
 
 
 def _has_weights(run: Run, which: str, fold: int) -> bool:

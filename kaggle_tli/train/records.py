@@ -235,7 +235,7 @@ def _write_oof(ctx: Ctx, fr: Fold, probs: torch.Tensor | None, name: str) -> Non
         table[f"{prefix}_{name_j}"] = p[:, j]
     path = ctx.job.run_dir / name
     if path.exists():
-        old = _read_oof(path)
+        old = read_oof_table(path)
         table = pd.concat([old[old["fold"] != fr.fold], table], ignore_index=True)
     atomic_write_text(path, table.to_csv(index=False))
 
@@ -249,7 +249,7 @@ def _predicted_text(data: Any, p: np.ndarray) -> list[str]:
     return [str(data.class_names[i]) for i in p.argmax(axis=1)]
 
 
-def _read_oof(path: Path) -> pd.DataFrame:
+def read_oof_table(path: Path) -> pd.DataFrame:
     """oof.csv with id, label and prediction read as the text written (no "01" -> 1, no "NA" -> NaN)."""
     return pd.read_csv(path, dtype={"id": str, "label": str, "prediction": str}, keep_default_na=False)
 
@@ -258,7 +258,7 @@ def _oof_score(ctx: Ctx, name: str) -> float | None:
     path = ctx.job.run_dir / name
     if not path.exists():
         return None
-    table = _read_oof(path)
+    table = read_oof_table(path)
     data = ctx.job.data
     position = {str(i): k for k, i in enumerate(data.frame["id"].astype(str))}
     y = data.targets[np.array([position[str(i)] for i in table["id"]], dtype=np.int64)]
