@@ -70,6 +70,20 @@ def test_the_cache_decodes_large_jpegs_reduced_to_nearly_the_same_pixels(tmp_pat
     assert np.abs(reduced.astype(int) - full).mean() < 2, "DCT-scaled decode + area resize ~ full decode + area"
 
 
+def test_without_the_cache_the_loader_decodes_jpegs_reduced_unless_the_transforms_are_the_users(tmp_path):
+    (tmp_path / "train").mkdir()
+    big = np.full((768, 1024, 3), 128, np.uint8)
+    for name in ("a.jpg", "b.png", "c.jpg", "d.png"):
+        _write(tmp_path / "train" / name, big)
+    (tmp_path / "train.csv").write_text("id,label\na.jpg,0\nb.png,0\nc.jpg,1\nd.png,1\n")
+    default = ImageCsvData(tmp_path, image_size=64, folds=2, check_images="none").dataset([0, 1], train=True)
+    assert [default.load(i).shape for i in (0, 1)] == [(96, 128, 3), (768, 1024, 3)], \
+        "the JPEG opens at 1/8 (96 px covers the cache's 80), the PNG whole"
+    own = ImageCsvData(tmp_path, image_size=64, folds=2, check_images="none", train_transform=lambda image: {
+        "image": image})
+    assert own.dataset([0], train=True).load(0).shape == (768, 1024, 3), "custom transforms get every pixel"
+
+
 @pytest.fixture(scope="module")
 def small_run(make_image_competition, tmp_path_factory, one_thread):
     root = make_image_competition(tmp_path_factory.mktemp("comp"), digits=(0, 1), per_class=10)

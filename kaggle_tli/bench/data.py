@@ -6,6 +6,8 @@ first `UNIQUE` are drawn, the rest are copies under other names, which decode at
 
 - **decode only**: `ImageDataset.decode` (the library's own decode: OpenCV, one thread) over every file, in this
   process: the single-core limit. With w workers the limit is w times that (0 workers: 1 times);
+- **reduced decode only**: the decode the loader itself does, which opens a JPEG at 1/2, 1/4 or 1/8 of its size
+  where the training size leaves the same detail (`reduced_limit`, and the loader's share of it, `of_reduced`);
 - **the training loader**: `ImageCsvData.train_loader` (decode, RandomResizedCrop, flip, normalise, to tensor) at
   224 and 384 px with 0, 1 and 2 workers;
 - **the resize cache** (`cache="resized"`): the same loader's second epoch, and its first (`fill_per_s`: the epoch
@@ -62,12 +64,16 @@ def make_originals(folder: Path, fmt: str, size: int, n: int, seed: int = 0) -> 
     return folder
 
 
-def decode_rate(data: ImageCsvData) -> float:
-    """Images/s of the library's decode alone over every training file, on this one thread."""
+def decode_rate(data: ImageCsvData, *, reduced: bool = False) -> float:
+    """Images/s of the library's decode alone over every training file, on this one thread: of the whole original,
+    or (`reduced`) at the fraction the loader decodes a JPEG at for `data`'s image size."""
     dataset = data.dataset(np.arange(len(data)), train=True)
     t0 = time.perf_counter()
-    for path in dataset.paths:
-        dataset.decode(path)
+    for i, path in enumerate(dataset.paths):
+        if reduced:
+            dataset.load(i)  # no cache here: the loader's own decode, before any transform
+        else:
+            dataset.decode(path)
     return len(dataset.paths) / (time.perf_counter() - t0)
 
 
@@ -96,17 +102,20 @@ def _rows_for(folder: Path, fmt: str, size: int, train_sizes: list[int], workers
     rows = []
     for train_px in train_sizes:
         plain = ImageCsvData(folder, image_size=train_px, folds=FOLDS, check_images="none")
+        reduced = decode_rate(plain, reduced=True)
         for w in workers:
-            limit = decode * max(w, 1)
+            limit, own_limit = decode * max(w, 1), reduced * max(w, 1)
             (rate,) = loader_rate(plain, w, batch_size)
             rows.append(dict(format=fmt, original_px=size, file_kb=file_kb, train_px=train_px, workers=w,
                              cache="no", images_per_s=rate, decode_limit=limit, of_limit=rate / limit,
+                             reduced_limit=own_limit, of_reduced=rate / own_limit,
                              speedup=float("nan"), fill_per_s=float("nan")))
             cached = ImageCsvData(folder, image_size=train_px, folds=FOLDS, check_images="none", cache="resized",
                                   cache_dir=cache_root / f"{fmt}{size}_{train_px}_{w}")
             fill, fast = loader_rate(cached, w, batch_size, epochs=2)
             rows.append(dict(format=fmt, original_px=size, file_kb=file_kb, train_px=train_px, workers=w,
                              cache="resized", images_per_s=fast, decode_limit=limit, of_limit=float("nan"),
+                             reduced_limit=own_limit, of_reduced=float("nan"),
                              speedup=fast / rate, fill_per_s=fill))
     return rows
 
@@ -139,7 +148,8 @@ def _checks(frame: pd.DataFrame) -> list[str]:
         plain = case[(case.workers == w) & (case.cache == "no")].iloc[0]
         cached = case[(case.workers == w) & (case.cache == "resized")].iloc[0]
         notes.append(f"1024-px JPEG at 224, {w} worker(s): {plain.of_limit:.0%} of the decode-only limit "
-                     f"({plain.images_per_s:.0f} of {plain.decode_limit:.0f} images/s); with the cache, epoch 2 "
+                     f"({plain.images_per_s:.0f} of {plain.decode_limit:.0f} images/s; {plain.of_reduced:.0%} of "
+                     f"the reduced decode's {plain.reduced_limit:.0f}); with the cache, epoch 2 "
                      f"is {cached.speedup:.1f}x faster ({cached.images_per_s:.0f} images/s)")
     return notes
 
@@ -165,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                            workers=args.workers, images=args.images, batch_size=args.batch_size,
                            work_dir=Path(args.work_dir) if args.work_dir else None)
     formats = {"file_kb": ".0f", "images_per_s": ".0f", "decode_limit": ".0f", "of_limit": ".0%", "speedup": ".1f",
-               "fill_per_s": ".0f"}
+               "fill_per_s": ".0f", "reduced_limit": ".0f", "of_reduced": ".0%"}
     # rates are only comparable on an idle machine: say how busy it was
     notes = [f"{os.cpu_count()} CPU cores; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"]
     notes += _checks(frame)

@@ -31,12 +31,31 @@ DEFAULT_CACHE_DIR = "kaggle_tli_cache"  # under the working directory: /kaggle/w
 MARGIN = 1.25
 
 
+def decode_side(image_size: int | tuple[int, int]) -> int:
+    """The shorter side an original needs for training at `image_size` without losing detail: the cached copy's
+    size, and how far the loader may shrink a JPEG while decoding it."""
+    side = max(image_size) if isinstance(image_size, (tuple, list)) else int(image_size)
+    return int(round(side * MARGIN))
+
+
+def jpeg_reduction(source: str, short_side: int) -> int:
+    """How much smaller a JPEG may be decoded (8, 4, 2) with its shorter side still at least `short_side`;
+    1 for other formats, or when the header cannot be read (the decode then reports the file)."""
+    if not source.lower().endswith((".jpg", ".jpeg")):
+        return 1
+    try:
+        with Image.open(source) as header:  # reads the header only
+            shorter = min(header.size)
+    except (OSError, ValueError):
+        return 1
+    return next((k for k in (8, 4, 2) if shorter // k >= short_side), 1)
+
+
 class ResizeCache:
     """Decoded, downscaled copies of originals in `folder`, for one training size (`image_size`)."""
 
     def __init__(self, folder: str | Path, image_size: int | tuple[int, int], in_chans: int):
-        side = max(image_size) if isinstance(image_size, (tuple, list)) else int(image_size)
-        self.short_side = int(round(side * MARGIN))
+        self.short_side = decode_side(image_size)
         self.folder = Path(folder).expanduser().resolve() / f"{self.short_side}px_{in_chans}ch"
         self.in_chans = in_chans
 
@@ -66,16 +85,8 @@ class ResizeCache:
         return image
 
     def reduction(self, source: str) -> int:
-        """How much smaller a JPEG may be decoded (8, 4, 2) with its shorter side still at least `short_side`;
-        1 for other formats, or when the header cannot be read (the decode then reports the file)."""
-        if not source.lower().endswith((".jpg", ".jpeg")):
-            return 1
-        try:
-            with Image.open(source) as header:  # reads the header only
-                shorter = min(header.size)
-        except (OSError, ValueError):
-            return 1
-        return next((k for k in (8, 4, 2) if shorter // k >= self.short_side), 1)
+        """How much smaller `source` may be decoded for this cache (see `jpeg_reduction`)."""
+        return jpeg_reduction(source, self.short_side)
 
     def shrink(self, image: np.ndarray) -> np.ndarray:
         """`image` with its shorter side brought down to `short_side` (never up)."""

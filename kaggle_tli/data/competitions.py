@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .base import KaggleData
-from .cache import DEFAULT_CACHE_DIR, ResizeCache
+from .cache import DEFAULT_CACHE_DIR, ResizeCache, decode_side
 from .errors import DataError
 from .pipeline import ArrayDataset, ImageDataset
 from .tables import first_few, read_csv, require_column, require_ids
@@ -187,12 +187,18 @@ class ImageCsvData(KaggleData):
     def dataset(self, indices: np.ndarray, *, train: bool) -> ImageDataset:
         rows = self.frame.iloc[np.asarray(indices)]
         targets = self.training_targets(indices)
-        return ImageDataset(rows["path"].tolist(), targets, self.transform(train), self.in_chans, self.cache)
+        return ImageDataset(rows["path"].tolist(), targets, self.transform(train), self.in_chans, self.cache,
+                            self._decode_side())
 
     def test_dataset(self) -> ImageDataset:
         self._require_test_set()
         return ImageDataset(self.test_paths, np.full(len(self.test_paths), -1), self.transform(False), self.in_chans,
-                            self.cache)
+                            self.cache, self._decode_side())
+
+    def _decode_side(self) -> int | None:
+        """How small a JPEG may be decoded: the resize cache's size for the default pipelines, which never use
+        more detail than that; full size for the user's own transforms, which may."""
+        return None if self._custom_transforms else decode_side(self.image_size)
 
 
 def _index_folder(folder: Path) -> dict[str, str]:

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import Dataset, Sampler  # noqa: E402
 
-from .cache import ResizeCache  # noqa: E402
+from .cache import ResizeCache, jpeg_reduction  # noqa: E402
 from .errors import DataError  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -117,20 +117,27 @@ class AugmentedDataset(Dataset):
 
 
 class ImageDataset(AugmentedDataset):
-    """Images read from files with OpenCV (RGB, or grey when `in_chans == 1`), through a resize cache if given."""
+    """Images read from files with OpenCV (RGB, or grey when `in_chans == 1`), through a resize cache if given.
+
+    `min_side`, when given, lets a JPEG be decoded at 1/2, 1/4 or 1/8 of its size (libjpeg scales in the DCT, a
+    fraction of the work) as long as its shorter side stays at least `min_side`: the size the resize cache keeps,
+    so the default pipelines see the same detail with or without the cache. Leave it None for pipelines that
+    need the full resolution (custom transforms that crop small regions).
+    """
 
     def __init__(self, paths: Sequence[str], targets: np.ndarray, transform: Callable | None, in_chans: int = 3,
-                 cache: ResizeCache | None = None):
+                 cache: ResizeCache | None = None, min_side: int | None = None):
         super().__init__(targets, transform)
         self.paths = list(paths)
         self.in_chans = in_chans
         self.cache = cache
+        self.min_side = min_side
 
     def load(self, index: int) -> np.ndarray:
         path = self.paths[index]
         if self.cache is not None:
             return self.cache.load(path, self.decode)
-        return self.decode(path)
+        return self.decode(path, jpeg_reduction(path, self.min_side) if self.min_side else 1)
 
     def decode(self, path: str, reduce: int = 1) -> np.ndarray:
         """The original file's pixels, HWC uint8 (16-bit files come down to 8 bits, keeping their brightness).
