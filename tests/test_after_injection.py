@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import kaggle_tli.train.distill as distill_module
+import kaggle_tli.train.norms as norms_module
 from kaggle_tli import models as registry
 from kaggle_tli.bench.overhead import run_overhead
 from kaggle_tli.checkpoint import load_weights
@@ -24,6 +25,7 @@ from kaggle_tli.stages import finetune, iterate
 from kaggle_tli.train import TrainConfig
 from kaggle_tli.train.distill import distill_loss
 from kaggle_tli.train.groups import apply_freeze, param_groups
+from kaggle_tli.train.norms import precise_loader, refit_norms
 
 FAST = dict(batch_size=16, lr=3e-3, progress=False)
 ARCH = "resnet10t_silu_after"
@@ -110,13 +112,35 @@ def _accuracy_without_tta(run, data) -> float:
 
 def test_ledger_cv_of_a_tli_student_is_its_saved_weights_re_evaluated(teacher):
     run, data, runs = teacher
-    student = iterate(run, ARCH, data, max_steps=3, eval_every_steps=2, eval_at_start=True, notes="cv", **FAST)
+    student = iterate(run, ARCH, data, max_steps=7, eval_every_steps=3, eval_at_start=True, notes="cv", **FAST)
     assert student.config["eval_norms"] == "precise", "precise validation is the default"
     cv = Ledger(runs).get(student.id)["cv"]
     assert abs(cv - _accuracy_without_tta(student, data)) < 1e-6, (cv, _accuracy_without_tta(student, data))
     log = pd.read_csv(student.path / "log.csv")
-    scored = log[log["metric"].notna()]
-    assert list(scored["step"]) == [0, 2, 3] and scored["metric_running"].notna().all(), "both figures logged"
+    scored = log[log["metric"].notna()].set_index("step")
+    assert list(scored.index) == [0, 3, 5, 6, 7], "5 steps an epoch: every 3 steps, each epoch's end, the last"
+    running = scored["metric_running"]
+    assert running[[0, 3, 5]].notna().all() and running[[6, 7]].isna().all(), \
+        "the running statistics are scored in the first epoch only (running_metric_epochs=1)"
+
+
+@pytest.mark.parametrize("keep_bytes", [None, 0])
+def test_the_refit_batches_are_loaded_once_when_they_fit_in_memory(teacher, monkeypatch, keep_bytes):
+    run, data, _ = teacher
+    if keep_bytes is not None:
+        monkeypatch.setattr(norms_module, "KEEP_BYTES", keep_bytes)
+    batches = precise_loader(TrainConfig(batch_size=16, num_workers=0), data, data.fold_indices(0)[0],
+                             pin_memory=False)
+    model = run.build_model()
+    stats = []
+    for _ in range(2):
+        assert refit_norms(model, batches) == len(batches)
+        stats.append({k: v.clone() for k, v in model.state_dict().items() if "running" in k})
+    assert all(torch.equal(stats[0][k], stats[1][k]) for k in stats[0]), "the same images give the same statistics"
+    if keep_bytes is None:
+        assert batches.kept is not None and len(batches.kept) == len(batches), "kept after the first refit"
+    else:
+        assert batches.kept is None, "over the memory cap: loaded again at every refit"
 
 
 # ------------------------------------------------------------------------------------ distillation
@@ -176,6 +200,6 @@ def test_overhead_benchmark_reports_precise_validation_and_distillation_costs(pi
     data = PixelCsvData(pixel_competition, image_size=32)
     result = run_overhead("resnet10t", batch_size=8, steps=2, warmup=0, repeats=1, data=data, device="cpu")
     assert result["steps_measured"] == {"ours": 1, "bare": 2, "distill": 1}, "our loops' first step has no start"
-    assert result["precise"]["precise_images"] == len(data.fold_indices(0)[0]), "all of a fold smaller than 512"
+    assert result["precise"]["precise_images"] == len(data.fold_indices(0)[0]), "all of a fold smaller than the 128-image floor"
     assert result["precise_s_per_eval"] > 0 and result["distill_s_per_step"] > 0
     assert result["overhead_with_precise"] > result["overhead"], "the refit costs something, spread over an epoch"

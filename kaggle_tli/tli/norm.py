@@ -38,9 +38,10 @@ def recalibrate_norms(model: nn.Module, batches: Iterable, *, max_batches: int =
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average over the batches seen
             m.train()
-        for batch in islice(batches, max_batches):
-            model(_images(batch).to(weight.device, weight.dtype))
-            used += 1
+        with torch.no_grad():  # statistics only: no graph to keep
+            for batch in islice(batches, max_batches):
+                model(_images(batch).to(weight.device, weight.dtype))
+                used += 1
         finished = True
     finally:
         for m, flag in was_training.items():

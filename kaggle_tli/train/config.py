@@ -69,7 +69,10 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bars
     # after an injection (kaggle_tli.train.norms, groups, distill; defaults from docs/benchmarks.md)
     eval_norms: str = "precise"  # "precise": BatchNorm statistics refitted before each evaluation | "running"
-    precise_images: int | None = None  # training images of the refit; default: 512, or all when fewer
+    precise_images: int | None = None  # training images of the refit; default: an eighth of the fold, 128 to 512
+    # log.csv's metric_running (the score with the running statistics, one more validation pass) in the first N
+    # epochs, where the lag after an injection lives; None: at every evaluation, 0: never
+    running_metric_epochs: int | None = 1
     # a third of the rate for what the teacher set: full-rate first steps shake a network that already works
     lr_transferred: float = 0.3  # learning-rate multiplier of tensors the teacher set (transfer.csv)
     lr_fresh: float = 1.0  # learning-rate multiplier of tensors left at init (every tensor of a run without TLI)
@@ -126,6 +129,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name}={value!r}: must be a positive integer or None")
+        epochs = self.running_metric_epochs
+        if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0):
+            raise ValueError(f"running_metric_epochs={epochs!r}: an integer >= 0 (0: never), or None (every "
+                             "evaluation)")
         steps = self.freeze_transferred_steps
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise ValueError(f"freeze_transferred_steps={steps!r}: must be an integer >= 0")

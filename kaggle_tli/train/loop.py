@@ -244,7 +244,9 @@ def _evaluate(ctx: Ctx, fr: Fold, *, at_start: bool = False) -> float:
     model = fr.ema.module if fr.ema is not None else fr.raw
     running = None
     if fr.precise is not None:
-        running = ctx.metric(fr.valid_targets, _valid_probs(ctx, model, fr.valid_set).numpy(), ctx.job.data.task)
+        if _scores_running_statistics(ctx.cfg, fr):
+            running = ctx.metric(fr.valid_targets, _valid_probs(ctx, model, fr.valid_set).numpy(),
+                                 ctx.job.data.task)
         refit_norms(model, fr.precise)
     probs = _valid_probs(ctx, model, fr.valid_set)
     score = ctx.metric(fr.valid_targets, probs.numpy(), ctx.job.data.task)
@@ -261,6 +263,15 @@ def _evaluate(ctx: Ctx, fr: Fold, *, at_start: bool = False) -> float:
             fr.bad_evals += 1
     ctx.eval_seconds = time.perf_counter() - t0
     return score
+
+
+def _scores_running_statistics(cfg: TrainConfig, fr: Fold) -> bool:
+    """Whether this evaluation also scores the running statistics for log.csv (`running_metric_epochs`): a second
+    validation pass, worth its cost while the statistics may lag, in the first epochs after an injection."""
+    if cfg.running_metric_epochs is None:
+        return True
+    steps_per_epoch = -(-fr.batches_per_epoch // cfg.grad_accum)
+    return fr.step <= cfg.running_metric_epochs * steps_per_epoch
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from kaggle_tli.data import EpochBatchSampler, KaggleData
 from kaggle_tli.runs import write_run_info
 from kaggle_tli.train.config import TrainConfig, resolve_metric
+from kaggle_tli.train.norms import PreciseBatches
 
 
 @dataclass
@@ -65,7 +66,7 @@ class Fold:
     stop_reason: str | None = None
     checkpoint_step: int | None = None
     mixup: Any = None  # timm Mixup/CutMix, when the config asks for it
-    precise: DataLoader | None = None  # the fixed training batches of precise validation (eval_norms="precise")
+    precise: PreciseBatches | None = None  # the fixed training batches of precise validation (eval_norms="precise")
     pending: list = field(default_factory=list)  # log rows not yet written: [fold, step, epoch, loss, lr, metric, elapsed]
 
 
