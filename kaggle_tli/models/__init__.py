@@ -16,8 +16,8 @@ registered again (its source hash is in the spec, and a changed source warns), e
 
 The package, one idea per module: `errors` (what users catch, and the checks of their values), `registry`
 (names and the tables), `edits` and `heads` (the declarative edits), `build` (specs and the one build path),
-`edited` (register_edit: a base plus edits, validated by a forward pass) and `_surgery` (module swaps and
-timm's width/depth multipliers, internal to the package). Arrows point down that list's reverse:
+`edited` (register_edit: a base plus edits, validated by a forward pass), `layout` (channels_last where it pays) and
+`_surgery` (module swaps and timm's width/depth multipliers, internal to the package). Arrows point down that list's reverse:
 edited -> build -> heads -> edits -> _surgery -> registry -> errors.
 """
 
@@ -35,6 +35,7 @@ from .edits import (
 )
 from .errors import ArchBuildError, EditError, UnknownArchError
 from .heads import replace_head
+from .layout import memory_format, wants_channels_last
 from .registry import (
     ArchInfo,
     arch_info,
@@ -73,4 +74,6 @@ __all__ = [
     "change_in_chans",
     "replace_head",
     "edit_from_dict",
+    "memory_format",
+    "wants_channels_last",
 ]

@@ -29,6 +29,7 @@ from kaggle_tli.data import (
     tune_threshold,
 )
 from kaggle_tli.files import atomic_write_text
+from kaggle_tli.models import memory_format
 from kaggle_tli.runs import Run, load_run, weights_name
 from kaggle_tli.stages.blend import (
     blend_frames,
@@ -173,7 +174,8 @@ def _averaged_outputs(run: Run, data: KaggleData, *, tta: Any, which: str, batch
     total = None
     for k in folds:
         model = run.build_model(which, k).to(dev).eval()
-        out = _test_outputs(model, data.test_dataset(), batch_size, dev, views, record)
+        layout = memory_format(model, run.config.get("channels_last", "auto"), dev)  # as the run trained
+        out = _test_outputs(model, data.test_dataset(), batch_size, dev, views, record, layout)
         total = out if total is None else total + out
     return total / len(folds)
 
@@ -227,14 +229,14 @@ _FLIP_DIMS = {"hflip": [3], "vflip": [2], "hvflip": [2, 3]}
 
 @torch.no_grad()
 def _test_outputs(model: nn.Module, dataset: Any, batch_size: int, device: torch.device, views: list[str],
-                  record: dict) -> np.ndarray:
+                  record: dict, layout: torch.memory_format = torch.preserve_format) -> np.ndarray:
     options = loader_options(None, cuda=device.type == "cuda")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator(), **options)
     outs = []
     amp = device.type == "cuda"
     task, scale = record.get("name", "single_label"), record.get("scale")
     for x, _ in tqdm(loader, desc="predict", leave=False, disable=len(loader) < 10):
-        x = x.to(device)
+        x = x.to(device, memory_format=layout)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             p = activate(task, model(x), scale)
             for view in views:  # averaged where they are scored: probabilities or values, never logits

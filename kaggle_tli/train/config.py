@@ -64,6 +64,7 @@ class TrainConfig:
     eval_at_start: bool = False  # evaluate before the first step (the step-0 metric of a TLI student)
     checkpoint_every_steps: int | None = None  # state.pt every N steps as well as at each epoch end
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+    channels_last: bool | str = "auto"  # NHWC layout; "auto": CNNs on CUDA, CNNs with depthwise convs on the CPU
     num_processes: int = 1  # > 1: data parallel through accelerate.notebook_launcher (gloo on CPU)
     pretrained: bool = False  # stage 1 only: start from the registry's pretrained weights
     progress: bool = True  # tqdm progress bars
@@ -106,6 +107,8 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {allowed}")
+        if self.channels_last not in ("auto", True, False):
+            raise ValueError(f"channels_last={self.channels_last!r}: use 'auto' (models.layout decides), True or False")
         if self.amp not in ("auto", "fp16", True, False, "no", "off"):
             raise ValueError(f"amp={self.amp!r}: use 'auto', True / 'fp16', or False")
         if not self.lr > 0:

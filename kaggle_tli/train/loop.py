@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from kaggle_tli.checkpoint import load_weights, save_weights
 from kaggle_tli.data import EpochBatchSampler, activate, loader_options, task_loss
-from kaggle_tli.models import create_model_from_spec
+from kaggle_tli.models import create_model_from_spec, memory_format
 from kaggle_tli.runs import INIT_WEIGHTS
 from kaggle_tli.train.config import TrainConfig, seed_everything
 from kaggle_tli.train.distill import load_teacher, with_distill
@@ -80,6 +80,7 @@ def _build_fold(ctx: Ctx, fold: int) -> Fold:
     job, cfg = ctx.job, ctx.cfg
     raw = create_model_from_spec(job.spec)
     raw.load_state_dict(load_weights(job.run_dir / job.init_files.get(fold, INIT_WEIGHTS)), strict=True)
+    ctx.input_format = memory_format(raw, cfg.channels_last, ctx.device)
     ema = None
     if cfg.ema:
         ema = ModelEmaV3(raw, decay=cfg.ema_decay, use_warmup=True)
@@ -107,6 +108,7 @@ def _build_fold(ctx: Ctx, fold: int) -> Fold:
         precise = precise_loader(cfg, job.data, train_idx, pin_memory=ctx.device.type == "cuda")
     if cfg.distill and ctx.teacher is None:
         ctx.teacher = load_teacher(job.run_dir, ctx.info, ctx.device)
+        memory_format(ctx.teacher, cfg.channels_last, ctx.device)
     return Fold(
         fold=fold, model=model, raw=raw, optimizer=optimizer, scheduler=scheduler,
         ema=ema, train_set=train_set, valid_set=job.data.dataset(valid_idx, train=False),
@@ -154,7 +156,7 @@ def _loader(dataset: Any, sampler: Any, cfg: TrainConfig, ctx: Ctx, *, persisten
 
 def _micro_step(ctx: Ctx, fr: Fold, x: torch.Tensor, y: torch.Tensor, scale: float, sync: bool) -> torch.Tensor:
     """Forward and backward of one micro-batch; gradients are all-reduced only on the last of a group."""
-    x = x.to(ctx.device, non_blocking=True)
+    x = x.to(ctx.device, non_blocking=True, memory_format=ctx.input_format)
     y = y.to(ctx.device, non_blocking=True)
     smoothing = ctx.cfg.label_smoothing
     if fr.mixup is not None and len(x) % 2 == 0:  # timm mixes a batch with its reverse: it needs an even batch
@@ -212,7 +214,7 @@ def _valid_probs(ctx: Ctx, model: nn.Module, dataset: Any) -> torch.Tensor:
     try:
         for x, _ in loader:
             with ctx.acc.autocast():
-                logits = model(x.to(ctx.device, non_blocking=True))
+                logits = model(x.to(ctx.device, non_blocking=True, memory_format=ctx.input_format))
             outs.append(activate(ctx.job.data.task, logits, ctx.job.data.target_info.scale).cpu())
     finally:
         model.train(was_training)

@@ -86,6 +86,7 @@ class Ctx:
         self.eval_seconds = 0.0
         self.step_seconds = 0.0
         self.teacher: nn.Module | None = None  # the distillation teacher (distill > 0), loaded once per process
+        self.input_format = torch.preserve_format  # channels_last when the model was converted (models.layout)
 
     @property
     def elapsed(self) -> float:
