@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 
+from kaggle_tli.bench.layout import layout_step_times
 from kaggle_tli.data import ImageCsvData
 from kaggle_tli.models import memory_format, wants_channels_last
 from kaggle_tli.stages import finetune, predict
@@ -42,3 +43,9 @@ def test_a_run_trained_channels_last_saves_and_predicts_like_any_other(make_imag
     assert model.conv1[0].weight.is_contiguous()
     submission = predict(run, out=tmp_path / "submission.csv")
     assert len(submission) == 4 and submission.columns[0] == "id"
+
+
+def test_the_layout_benchmark_times_both_layouts():
+    row = layout_step_times("resnet10t", image_size=16, batch_size=4, steps=1, device="cpu")
+    assert row["nchw_ms"] > 0 and row["channels_last_ms"] > 0
+    assert row["ratio"] == pytest.approx(row["channels_last_ms"] / row["nchw_ms"])
