@@ -235,7 +235,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return int(module.main(args.rest) or 0)
 
 
-BENCHES = ("transfer", "convergence", "norm", "teachers", "overhead", "sweep", "quick", "data", "layout")
+BENCHES = ("transfer", "convergence", "norm", "teachers", "overhead", "sweep", "quick", "data", "layout", "precise")
 
 
 # --------------------------------------------------------------------------------------------------- parser

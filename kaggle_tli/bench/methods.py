@@ -10,7 +10,8 @@
     +recal       any of the above followed by re-estimating BatchNorm statistics on a few training batches
     +probe       +recal, then the classifier refitted on the same batches where a linear probe predicts clearly
                  better (`kaggle_tli.tli.refit_head`); `tli` does both, as `kaggle_tli.iterate` does
-    ... distill  trained with distillation from the teacher (weight 0.5, temperature 2, as iterate(distill=0.5))
+    ... distill  trained with distillation from the teacher (weight 0.5, temperature 2, as iterate(distill=0.5));
+                 `tli distill=0.9`, `tli distill T=4`, `tli distill lr_transferred=0.3` vary it
     ... lr_transferred=, lr_fresh=, warmup=, freeze=
                  trained with the trainer's options after an injection: learning-rate multipliers for the tensors
                  the transfer report says the teacher set and for fresh ones, a longer warm-up, transferred tensors
@@ -89,10 +90,12 @@ METHODS: dict[str, Method] = {
     "tli lam=1": Method(_tli(lam=1.0), recal=True, probe=True),
     "tli no norm": Method(_tli(transfer_norm=False), recal=True, probe=True),
     "tli extra_blocks=copy": Method(_tli(extra_blocks="copy"), recal=True, probe=True),
+    # ComboInjection everywhere: the engine before growth kept the function (and the paper's method)
     "tli combo": Method(_tli(method="combo"), recal=True, probe=True),
+    # symmetry breaking of duplicated channels (engine issue item 3): the copies split their fan-out evenly
+    "tli growth_jitter=0": Method(_tli(growth_jitter=0.0), recal=True, probe=True),
     # the classifiers match only each other: the teacher's seeds no body layer (convergence --students head)
-    "tli head_as_source=False": Method(_tli(head_as_source=False), recal=True, probe=True),  # ComboInjection everywhere: the engine
-    # before growth kept the function (and the paper's method)
+    "tli head_as_source=False": Method(_tli(head_as_source=False), recal=True, probe=True),
     # training after the injection (issue 16): one option changed each
     "tli distill": Method(_tli(), recal=True, probe=True, train={"distill": 0.5}),
     "kaiming distill": Method(lambda s, t: {}, train={"distill": 0.5}),
@@ -100,6 +103,12 @@ METHODS: dict[str, Method] = {
     "tli lr_fresh=3": Method(_tli(), recal=True, probe=True, train={"lr_fresh": 3.0}),
     "tli warmup=20": Method(_tli(), recal=True, probe=True, train={"warmup": 20}),
     "tli freeze=20": Method(_tli(), recal=True, probe=True, train={"freeze_steps": 20}),
+    # what might close the gap to the teacher across families: more weight on the teacher, a softer target, both
+    # distillation and the trainer's learning-rate groups
+    "tli distill=0.9": Method(_tli(), recal=True, probe=True, train={"distill": 0.9}),
+    "tli distill T=4": Method(_tli(), recal=True, probe=True, train={"distill": 0.5, "temperature": 4.0}),
+    "tli distill lr_transferred=0.3": Method(_tli(), recal=True, probe=True,
+                                             train={"distill": 0.5, "lr_transferred": 0.3}),
 }
 QUICK_METHODS = ("kaiming", "same_name", "tli")
 AFTER_INJECTION = ("tli distill", "tli lr_transferred=0.3", "tli lr_fresh=3", "tli warmup=20", "tli freeze=20")

@@ -38,10 +38,10 @@ from kaggle_tli.stages import finetune, iterate
 from kaggle_tli.train import TrainConfig
 from kaggle_tli.train.norms import precise_loader, refit_norms
 
-__all__ = ["run_overhead", "main"]
+__all__ = ["digits_competition", "run_overhead", "main"]
 
 
-def _digits_competition(folder: Path) -> Path:
+def digits_competition(folder: Path) -> Path:
     """All 1797 scikit-learn digits as a pixel-CSV competition (8x8 grey, upscaled by the transforms)."""
     digits = load_digits()
     pixels = (digits.images.reshape(len(digits.images), -1) * (255.0 / 16.0)).round().astype(np.uint8)
@@ -172,7 +172,7 @@ def _measure(
     with tempfile.TemporaryDirectory(prefix="kaggle_tli_overhead_") as tmp:
         tmp_path = Path(tmp)
         if data is None:
-            data = PixelCsvData(_digits_competition(tmp_path), image_shape=(8, 8), image_size=image_size)
+            data = PixelCsvData(digits_competition(tmp_path), image_shape=(8, 8), image_size=image_size)
         ours_all: list[float] = []
         bare_all: list[float] = []
         distill_all: list[float] = []
