@@ -16,9 +16,9 @@ registered again (its source hash is in the spec, and a changed source warns), e
 
 The package, one idea per module: `errors` (what users catch, and the checks of their values), `registry`
 (names and the tables), `edits` and `heads` (the declarative edits), `build` (specs and the one build path),
-`edited` (register_edit: a base plus edits, validated by a forward pass), `layout` (channels_last where it pays) and
-`_surgery` (module swaps and timm's width/depth multipliers, internal to the package). Arrows point down that list's reverse:
-edited -> build -> heads -> edits -> _surgery -> registry -> errors.
+`edited` (register_edit: a base plus edits, validated by a forward pass), `layout` (channels_last where it
+pays) and `_surgery` (module swaps and timm's width/depth multipliers, internal to the package). Arrows point down
+that list's reverse: edited -> build -> heads -> edits -> _surgery -> registry -> errors; `layout` imports none.
 """
 
 from .build import SPEC_SCHEMA, arch_spec, create_model, create_model_from_spec, fixed_in_chans

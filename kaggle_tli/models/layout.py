@@ -3,8 +3,8 @@
 `channels_last="auto"` converts a CNN (over half of its parameters in 4-D convolution weights; a ViT's patch
 embedding does not make it one) on CUDA, where cuDNN's tensor-core kernels work in NHWC under mixed precision, as
 PyTorch's and NVIDIA's performance guides advise; on the CPU only a CNN with depthwise convolutions, the one kind
-measured faster there (`kaggle-tli bench layout`; docs/benchmarks.md, "Input pipeline at Kaggle sizes"). The layout changes how tensors lie in
-memory, never their values: weights are saved the same either way.
+measured faster there (`kaggle-tli bench layout`; docs/benchmarks.md, "Input pipeline at Kaggle sizes"). The
+layout changes how tensors lie in memory, never their values: weights are saved the same either way.
 """
 
 from __future__ import annotations
