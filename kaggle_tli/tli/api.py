@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,25 @@ def transfer(
         see `TransferOptions` for what each does and its default.
     """
     start = time.perf_counter()
+    with _gc_paused():
+        return _transfer(teacher, student, input_size, teacher_input_size, options, overrides, start)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector held off for the call: a transfer makes tens of thousands of short-lived
+    objects (graph nodes, dicts, tensors), and each full collection they trigger walks every object alive,
+    both models' modules included, at random moments (it doubled some traces). What they leave is collected after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _transfer(teacher, student, input_size, teacher_input_size, options, overrides, start) -> TransferReport:
     opts = (options or DEFAULTS).with_overrides(**overrides)
     teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     teachers, student = [unwrap_compiled(t) for t in teachers], unwrap_compiled(student)

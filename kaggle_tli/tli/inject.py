@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -78,14 +79,19 @@ def _resize_axis(x: Tensor, dim: int, size: int) -> Tensor:
     """Resize one axis: linear interpolation with aligned corners to grow, area averaging (adaptive average
     pooling's windows) to shrink. The tensor is seen as (1, axes before, this axis, axes after), a view of a
     contiguous tensor, so torch's 2-d kernel does it in one pass with the axes after left as they are (a window of
-    one element, an interpolation weight of exactly 1): no copy to move the axis, no temporary per step."""
+    one element, an interpolation weight of exactly 1): no copy to move the axis, no temporary per step. Where no
+    axis follows (a linear's fan-in, a 1x1 kernel's), the 1-d kernel does the same at about half the cost."""
     shape = x.shape
     before, after = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
-    grid = x.reshape(1, before, shape[dim], after)
-    if size > shape[dim]:
-        out = F.interpolate(grid, size=(size, after), mode="bilinear", align_corners=True)
+    grow = size > shape[dim]
+    if after == 1:
+        line = x.reshape(1, before, shape[dim])
+        out = (F.interpolate(line, size=size, mode="linear", align_corners=True) if grow
+               else F.adaptive_avg_pool1d(line, size))
     else:
-        out = F.adaptive_avg_pool2d(grid, (size, after))
+        grid = x.reshape(1, before, shape[dim], after)
+        out = (F.interpolate(grid, size=(size, after), mode="bilinear", align_corners=True) if grow
+               else F.adaptive_avg_pool2d(grid, (size, after)))
     return out.reshape(*shape[:dim], size, *shape[dim + 1:])
 
 
@@ -172,21 +178,62 @@ def combo_injection(
     the fraction is 1, although a margin element carries only `1 - lam` of teacher signal. `resized`: the resize
     part, where the caller has it already (ResizeCache).
     """
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam must be in [0, 1], got {lam}")
-    teacher = teacher.detach().to(like.device)  # teacher and student may live on different devices
-    if tuple(teacher.shape) == tuple(like.shape):
-        return teacher.detach().to(like.dtype).clone(), 1.0
     if teacher.dim() != like.dim():
         raise ValueError(f"ranks differ: teacher {tuple(teacher.shape)} vs student {tuple(like.shape)}")
-    if lam == 1.0:
-        return center_crop(teacher, like, spatial_dims=spatial_dims), crop_fraction(teacher.shape, like.shape)
-    if resized is None:
-        resized = resize(teacher, like.shape, fan_in_dims=fan_in_dims)
-    if lam == 0.0:
-        return resized.to(like.dtype, copy=True), 1.0
-    # lam * crop + (1 - lam) * resize, in place on the crop's fresh tensor: one pass, no temporaries
-    return center_crop(teacher, like, spatial_dims=spatial_dims).lerp_(resized.to(like.dtype), 1.0 - lam), 1.0
+    values = combo_mix([teacher], like, [1.0], lam, fan_in_dims=fan_in_dims, spatial_dims=spatial_dims,
+                       resized=[resized])
+    fraction = crop_fraction(teacher.shape, like.shape) if lam == 1.0 and teacher.shape != like.shape else 1.0
+    return values.to(like.dtype), fraction
+
+
+def combo_mix(teachers: Sequence[Tensor], like: Tensor, weights: Sequence[float], lam: float = 0.75, *,
+              fan_in_dims: Sequence[int] = (), spatial_dims: Sequence[int] = (),
+              resized: Sequence[Tensor | None] | None = None) -> Tensor:
+    """The weighted sum (paper eq. 2) of each teacher tensor ComboInjected into the shape of `like` (all of its
+    rank), computed as one sum instead of one injected tensor per source:
+
+        sum_k w_k * (lam * crop_k + (1 - lam) * resize_k)
+          = (1 - lam) * sum_k w_k resize_k  +  lam * sum_k w_k teacher_k (on its centre)  +  like * M
+
+    where M, the weight of the student's init, is the sum of lam * w_k over the sources whose crop does not reach
+    an element (the margin; a kernel's spatial margin is zero instead). An element every crop reaches gets exactly
+    0 * like, so what the teacher alone determines stays independent of the student's init (the coverage probe).
+    A source of the student's shape is copied (weight w_k). `resized`: each resize part the caller has already.
+    """
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    shape = tuple(like.shape)
+    teachers = [t.detach().to(like.device) for t in teachers]  # teacher and student may live on different devices
+    resized = list(resized) if resized is not None else [None] * len(teachers)
+    out = margin = None
+    for t, w, r in zip(teachers, weights, resized, strict=True):
+        same = tuple(t.shape) == shape
+        if same or lam < 1.0:  # the resize part (a same-shaped source is its own resize: copied whole)
+            part = t if same else (r if r is not None else resize(t, shape, fan_in_dims=fan_in_dims))
+            alpha = w if same else (1.0 - lam) * w
+            out = part.to(torch.float32) * alpha if out is None else out.add_(part, alpha=alpha)
+        if same or lam == 0.0:
+            continue
+        src, dst, slab = _crop_regions(t.shape, shape, spatial_dims)
+        if any(s.stop - s.start != n for s, n in zip(slab, shape, strict=True)):
+            keep = torch.full(shape, lam * w, dtype=torch.float32, device=like.device)
+            keep[slab] = 0.0  # inside the slab the crop is the teacher, or the kernel's zero margin
+            margin = keep if margin is None else margin.add_(keep)
+        out = torch.zeros(shape, dtype=torch.float32, device=like.device) if out is None else out
+        out[dst].add_(t[src], alpha=lam * w)
+    if margin is not None:
+        out.addcmul_(like.detach(), margin)
+    return out
+
+
+def _crop_regions(t_shape: Sequence[int], shape: Sequence[int], spatial_dims: Sequence[int]) -> tuple:
+    """(teacher slices, student slices) of the centred overlap, and the student slab the crop replaces: the overlap,
+    widened to whole kernels along `spatial_dims` (center_crop zeroes the margin there)."""
+    pairs = [_center_slices(a, b) for a, b in zip(t_shape, shape, strict=True)]
+    src = tuple(p[0] for p in pairs)
+    dst = tuple(p[1] for p in pairs)
+    slab = tuple(slice(0, n) if d in spatial_dims else dst[d] for d, n in enumerate(shape))
+    return src, dst, slab
 
 
 def mix(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:

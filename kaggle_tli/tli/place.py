@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .grow import can_grow, grow, layer_norm_exact
-from .inject import ResizeCache, combo_injection, determined_fraction, mix
+from .inject import ResizeCache, combo_mix, determined_fraction
 from .match import Match
 from .units import Unit
 
@@ -109,9 +109,7 @@ def _combined(unit: Unit, local: str, target: Tensor, tensors: list[Tensor], wei
     if cache is not None and names is not None and lam < 1.0:  # the resize part, shared with later tensors
         resized = [cache.resize(name, t.to(like.device), like.shape, fan_in) if _reshaped(t, like) else None
                    for name, t in zip(names, ranked, strict=True)]
-    injected = [combo_injection(t, like, lam, fan_in_dims=fan_in, spatial_dims=spatial, resized=r)[0]
-                for t, r in zip(ranked, resized, strict=True)]
-    values = mix(injected, weights)
+    values = combo_mix(ranked, like, weights, lam, fan_in_dims=fan_in, spatial_dims=spatial, resized=resized)
     fraction = determined_fraction([tuple(t.shape) for t in ranked], tuple(like.shape), lam, spatial)
     return values.reshape(target.shape), fraction
 
