@@ -23,7 +23,7 @@ from .match import Alignment, Match, match_graphs
 from .options import DEFAULTS, TransferOptions
 from .place import Growth, place_identity, place_tensor, report_row
 from .report import TransferReport
-from .score import graph_score
+from .score import graph_score, score_from_total
 from .units import Graph, Unit
 
 
@@ -83,7 +83,8 @@ def _transfer(teacher, student, input_size, teacher_input_size, options, overrid
         t_graph = trace_as(t, teacher_input_size or input_size, role, teacher_input_size is None)
         heads = {} if opts.head_as_source else {"teacher_head": _head_indices(t, t_graph),
                                                 "student_head": _head_indices(student, s_graph)}
-        found.append(_Teacher(t_graph, match_graphs(s_graph, t_graph, top_k=opts.top_k, **heads), _tensors(t)))
+        alignment = match_graphs(s_graph, t_graph, top_k=opts.top_k, one_to_one_total=not heads, **heads)
+        found.append(_Teacher(t_graph, alignment, _tensors(t)))
     plan = _plan(student, s_graph, found, opts)
     rows = _write(student, s_graph, found, plan, opts)
     sharpened = _sharpen(teachers, student, s_graph, found, plan.choices, opts.activation_scale, rows)
@@ -98,7 +99,7 @@ def _transfer(teacher, student, input_size, teacher_input_size, options, overrid
     settings.update(growth=plan.growth.mode if plan.growth else "none", teachers=len(found), **sharpened)
     return TransferReport(
         rows=rows,
-        score=max(graph_score(s_graph, t.graph) for t in found),
+        score=max(_score(s_graph, t) for t in found),
         coverage=sum(r["fraction"] * r["numel"] for r in counted) / total,
         blended=sum(r["blended"] * r["numel"] for r in counted) / total,
         settings=settings,
@@ -249,6 +250,14 @@ def _tensors(model: nn.Module) -> dict[str, Tensor]:
     out = dict(model.named_parameters(remove_duplicate=False))
     out.update(dict(model.named_buffers(remove_duplicate=False)))
     return out
+
+
+def _score(s_graph: Graph, t: _Teacher) -> float:
+    """The TLI score of the pair: from the transfer's own alignment where it scored every pair as tli_score does
+    (the classifiers matched as any layer), else aligned afresh."""
+    if t.alignment.one_to_one is not None:
+        return score_from_total(s_graph, t.graph, t.alignment.one_to_one)
+    return graph_score(s_graph, t.graph)
 
 
 def _head_units(model: nn.Module, graph: Graph) -> set[str]:

@@ -113,28 +113,31 @@ def _forward_real(model: nn.Module, input_size: tuple[int, ...]):
 
 
 class _Restore:
-    """Training flags and `requires_grad` restored on exit, exceptions included; with `buffers`, also every buffer a
-    real forward pass changed. A buffer is written back only where it differs, so an untouched model keeps its
-    tensors' version counters (the transfer's integrity check reads them)."""
+    """Training flags restored on exit, exceptions included; with `buffers` (the real forward pass), also
+    `requires_grad` and every buffer the pass changed (the meta pass touches neither: it runs on copies). A buffer is
+    written back only where it differs, so an untouched model keeps its tensors' version counters (the transfer's
+    integrity check reads them)."""
 
     def __init__(self, model: nn.Module, *, buffers: bool):
         self.model, self.with_buffers = model, buffers
 
     def __enter__(self):
         m = self.model
-        self.training = {name: mod.training for name, mod in m.named_modules()}
-        self.requires_grad = {name: p.requires_grad for name, p in m.named_parameters()}
+        # by object, not by name: one pass over the modules instead of building every dotted name twice
+        self.training = [(mod, mod.training) for mod in m.modules()]
+        self.requires_grad = [(p, p.requires_grad) for p in m.parameters()] if self.with_buffers else []
         self.buffers = {name: b.detach().clone() for name, b in m.named_buffers()} if self.with_buffers else {}
         return self
 
     def __exit__(self, *exc):
-        m = self.model
-        for name, mod in m.named_modules():
-            mod.training = self.training[name]
-        for name, p in m.named_parameters():
-            p.requires_grad_(self.requires_grad[name])
+        for mod, flag in self.training:
+            mod.training = flag
+        for p, flag in self.requires_grad:
+            p.requires_grad_(flag)
+        if not self.with_buffers:
+            return False
         with torch.no_grad():
-            for name, b in m.named_buffers():
+            for name, b in self.model.named_buffers():
                 saved = self.buffers.get(name)
                 if saved is not None and not torch.equal(b, saved):
                     b.copy_(saved)

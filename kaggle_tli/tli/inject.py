@@ -99,6 +99,15 @@ def _shrink_whole_windows(x: Tensor, shape: Sequence[int]) -> Tensor:
     """Every axis that shrinks by a whole factor (a 3x3 kernel to 1x1, 1280 channels to 320), all in one pass: each
     such axis is seen as (size, window) and the windows are averaged, which is what area averaging does there."""
     dims = [d for d in range(x.dim()) if shape[d] < x.shape[d] and x.shape[d] % shape[d] == 0]
+    whole = x.dim()
+    while whole > 0 and whole - 1 in dims and shape[whole - 1] == 1:
+        whole -= 1
+    if whole < x.dim():  # trailing axes averaged whole (a kernel to 1x1): a matrix product, where torch's mean over
+        # a short last axis is a few times slower
+        n = math.prod(x.shape[whole:])
+        x = (x.reshape(-1, n) @ torch.full((n, 1), 1.0 / n, dtype=x.dtype, device=x.device)).reshape(
+            *x.shape[:whole], *([1] * (x.dim() - whole)))
+        dims = [d for d in dims if d < whole]
     if not dims:
         return x
     split, windows = [], []
@@ -111,14 +120,20 @@ def _shrink_whole_windows(x: Tensor, shape: Sequence[int]) -> Tensor:
     return x.reshape(split).mean(windows)
 
 
+def fan_in_scale(teacher_shape: Sequence[int], shape: Sequence[int], fan_in_dims: Sequence[int]) -> float:
+    """Teacher size / student size along the fan-in dimensions (module docstring)."""
+    scale = 1.0
+    for d in fan_in_dims:
+        scale *= teacher_shape[d] / shape[d]
+    return scale
+
+
 def resize(teacher: Tensor, shape: Sequence[int], *, fan_in_dims: Sequence[int] = (),
            windows: Callable[[Tensor, Sequence[int]], Tensor] | None = None) -> Tensor:
     """`teacher` interpolated to `shape`, one axis at a time; fan-in dimensions rescaled (module docstring).
     `windows`: where the caller keeps the first step's results (ResizeCache), its stand-in for that step."""
     x = teacher.detach().float()
-    scale = 1.0
-    for d in fan_in_dims:
-        scale *= x.shape[d] / shape[d]
+    scale = fan_in_scale(x.shape, shape, fan_in_dims)
     # the cheapest steps and the ones that shrink most (a 3x3 kernel to 1x1): first
     x = (windows or _shrink_whole_windows)(x, shape)
     # then the most shrinking axes first: every later step then works on a smaller tensor
@@ -135,30 +150,44 @@ class ResizeCache:
     """Resized teacher tensors, kept for the rest of one transfer: across families one teacher tensor is mixed into
     many student tensors (every block of a stage), and the resize is the costly part of a mix. Kept: the results,
     and the first step's (a 3x3 kernel averaged to 1x1 serves every 1x1 student layer, whatever its channels). The
-    caller names each teacher tensor (its key); only the `limit` latest entries are kept, since a stage's blocks
-    come one after another."""
+    caller names each teacher tensor (its key); the oldest entries go first once `limit` entries or `max_bytes`
+    are held (a stage's blocks come one after another, so the latest entries serve best)."""
 
-    def __init__(self, limit: int = 64):
-        self.limit = limit
+    def __init__(self, limit: int = 4096, max_bytes: int = 256 * 2**20):
+        self.limit, self.max_bytes = limit, max_bytes
         self.entries: dict[tuple, Tensor] = {}
+        self.bytes = 0
 
     def _get(self, key: tuple, make: Callable[[], Tensor]) -> Tensor:
         hit = self.entries.pop(key, None)
         if hit is None:
             hit = make()
-            if len(self.entries) >= self.limit:
-                self.entries.pop(next(iter(self.entries)))
+            self.bytes += _nbytes(hit)
+            while self.entries and (len(self.entries) >= self.limit or self.bytes > self.max_bytes):
+                self.bytes -= _nbytes(self.entries.pop(next(iter(self.entries))))
         self.entries[key] = hit  # (re)inserted last: the oldest entry goes first
         return hit
 
-    def resize(self, name, teacher: Tensor, shape: Sequence[int], fan_in_dims: Sequence[int]) -> Tensor:
+    def unscaled(self, name, teacher: Tensor, shape: Sequence[int]) -> Tensor:
+        """`resize(teacher, shape)` without the fan-in scale (which combo_mix folds into its weights), computed once
+        per (name, shape): never to be written into."""
         def windows(x: Tensor, target: Sequence[int]) -> Tensor:
             # the step's result depends only on the shape it ends at: every whole-window axis is averaged to its size
             after = tuple(t if t < n and n % t == 0 else n for n, t in zip(x.shape, target, strict=True))
             return self._get(("windows", name, tuple(x.shape), after), lambda: _shrink_whole_windows(x, target))
 
-        key = ("resized", name, tuple(teacher.shape), tuple(shape), tuple(fan_in_dims))
-        return self._get(key, lambda: resize(teacher, shape, fan_in_dims=fan_in_dims, windows=windows))
+        key = ("resized", name, tuple(teacher.shape), tuple(shape))
+        return self._get(key, lambda: resize(teacher, shape, windows=windows))
+
+    def resize(self, name, teacher: Tensor, shape: Sequence[int], fan_in_dims: Sequence[int]) -> Tensor:
+        """What `resize` returns, from what this cache keeps."""
+        scale = fan_in_scale(teacher.shape, shape, fan_in_dims)
+        unscaled = self.unscaled(name, teacher, shape)
+        return unscaled * scale if scale != 1.0 else unscaled
+
+
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def combo_injection(
@@ -180,8 +209,9 @@ def combo_injection(
     """
     if teacher.dim() != like.dim():
         raise ValueError(f"ranks differ: teacher {tuple(teacher.shape)} vs student {tuple(like.shape)}")
-    values = combo_mix([teacher], like, [1.0], lam, fan_in_dims=fan_in_dims, spatial_dims=spatial_dims,
-                       resized=[resized])
+    # a resize part given here has its fan-in scale already
+    values = combo_mix([teacher], like, [1.0], lam, fan_in_dims=() if resized is not None else fan_in_dims,
+                       spatial_dims=spatial_dims, resized=[resized])
     fraction = crop_fraction(teacher.shape, like.shape) if lam == 1.0 and teacher.shape != like.shape else 1.0
     return values.to(like.dtype), fraction
 
@@ -196,33 +226,44 @@ def combo_mix(teachers: Sequence[Tensor], like: Tensor, weights: Sequence[float]
           = (1 - lam) * sum_k w_k resize_k  +  lam * sum_k w_k teacher_k (on its centre)  +  like * M
 
     where M, the weight of the student's init, is the sum of lam * w_k over the sources whose crop does not reach
-    an element (the margin; a kernel's spatial margin is zero instead). An element every crop reaches gets exactly
-    0 * like, so what the teacher alone determines stays independent of the student's init (the coverage probe).
-    A source of the student's shape is copied (weight w_k). `resized`: each resize part the caller has already.
+    an element (the margin; a kernel's spatial margin is zero instead), added box by box around each crop. An
+    element every crop reaches never sees `like`, so what the teacher alone determines stays independent of the
+    student's init (the coverage probe).
+    A source of the student's shape is copied (weight w_k). `resized`: each resize part the caller has already,
+    without the fan-in scale (ResizeCache.unscaled): the scale goes into the source's weight, one pass fewer.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
     shape = tuple(like.shape)
     teachers = [t.detach().to(like.device) for t in teachers]  # teacher and student may live on different devices
     resized = list(resized) if resized is not None else [None] * len(teachers)
-    out = margin = None
+    out = None
+    margins: list[tuple[tuple[slice, ...], float]] = []  # (box of the student's shape, weight of its init there)
     for t, w, r in zip(teachers, weights, resized, strict=True):
         same = tuple(t.shape) == shape
         if same or lam < 1.0:  # the resize part (a same-shaped source is its own resize: copied whole)
-            part = t if same else (r if r is not None else resize(t, shape, fan_in_dims=fan_in_dims))
-            alpha = w if same else (1.0 - lam) * w
+            part = t if same else (r if r is not None else resize(t, shape))
+            alpha = w if same else (1.0 - lam) * w * fan_in_scale(t.shape, shape, fan_in_dims)
             out = part.to(torch.float32) * alpha if out is None else out.add_(part, alpha=alpha)
         if same or lam == 0.0:
             continue
         src, dst, slab = _crop_regions(t.shape, shape, spatial_dims)
-        if any(s.stop - s.start != n for s, n in zip(slab, shape, strict=True)):
-            keep = torch.full(shape, lam * w, dtype=torch.float32, device=like.device)
-            keep[slab] = 0.0  # inside the slab the crop is the teacher, or the kernel's zero margin
-            margin = keep if margin is None else margin.add_(keep)
+        margins += [(box, lam * w) for box in _outside(slab, shape)]
         out = torch.zeros(shape, dtype=torch.float32, device=like.device) if out is None else out
         out[dst].add_(t[src], alpha=lam * w)
-    if margin is not None:
-        out.addcmul_(like.detach(), margin)
+    for box, alpha in margins:  # never an element every crop reaches: those stay independent of the init
+        out[box].add_(like.detach()[box], alpha=alpha)
+    return out
+
+
+def _outside(slab: tuple[slice, ...], shape: Sequence[int]) -> list[tuple[slice, ...]]:
+    """The part of a tensor of `shape` outside the box `slab`, as disjoint boxes: along each axis in turn, the
+    slices before and after the slab's, with the axes before it inside the slab and the axes after it whole."""
+    out = []
+    for d, (cut, n) in enumerate(zip(slab, shape, strict=True)):
+        for side in (slice(0, cut.start), slice(cut.stop, n)):
+            if side.stop > side.start:
+                out.append((*slab[:d], side, *(slice(0, m) for m in shape[d + 1:])))
     return out
 
 

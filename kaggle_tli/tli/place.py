@@ -107,7 +107,7 @@ def _combined(unit: Unit, local: str, target: Tensor, tensors: list[Tensor], wei
     ranked = [_as_rank(t, rank) for t in tensors]
     resized = [None] * len(ranked)
     if cache is not None and names is not None and lam < 1.0:  # the resize part, shared with later tensors
-        resized = [cache.resize(name, t.to(like.device), like.shape, fan_in) if _reshaped(t, like) else None
+        resized = [cache.unscaled(name, t.to(like.device), like.shape) if _reshaped(t, like) else None
                    for name, t in zip(names, ranked, strict=True)]
     values = combo_mix(ranked, like, weights, lam, fan_in_dims=fan_in, spatial_dims=spatial, resized=resized)
     fraction = determined_fraction([tuple(t.shape) for t in ranked], tuple(like.shape), lam, spatial)
