@@ -21,7 +21,7 @@ from .guard import check_student, check_unchanged, fingerprint
 from .inject import ResizeCache
 from .match import Alignment, Match, match_graphs
 from .options import DEFAULTS, TransferOptions
-from .place import Growth, place_identity, place_tensor, report_row
+from .place import Growth, place_identity, place_unit, report_row
 from .report import TransferReport
 from .score import graph_score, score_from_total
 from .units import Graph, Unit
@@ -149,13 +149,15 @@ def _write(student: nn.Module, s_graph: Graph, found: list[_Teacher], plan: _Pla
                 continue
             choice = plan.choices.get(i)
             skip = _skip_reason(unit, choice, opts.transfer_norm, unit.name in plan.head and choice is None)
-            for local, key in unit.tensors.items():
-                if skip:
-                    row = report_row(key, s_tensors[key], unit.kind, "init", reason=skip)
-                else:
-                    t_idx, match = choice
-                    row = place_tensor(unit, local, key, s_tensors[key], _sources(found[t_idx], match, local),
-                                       match, t_idx, opts.lam, plan.growth, cache)
+            if skip:
+                placed = [report_row(key, s_tensors[key], unit.kind, "init", reason=skip)
+                          for key in unit.tensors.values()]
+            else:
+                t_idx, match = choice
+                items = [(local, key, s_tensors[key], _sources(found[t_idx], match, local))
+                         for local, key in unit.tensors.items()]
+                placed = place_unit(unit, items, match, t_idx, opts.lam, plan.growth, cache)
+            for (local, key), row in zip(unit.tensors.items(), placed, strict=True):
                 if i in plan.zeroed and local in ("weight", "bias", ""):
                     s_tensors[key].zero_()
                     row.update(method="zeroed", fraction=1.0, blended=0.0, reason=_ZEROED)
