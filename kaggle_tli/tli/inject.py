@@ -84,6 +84,8 @@ def _resize_axis(x: Tensor, dim: int, size: int) -> Tensor:
     shape = x.shape
     before, after = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
     grow = size > shape[dim]
+    if not grow and x.numel() >= _TAPS_FROM and shape[dim] <= 6 * size:  # windows of a few elements
+        return _area_taps(x, dim, size)
     if after == 1:
         line = x.reshape(1, before, shape[dim])
         out = (F.interpolate(line, size=size, mode="linear", align_corners=True) if grow
@@ -93,6 +95,30 @@ def _resize_axis(x: Tensor, dim: int, size: int) -> Tensor:
         out = (F.interpolate(grid, size=(size, after), mode="bilinear", align_corners=True) if grow
                else F.adaptive_avg_pool2d(grid, (size, after)))
     return out.reshape(*shape[:dim], size, *shape[dim + 1:])
+
+
+_TAPS_FROM = 4096  # elements: below this, the few calls of _area_taps cost more than torch's pooling kernel
+
+
+def _area_taps(x: Tensor, dim: int, size: int) -> Tensor:
+    """Area averaging along `dim` as adaptive average pooling does it (window j covers floor(j*n/size) to
+    ceil((j+1)*n/size), summed in order, then divided by its length), bit for bit, as a few whole-tensor gathers
+    and adds: torch's pooling kernel walks each short window element by element, several times slower on
+    large tensors."""
+    n = x.shape[dim]
+    j = torch.arange(size, device=x.device)
+    start, end = (j * n) // size, ((j + 1) * n + size - 1) // size
+    view = [1] * x.dim()
+    view[dim] = size
+    out = x.index_select(dim, start)
+    for i in range(1, int((end - start).max())):
+        taps = x.index_select(dim, (start + i).clamp(max=n - 1))
+        inside = start + i < end
+        if bool(inside.all()):
+            out.add_(taps)
+        else:  # a shorter window adds 0 (its tap lies beyond it)
+            out.addcmul_(taps, inside.to(x.dtype).view(view))
+    return out.div_((end - start).to(x.dtype).view(view))
 
 
 def _shrink_whole_windows(x: Tensor, shape: Sequence[int]) -> Tensor:
