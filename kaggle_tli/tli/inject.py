@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from itertools import pairwise, product
 
 import torch
 import torch.nn.functional as F
@@ -244,53 +245,55 @@ def combo_injection(
 
 def combo_mix(teachers: Sequence[Tensor], like: Tensor, weights: Sequence[float], lam: float = 0.75, *,
               fan_in_dims: Sequence[int] = (), spatial_dims: Sequence[int] = (),
-              resized: Sequence[Tensor | None] | None = None) -> Tensor:
+              resized: Sequence[Tensor | None] | None = None, out: Tensor | None = None) -> Tensor:
     """The weighted sum (paper eq. 2) of each teacher tensor ComboInjected into the shape of `like` (all of its
     rank), computed as one sum instead of one injected tensor per source:
 
         sum_k w_k * (lam * crop_k + (1 - lam) * resize_k)
-          = (1 - lam) * sum_k w_k resize_k  +  lam * sum_k w_k teacher_k (on its centre)  +  like * M
+          = like * M  +  (1 - lam) * sum_k w_k resize_k  +  lam * sum_k w_k teacher_k (on its centre)
 
     where M, the weight of the student's init, is the sum of lam * w_k over the sources whose crop does not reach
-    an element (the margin; a kernel's spatial margin is zero instead), added box by box around each crop. An
-    element every crop reaches never sees `like`, so what the teacher alone determines stays independent of the
-    student's init (the coverage probe).
+    an element (the margin; a kernel's spatial margin is zero instead). M is constant on each cell of the grid the
+    crops' edges cut, so `like` is scaled cell by cell; a cell every crop reaches is zeroed, so what the teacher
+    alone determines stays independent of the student's init (the coverage probe).
     A source of the student's shape is copied (weight w_k). `resized`: each resize part the caller has already,
     without the fan-in scale (ResizeCache.unscaled): the scale goes into the source's weight, one pass fewer.
+    `out`: a float32 tensor holding the values of `like` (`like` itself may be), written in place and returned;
+    by default a float32 copy of `like`.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
     shape = tuple(like.shape)
     teachers = [t.detach().to(like.device) for t in teachers]  # teacher and student may live on different devices
     resized = list(resized) if resized is not None else [None] * len(teachers)
-    out = None
-    margins: list[tuple[tuple[slice, ...], float]] = []  # (box of the student's shape, weight of its init there)
-    for t, w, r in zip(teachers, weights, resized, strict=True):
+    crops = {k: _crop_regions(t.shape, shape, spatial_dims) for k, t in enumerate(teachers)
+             if lam > 0.0 and tuple(t.shape) != shape}
+    out = like.detach().to(torch.float32, copy=True) if out is None else out
+    _scale_init(out, [(crops[k][2], lam * weights[k]) for k in crops])
+    for k, (t, w, r) in enumerate(zip(teachers, weights, resized, strict=True)):
         same = tuple(t.shape) == shape
         if same or lam < 1.0:  # the resize part (a same-shaped source is its own resize: copied whole)
             part = t if same else (r if r is not None else resize(t, shape))
-            alpha = w if same else (1.0 - lam) * w * fan_in_scale(t.shape, shape, fan_in_dims)
-            out = part.to(torch.float32) * alpha if out is None else out.add_(part, alpha=alpha)
-        if same or lam == 0.0:
-            continue
-        src, dst, slab = _crop_regions(t.shape, shape, spatial_dims)
-        margins += [(box, lam * w) for box in _outside(slab, shape)]
-        out = torch.zeros(shape, dtype=torch.float32, device=like.device) if out is None else out
-        out[dst].add_(t[src], alpha=lam * w)
-    for box, alpha in margins:  # never an element every crop reaches: those stay independent of the init
-        out[box].add_(like.detach()[box], alpha=alpha)
+            out.add_(part, alpha=w if same else (1.0 - lam) * w * fan_in_scale(t.shape, shape, fan_in_dims))
+        if k in crops:
+            src, dst, _ = crops[k]
+            out[dst].add_(t[src], alpha=lam * w)
     return out
 
 
-def _outside(slab: tuple[slice, ...], shape: Sequence[int]) -> list[tuple[slice, ...]]:
-    """The part of a tensor of `shape` outside the box `slab`, as disjoint boxes: along each axis in turn, the
-    slices before and after the slab's, with the axes before it inside the slab and the axes after it whole."""
-    out = []
-    for d, (cut, n) in enumerate(zip(slab, shape, strict=True)):
-        for side in (slice(0, cut.start), slice(cut.stop, n)):
-            if side.stop > side.start:
-                out.append((*slab[:d], side, *(slice(0, m) for m in shape[d + 1:])))
-    return out
+def _scale_init(out: Tensor, slabs: list[tuple[tuple[slice, ...], float]]) -> None:
+    """`out` (the student's init) times the weight it keeps: on each cell of the grid the slabs' edges cut, the sum
+    of the weights of the slabs (crops) that do not cover the cell; zero where every crop covers it."""
+    edges = [sorted({0, n, *(slab[d].start for slab, _ in slabs), *(slab[d].stop for slab, _ in slabs)})
+             for d, n in enumerate(out.shape)]
+    for cell in product(*(list(pairwise(e)) for e in edges)):
+        box = tuple(slice(a, b) for a, b in cell)
+        keep = sum(w for slab, w in slabs
+                   if not all(c.start <= a and b <= c.stop for c, (a, b) in zip(slab, cell, strict=True)))
+        if keep == 0:  # every crop reaches the cell (or no source crops): nothing of the init stays
+            out[box].zero_()
+        else:
+            out[box].mul_(keep)
 
 
 def _crop_regions(t_shape: Sequence[int], shape: Sequence[int], spatial_dims: Sequence[int]) -> tuple:

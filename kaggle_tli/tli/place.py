@@ -83,9 +83,8 @@ def place_tensor(unit: Unit, local: str, key: str, target: Tensor, sources: list
         row = _grown(unit, local, key, target, tensors[0], growth, common)
         if row is not None:
             return row
-    values, fraction = _combined(unit, local, target, tensors, weights, lam,
-                                 [(t_idx, k) for k in keys] if cache is not None else None, cache)
-    target.copy_(values)
+    fraction = _combined(unit, local, target, tensors, weights, lam,
+                         [(t_idx, k) for k in keys] if cache is not None else None, cache)
     return _combo_row(key, target, unit, len(tensors), weights, fraction, lam, growth, match, common)
 
 
@@ -140,7 +139,7 @@ def _place_stacked(unit: Unit, group: list[Item], match: Match, t_idx: int, lam:
     if cache is not None and lam < 1.0:
         resized = [cache.unscaled((t_idx, *(item[3][k][0] for item in group)), t, like.shape)
                    if t.shape != like.shape else None for k, t in enumerate(stacked)]
-    values = combo_mix(stacked, like, weights, lam, resized=resized)
+    values = combo_mix(stacked, like, weights, lam, resized=resized, out=like if like.dtype == torch.float32 else None)
     fraction = determined_fraction([tuple(t.shape) for t in stacked], tuple(like.shape), lam)
     rows = {}
     for (_, key, target, item_sources), row_values in zip(group, values, strict=True):
@@ -157,9 +156,9 @@ _SEEDED_COMBO = ("an inserted block seeded from a teacher layer of another shape
 
 
 def _combined(unit: Unit, local: str, target: Tensor, tensors: list[Tensor], weights: list[float],
-              lam: float, names: list | None = None, cache: ResizeCache | None = None) -> tuple[Tensor, float]:
-    """The teacher tensor(s) ComboInjected into `target`'s shape and mixed; and the share of elements the teacher
-    alone determines (where every source's centre crop reaches, or lam = 0)."""
+              lam: float, names: list | None = None, cache: ResizeCache | None = None) -> float:
+    """Write the teacher tensor(s) ComboInjected into `target`'s shape and mixed; returns the share of elements the
+    teacher alone determines (where every source's centre crop reaches, or lam = 0)."""
     rank = max(target.dim(), *(t.dim() for t in tensors))
     like = _as_rank(target, rank)
     fan_in, spatial = _geometry(unit, local, rank)
@@ -168,9 +167,13 @@ def _combined(unit: Unit, local: str, target: Tensor, tensors: list[Tensor], wei
     if cache is not None and names is not None and lam < 1.0:  # the resize part, shared with later tensors
         resized = [cache.unscaled(name, t.to(like.device), like.shape) if _reshaped(t, like) else None
                    for name, t in zip(names, ranked, strict=True)]
-    values = combo_mix(ranked, like, weights, lam, fan_in_dims=fan_in, spatial_dims=spatial, resized=resized)
-    fraction = determined_fraction([tuple(t.shape) for t in ranked], tuple(like.shape), lam, spatial)
-    return values.reshape(target.shape), fraction
+    # in place where `like` is the target's own float32 memory (a view), else through a copy
+    in_place = target.dtype == torch.float32 and like.data_ptr() == target.data_ptr() and like.is_contiguous()
+    values = combo_mix(ranked, like, weights, lam, fan_in_dims=fan_in, spatial_dims=spatial, resized=resized,
+                       out=like if in_place else None)
+    if not in_place:
+        target.copy_(values.reshape(target.shape))
+    return determined_fraction([tuple(t.shape) for t in ranked], tuple(like.shape), lam, spatial)
 
 
 def _reshaped(teacher: Tensor, like: Tensor) -> bool:
