@@ -1,7 +1,7 @@
 """Shape-only kernels for the meta trace: ops whose meta version torch runs in Python get their outputs' shapes.
 
 On the meta device torch computes no values, only shapes, but for convolutions, BatchNorm, LayerNorm, GroupNorm,
-the hard and smooth activations, softmax, addmm, a mean and elementwise arithmetic it runs Python meta functions or
+the hard and smooth activations, softmax, addmm, bmm, a mean and elementwise arithmetic it runs Python meta functions or
 decompositions (a few dozen elementwise steps for a norm), and these made most of a trace's time. Their outputs'
 shapes are known from the inputs. The mode sits below autograd, so the graph still records each op's own backward
 node (NativeBatchNormBackward0, HardswishBackward0, AddmmBackward0, ...), which is all the trace reads; every other
@@ -29,10 +29,26 @@ class ShapeOnly(TorchDispatchMode):
         return func(*args, **kwargs) if out is NotImplemented else out
 
 
-def _like(x: torch.Tensor) -> torch.Tensor:
-    """torch.empty_like on the meta device: for a contiguous tensor, `empty` with its shape, where empty_like runs a
-    Python decomposition to work out the strides (tens of microseconds, on every norm and activation)."""
-    return torch.empty(x.shape, dtype=x.dtype, device="meta") if x.is_contiguous() else torch.empty_like(x)
+def _like(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """torch.empty_like on the meta device, without its Python decomposition that works out the strides (tens of
+    microseconds, on every norm and activation): a dense tensor's strides are kept as they are (what empty_like
+    does for one), anything else goes through empty_like."""
+    dtype = dtype or x.dtype
+    if x.is_contiguous():
+        return torch.empty(x.shape, dtype=dtype, device="meta")
+    if _dense(x.shape, x.stride()):  # a transposed or permuted view: the same layout
+        return torch.empty_strided(x.shape, x.stride(), dtype=dtype, device="meta")
+    return torch.empty_like(x, dtype=dtype)
+
+
+def _dense(shape, strides) -> bool:
+    """Do the elements fill a block of memory without gaps or overlaps, in some order of the axes?"""
+    expected = 1
+    for stride, size in sorted((st, n) for st, n in zip(strides, shape, strict=True) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
@@ -100,8 +116,15 @@ def _convolution(x, weight, bias, stride, padding, dilation, transposed, output_
     return torch.empty((x.shape[0], weight.shape[0], *sizes), dtype=x.dtype, device="meta")
 
 
+def _bmm(a, b, *rest, **kw):
+    _check(a.dim() == 3 and b.dim() == 3 and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1],
+           f"bmm: batch matrices {tuple(a.shape)} and {tuple(b.shape)} cannot be multiplied")
+    return torch.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=torch.promote_types(a.dtype, b.dtype),
+                       device="meta")
+
+
 def _softmax(x, dim, dtype=None, *rest, **kw):
-    return _like(x) if dtype in (None, x.dtype) else torch.empty_like(x, dtype=dtype)
+    return _like(x, dtype)
 
 
 def _mean(x, dim=None, keepdim=False, *, dtype=None):
@@ -140,6 +163,10 @@ _KERNELS = {
     aten.add.Tensor: _binary,
     aten.sub.Tensor: _binary,
     aten.mul.Tensor: _binary,
+    aten.div.Tensor: _binary,
+    aten.mul.Scalar: _binary,  # attention's q * scale
+    aten.div.Scalar: _binary,
+    aten.bmm.default: _bmm,
     **{getattr(aten, name).default: _same for name in (
         "hardswish", "hardsigmoid", "gelu", "silu", "mish", "sigmoid", "tanh", "relu", "hardtanh", "leaky_relu",
         "elu")},
