@@ -90,11 +90,12 @@ def collect_units(model: nn.Module) -> tuple[list[Unit], dict[str, str]]:
     units: list[Unit] = []
     seen: dict[int, str] = {}  # id(tensor) -> first state_dict key (tied weights)
     aliases: dict[str, str] = {}
-    persistent = set(model.state_dict(keep_vars=True).keys())
+    state = model.state_dict(keep_vars=True)
     for mod_name, module in model.named_modules():
         prefix = f"{mod_name}." if mod_name else ""
-        own = [(n, t) for n, t in module.named_parameters(recurse=False)]
-        own += [(n, t) for n, t in module.named_buffers(recurse=False) if f"{prefix}{n}" in persistent]
+        # the module's own tables (what named_parameters(recurse=False) walks, without its generator per module)
+        own = [(n, t) for n, t in module._parameters.items() if t is not None]
+        own += [(n, t) for n, t in module._buffers.items() if t is not None and f"{prefix}{n}" in state]
         fresh: dict[str, str] = {}
         for local, tensor in own:
             key = f"{prefix}{local}"
@@ -115,7 +116,7 @@ def collect_units(model: nn.Module) -> tuple[list[Unit], dict[str, str]]:
             tensor = dict(own)[local]
             if isinstance(tensor, nn.Parameter):
                 units.append(Unit(key, "other", tuple(tensor.shape), {"": key}))
-    for key, tensor in model.state_dict(keep_vars=True).items():  # a module registered under two names (CoaT)
+    for key, tensor in state.items():  # a module registered under two names (CoaT)
         if seen.get(id(tensor), key) != key:
             aliases.setdefault(key, seen[id(tensor)])
     return units, aliases
