@@ -122,29 +122,48 @@ def _area_taps(x: Tensor, dim: int, size: int) -> Tensor:
     return out.div_((end - start).to(x.dtype).view(view))
 
 
-def _shrink_whole_windows(x: Tensor, shape: Sequence[int]) -> Tensor:
-    """Every axis that shrinks by a whole factor (a 3x3 kernel to 1x1, 1280 channels to 320), all in one pass: each
-    such axis is seen as (size, window) and the windows are averaged, which is what area averaging does there."""
-    dims = [d for d in range(x.dim()) if shape[d] < x.shape[d] and x.shape[d] % shape[d] == 0]
-    whole = x.dim()
-    while whole > 0 and whole - 1 in dims and shape[whole - 1] == 1:
+def _shrink_whole_windows(x: Tensor, shape: Sequence[int],
+                          keep: Callable[[tuple, Callable[[], Tensor]], Tensor] | None = None) -> Tensor:
+    """Every axis that shrinks by a whole factor (a 3x3 kernel to 1x1, 1280 channels to 320), averaged over its
+    windows, in stages (_window_stages). `keep(shape after the stage, make)`: where the caller keeps each stage's
+    result (ResizeCache), so that a teacher kernel averaged over its input channels serves every depthwise student
+    layer, whatever its channels."""
+    after = tuple(t if t < n and n % t == 0 else n for n, t in zip(x.shape, shape, strict=True))
+    for stage in _window_stages(tuple(x.shape), after):
+        def make(x=x, stage=stage) -> Tensor:
+            return _average_windows(x, stage)
+        x = keep(stage, make) if keep is not None else make()
+    return x
+
+
+def _window_stages(shape: tuple[int, ...], after: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The shapes after each averaging stage, the ones most student layers share first: the trailing axes that go to
+    1 together (a kernel to 1x1), then each other axis that goes to 1, then each remaining whole-factor axis."""
+    stages, current = [], list(shape)
+    whole = len(shape)
+    while whole > 0 and after[whole - 1] == 1:
         whole -= 1
-    if whole < x.dim():  # trailing axes averaged whole (a kernel to 1x1): a matrix product, where torch's mean over
-        # a short last axis is a few times slower
-        n = math.prod(x.shape[whole:])
-        x = (x.reshape(-1, n) @ torch.full((n, 1), 1.0 / n, dtype=x.dtype, device=x.device)).reshape(
-            *x.shape[:whole], *([1] * (x.dim() - whole)))
-        dims = [d for d in dims if d < whole]
-    if not dims:
-        return x
-    split, windows = [], []
-    for d, n in enumerate(x.shape):
-        if d in dims:
-            windows.append(len(split) + 1)
-            split += [shape[d], n // shape[d]]
-        else:
-            split.append(n)
-    return x.reshape(split).mean(windows)
+    if any(n != 1 for n in shape[whole:]):
+        current[whole:] = [1] * (len(shape) - whole)
+        stages.append(tuple(current))
+    for to_one in (True, False):
+        for d in range(whole):
+            if after[d] < current[d] and (after[d] == 1) == to_one:
+                current[d] = after[d]
+                stages.append(tuple(current))
+    return stages
+
+
+def _average_windows(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """`x` averaged over whole windows to `shape` along the axes that differ: trailing axes that all go to 1 as a
+    matrix product (torch's mean over a short last axis is a few times slower), else one axis's windows by a mean."""
+    dims = [d for d in range(x.dim()) if shape[d] != x.shape[d]]
+    if all(shape[d] == 1 for d in range(dims[0], x.dim())):
+        n = math.prod(x.shape[dims[0]:])
+        ones = torch.full((n, 1), 1.0 / n, dtype=x.dtype, device=x.device)
+        return (x.reshape(-1, n) @ ones).reshape(shape)
+    (d,) = dims
+    return x.reshape(*x.shape[:d], shape[d], x.shape[d] // shape[d], *x.shape[d + 1:]).mean(d + 1)
 
 
 def fan_in_scale(teacher_shape: Sequence[int], shape: Sequence[int], fan_in_dims: Sequence[int]) -> float:
@@ -199,9 +218,8 @@ class ResizeCache:
         """`resize(teacher, shape)` without the fan-in scale (which combo_mix folds into its weights), computed once
         per (name, shape): never to be written into."""
         def windows(x: Tensor, target: Sequence[int]) -> Tensor:
-            # the step's result depends only on the shape it ends at: every whole-window axis is averaged to its size
-            after = tuple(t if t < n and n % t == 0 else n for n, t in zip(x.shape, target, strict=True))
-            return self._get(("windows", name, tuple(x.shape), after), lambda: _shrink_whole_windows(x, target))
+            # each stage's result depends only on the shape it ends at
+            return _shrink_whole_windows(x, target, lambda stage, make: self._get(("windows", name, stage), make))
 
         key = ("resized", name, tuple(teacher.shape), tuple(shape))
         return self._get(key, lambda: resize(teacher, shape, windows=windows))
