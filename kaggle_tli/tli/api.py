@@ -24,7 +24,7 @@ from .options import DEFAULTS, TransferOptions
 from .place import Growth, place_identity, place_unit, report_row
 from .report import TransferReport
 from .score import graph_score, score_from_total
-from .units import Graph, Unit
+from .units import Graph, Unit, first_names, named_tensors
 
 
 @dataclass
@@ -92,7 +92,7 @@ def _transfer(teacher, student, input_size, teacher_input_size, options, overrid
         check_unchanged(t, before, "teacher" if len(teachers) == 1 else f"teacher {t_idx}")
     check_student(student)
 
-    params = {n for n, _ in student.named_parameters()}
+    params = set(first_names(named_tensors(student)[0]))
     counted = [r for r in rows if r["student"] in params]
     total = sum(r["numel"] for r in counted) or 1
     settings = {k: v for k, v in opts.as_dict().items() if k != "activation_scale"}  # _sharpen says if it applied
@@ -249,8 +249,8 @@ def _check_models(teachers: list, student: nn.Module) -> None:
 
 
 def _tensors(model: nn.Module) -> dict[str, Tensor]:
-    out = dict(model.named_parameters(remove_duplicate=False))
-    out.update(dict(model.named_buffers(remove_duplicate=False)))
+    params, buffers = named_tensors(model)
+    out = {**params, **buffers}
     return out
 
 

@@ -16,7 +16,7 @@ import heapq
 from torch import nn
 
 from .forward import TraceError, checked_size, default_input_size, run_forward, tensors_in, unwrap_compiled
-from .units import Block, Graph, Segment, Unit, collect_units
+from .units import Block, Graph, Segment, Unit, collect_units, first_names, named_tensors
 
 __all__ = ["Block", "Graph", "TraceError", "Unit", "default_input_size", "trace", "trace_as", "unwrap_compiled"]
 
@@ -256,7 +256,7 @@ def trace(model: nn.Module, input_size: tuple[int, ...] | None = None) -> Graph:
             reached.append(unit)
     reached.sort(key=lambda u: walk.seq(consumer[u.name]))
     reached_keys = {k for u in reached for k in u.tensors.values()}
-    all_params = [n for n, _ in model.named_parameters()]
+    all_params = first_names(named_tensors(model)[0])
     unreached = [n for n in all_params if n not in reached_keys]
 
     merges = sorted((n for n in walk.nodes if walk.is_merge(n)), key=walk.seq)
