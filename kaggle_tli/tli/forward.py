@@ -31,13 +31,20 @@ def default_input_size(model: nn.Module) -> tuple[int, ...]:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = tuple(cfg.get("input_size", _DEFAULT_INPUT_SIZE))
     # a patch embedding built for one image size (ViT, Mixer, ...) asserts on any other
-    patch_embed = next((m for m in model.modules() if isinstance(getattr(m, "img_size", None), (tuple, list))), None)
+    patch_embed = next((m for m in model.modules() if isinstance(_attribute(m, "img_size"), (tuple, list))), None)
     if patch_embed is not None and getattr(patch_embed, "strict_img_size", True):
         size = (size[0], *tuple(patch_embed.img_size))
     first_conv = next((m for m in model.modules() if isinstance(m, CONV_TYPES)), None)
     if first_conv is not None and first_conv.in_channels != size[0]:
         size = (first_conv.in_channels, *size[1:])
     return size
+
+
+def _attribute(module: nn.Module, name: str):
+    """getattr(module, name, None) without nn.Module.__getattr__'s failed lookup (an exception raised and caught
+    per module: most of default_input_size's time on a model of hundreds of modules)."""
+    found = vars(module).get(name)
+    return found if found is not None else getattr(type(module), name, None)
 
 
 def tensors_in(obj) -> Iterator[torch.Tensor]:
