@@ -237,7 +237,8 @@ def match_graphs(student: Graph, teacher: Graph, *, top_k: int = 1, allow_repeat
     gain = np.zeros((len(s_blocks), len(t_blocks)))
     for p, s_idx in enumerate(s_blocks):
         for q, t_idx in enumerate(t_blocks):
-            pairs, total = align(scores[np.ix_(s_idx, t_idx)])
+            pairs, total = align(scores[_rows(s_idx), _rows(t_idx)] if _runs(s_idx) and _runs(t_idx)
+                                 else scores[np.ix_(s_idx, t_idx)])
             inner[p, q] = [(s_idx[a], t_idx[b]) for a, b in pairs]
             gain[p, q] = total
     block_map = align_blocks(gain, allow_repeat=allow_repeat)
@@ -249,6 +250,15 @@ def match_graphs(student: Graph, teacher: Graph, *, top_k: int = 1, allow_repeat
         found.one_to_one = found.total if not allow_repeat else _total(
             scores, _unit_pairs(student, teacher, scores, inner, align_blocks(gain, allow_repeat=False))[0])
     return found
+
+
+def _runs(idx: list[int]) -> bool:
+    """Are the indices one run (a block's units usually are)? Then a slice views the scores: no copy per pair."""
+    return bool(idx) and idx[-1] - idx[0] == len(idx) - 1
+
+
+def _rows(idx: list[int]) -> slice:
+    return slice(idx[0], idx[-1] + 1)
 
 
 def _unit_pairs(student: Graph, teacher: Graph, scores: np.ndarray, inner: dict, block_map: list[BlockMap]
@@ -330,8 +340,8 @@ def _candidates(row: np.ndarray, aligned: int, top_k: int, repeat: bool, sure: b
     """The aligned teacher unit first, then the next best compatible ones; softmax over scores (paper eq. 1)."""
     sources = [aligned]
     if top_k > 1:
-        order = [j for j in np.argsort(-row, kind="stable") if j != aligned and row[j] >= 0]
-        sources += order[: top_k - 1]
+        order = np.argsort(-row, kind="stable")
+        sources += order[(order != aligned) & (row[order] >= 0)][: top_k - 1].tolist()
     z = np.array([row[j] for j in sources])
     w = np.exp(z - z.max())
     w = w / w.sum()
