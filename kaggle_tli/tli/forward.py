@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .meta import ShapeOnly
+from .meta import ShapeOnly, meta_like
 from .units import CONV_TYPES
 
 # 3x224x224 for timm models without a pretrained_cfg: what almost every ImageNet model accepts.
@@ -94,7 +94,7 @@ def _meta_tensors(model: nn.Module) -> Iterator[dict[int, str]]:
                     if id(real) not in copies:
                         # a frozen norm's weight and bias are buffers: traced like parameters, so the norm is found
                         grad = is_param or _affine_buffer(local, real)
-                        copies[id(real)] = torch.empty_like(real, device="meta").requires_grad_(grad)
+                        copies[id(real)] = meta_like(real).requires_grad_(grad)
                         names[id(copies[id(real)])] = f"{prefix}{local}"
                     swapped.append((table, local, real))
                     table[local] = copies[id(real)]
@@ -138,7 +138,8 @@ class _Restore:
 
     def __exit__(self, *exc):
         for mod, flag in self.training:
-            mod.training = flag
+            if mod.training is not flag:
+                vars(mod)["training"] = flag  # a plain attribute: what nn.Module.__setattr__ ends in, at a tenth
         for p, flag in self.requires_grad:
             p.requires_grad_(flag)
         if not self.with_buffers:

@@ -29,16 +29,16 @@ class ShapeOnly(TorchDispatchMode):
         return func(*args, **kwargs) if out is NotImplemented else out
 
 
-def _like(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """torch.empty_like on the meta device, without its Python decomposition that works out the strides (tens of
-    microseconds, on every norm and activation): a dense tensor's strides are kept as they are (what empty_like
-    does for one), anything else goes through empty_like."""
+def meta_like(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """torch.empty_like(x, device="meta"), without its Python decomposition that works out the strides (tens of
+    microseconds, on every norm, activation and swapped parameter): a dense tensor's strides are kept as they are
+    (what empty_like does for one), anything else goes through empty_like."""
     dtype = dtype or x.dtype
     if x.is_contiguous():
         return torch.empty(x.shape, dtype=dtype, device="meta")
-    if _dense(x.shape, x.stride()):  # a transposed or permuted view: the same layout
+    if _dense(x.shape, x.stride()):  # a transposed or permuted view, a channels-last weight: the same layout
         return torch.empty_strided(x.shape, x.stride(), dtype=dtype, device="meta")
-    return torch.empty_like(x, dtype=dtype)
+    return torch.empty_like(x, dtype=dtype, device="meta")
 
 
 def _dense(shape, strides) -> bool:
@@ -58,7 +58,7 @@ def _stats_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _normed(x: torch.Tensor, stats_shape) -> tuple:
     stats = [torch.empty(stats_shape, dtype=_stats_dtype(x), device="meta") for _ in range(2)]
-    return (_like(x), *stats)
+    return (meta_like(x), *stats)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -124,7 +124,7 @@ def _bmm(a, b, *rest, **kw):
 
 
 def _softmax(x, dim, dtype=None, *rest, **kw):
-    return _like(x, dtype)
+    return meta_like(x, dtype)
 
 
 def _mean(x, dim=None, keepdim=False, *, dtype=None):
@@ -140,12 +140,12 @@ def _binary(a, b, *rest, **kw):
     shape = torch.broadcast_shapes(a.shape, b.shape) if isinstance(b, torch.Tensor) else a.shape
     for t in (a, b):
         if isinstance(t, torch.Tensor) and t.is_meta and t.shape == shape and t.dtype == dtype:
-            return _like(t)
+            return meta_like(t)
     return NotImplemented
 
 
 def _same(x, *args, **kw):
-    return _like(x)
+    return meta_like(x)
 
 
 def _in_place(x, *args, **kw):
