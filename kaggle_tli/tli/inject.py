@@ -195,9 +195,9 @@ def resize(teacher: Tensor, shape: Sequence[int], *, fan_in_dims: Sequence[int] 
 class ResizeCache:
     """Resized teacher tensors, kept for the rest of one transfer: across families one teacher tensor is mixed into
     many student tensors (every block of a stage), and the resize is the costly part of a mix. Kept: the results,
-    and the first step's (a 3x3 kernel averaged to 1x1 serves every 1x1 student layer, whatever its channels). The
-    caller names each teacher tensor (its key); the oldest entries go first once `limit` entries or `max_bytes`
-    are held (a stage's blocks come one after another, so the latest entries serve best)."""
+    and each whole-window averaging stage's (a 3x3 kernel averaged to 1x1 serves every 1x1 student layer, whatever
+    its channels). The caller names each teacher tensor (its key); the oldest entries go first once `limit` entries
+    or `max_bytes` are held (a stage's blocks come one after another, so the latest entries serve best)."""
 
     def __init__(self, limit: int = 4096, max_bytes: int = 256 * 2**20):
         self.limit, self.max_bytes = limit, max_bytes
