@@ -8,6 +8,7 @@ from torch import nn
 
 from kaggle_tli.tli import TransferIntegrityError, transfer
 from kaggle_tli.tli.guard import check_student, check_unchanged, fingerprint
+from kaggle_tli.tli.units import first_names, named_tensors
 
 # timm name -> (build kwargs, input size), each here for a trap it sets
 TRAPS = {
@@ -99,6 +100,17 @@ def test_a_module_called_twice_and_registered_twice_with_tied_weights_transfers_
     x = torch.randn(3, 8)
     with torch.no_grad():
         assert torch.allclose(student(x), teacher(x)), "the student must compute what the teacher does"
+
+
+def test_the_guards_walk_names_every_tensor_as_torchs_own_generators_do():
+    # one walk over the modules stands in for named_parameters / named_buffers(remove_duplicate=False), and for
+    # named_parameters()'s first names: shared modules, tied weights and a buffer outside the state dict included
+    model = _SharedTwice()
+    model.register_buffer("scratch", torch.zeros(2), persistent=False)
+    params, buffers = named_tensors(model)
+    assert list(params.items()) == list(model.named_parameters(remove_duplicate=False))
+    assert list(buffers.items()) == list(model.named_buffers(remove_duplicate=False))
+    assert first_names(params) == [name for name, _ in model.named_parameters()]
 
 
 def test_the_guard_names_a_teacher_written_in_place_a_meta_student_and_a_non_finite_one():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kaggle_tli.tli.inject import ResizeCache, center_crop, combo_injection, mix, resize
+from kaggle_tli.tli.inject import ResizeCache, center_crop, combo_injection, combo_mix, mix, resize
 
 
 def test_same_shape_is_an_exact_copy_for_any_lam():
@@ -137,3 +137,35 @@ def test_resize_cache_returns_what_resize_does_however_often_asked():
     for shape in [(4, 6, 1, 1), (5, 6, 1, 1), (6, 6, 1, 1)]:
         small.resize("t", t, shape, ())
     assert len(small.entries) == 2, "only the latest entries are kept"
+
+
+@pytest.mark.parametrize(("shape", "size"), [((96, 80, 3), 33), ((64, 200), 70), ((300, 40), 7)])
+def test_area_averaging_of_a_large_tensor_is_adaptive_pooling_bit_for_bit(shape, size):
+    # large tensors are averaged by whole-tensor gathers instead of torch's pooling kernel: the same sums in the
+    # same order, so the same floats
+    x = torch.randn(shape)
+    for dim in range(len(shape)):
+        if shape[dim] <= size:
+            continue
+        before = x.shape[:dim].numel()
+        after = x.numel() // before // shape[dim]
+        target = [*shape[:dim], size, *shape[dim + 1:]]
+        pooled = F.adaptive_avg_pool2d(x.reshape(1, before, shape[dim], after), (size, after)).reshape(target)
+        assert torch.equal(resize(x, target), pooled), f"axis {dim}"
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.75, 1.0])
+def test_combo_mix_is_the_weighted_sum_of_injections_and_keeps_covered_elements_free_of_the_init(lam):
+    like = torch.randn(10, 6, 3, 3)
+    teachers = [torch.randn(8, 9, 3, 3), torch.randn(12, 4, 1, 1), torch.randn(10, 6, 3, 3)]
+    weights, geometry = [0.5, 0.3, 0.2], dict(fan_in_dims=(1, 2, 3), spatial_dims=(2, 3))
+    expected = mix([combo_injection(t, like, lam, **geometry)[0] for t in teachers], weights)
+    assert torch.allclose(combo_mix(teachers, like, weights, lam, **geometry), expected, atol=1e-6)
+    in_place = like.clone()
+    assert combo_mix(teachers, in_place, weights, lam, out=in_place, **geometry) is in_place
+    assert torch.allclose(in_place, expected, atol=1e-6), "written into the student's own tensor"
+    # where every source's crop reaches (rows 2-7, columns 2-3 here) the init plays no part, to the bit
+    shifted = combo_mix(teachers, like + 1.0, weights, lam, **geometry)
+    covered = (slice(2, 8), slice(2, 4))
+    assert torch.equal(shifted[covered], combo_mix(teachers, like, weights, lam, **geometry)[covered])
+    assert lam == 0.0 or not torch.equal(shifted, combo_mix(teachers, like, weights, lam, **geometry))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +21,10 @@ from .guard import check_student, check_unchanged, fingerprint
 from .inject import ResizeCache
 from .match import Alignment, Match, match_graphs
 from .options import DEFAULTS, TransferOptions
-from .place import Growth, place_identity, place_tensor, report_row
+from .place import Growth, place_identity, place_unit, report_row
 from .report import TransferReport
-from .score import graph_score
-from .units import Graph, Unit
+from .score import graph_score, score_from_total
+from .units import Graph, Unit, first_names, named_tensors
 
 
 @dataclass
@@ -50,6 +52,25 @@ def transfer(
         see `TransferOptions` for what each does and its default.
     """
     start = time.perf_counter()
+    with _gc_paused():
+        return _transfer(teacher, student, input_size, teacher_input_size, options, overrides, start)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector held off for the call: a transfer makes tens of thousands of short-lived
+    objects (graph nodes, dicts, tensors), and each full collection they trigger walks every object alive,
+    both models' modules included, at random moments (it doubled some traces). What they leave is collected after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _transfer(teacher, student, input_size, teacher_input_size, options, overrides, start) -> TransferReport:
     opts = (options or DEFAULTS).with_overrides(**overrides)
     teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     teachers, student = [unwrap_compiled(t) for t in teachers], unwrap_compiled(student)
@@ -62,7 +83,8 @@ def transfer(
         t_graph = trace_as(t, teacher_input_size or input_size, role, teacher_input_size is None)
         heads = {} if opts.head_as_source else {"teacher_head": _head_indices(t, t_graph),
                                                 "student_head": _head_indices(student, s_graph)}
-        found.append(_Teacher(t_graph, match_graphs(s_graph, t_graph, top_k=opts.top_k, **heads), _tensors(t)))
+        alignment = match_graphs(s_graph, t_graph, top_k=opts.top_k, one_to_one_total=not heads, **heads)
+        found.append(_Teacher(t_graph, alignment, _tensors(t)))
     plan = _plan(student, s_graph, found, opts)
     rows = _write(student, s_graph, found, plan, opts)
     sharpened = _sharpen(teachers, student, s_graph, found, plan.choices, opts.activation_scale, rows)
@@ -70,14 +92,14 @@ def transfer(
         check_unchanged(t, before, "teacher" if len(teachers) == 1 else f"teacher {t_idx}")
     check_student(student)
 
-    params = {n for n, _ in student.named_parameters()}
+    params = set(first_names(named_tensors(student)[0]))
     counted = [r for r in rows if r["student"] in params]
     total = sum(r["numel"] for r in counted) or 1
     settings = {k: v for k, v in opts.as_dict().items() if k != "activation_scale"}  # _sharpen says if it applied
     settings.update(growth=plan.growth.mode if plan.growth else "none", teachers=len(found), **sharpened)
     return TransferReport(
         rows=rows,
-        score=max(graph_score(s_graph, t.graph) for t in found),
+        score=max(_score(s_graph, t) for t in found),
         coverage=sum(r["fraction"] * r["numel"] for r in counted) / total,
         blended=sum(r["blended"] * r["numel"] for r in counted) / total,
         settings=settings,
@@ -127,13 +149,15 @@ def _write(student: nn.Module, s_graph: Graph, found: list[_Teacher], plan: _Pla
                 continue
             choice = plan.choices.get(i)
             skip = _skip_reason(unit, choice, opts.transfer_norm, unit.name in plan.head and choice is None)
-            for local, key in unit.tensors.items():
-                if skip:
-                    row = report_row(key, s_tensors[key], unit.kind, "init", reason=skip)
-                else:
-                    t_idx, match = choice
-                    row = place_tensor(unit, local, key, s_tensors[key], _sources(found[t_idx], match, local),
-                                       match, t_idx, opts.lam, plan.growth, cache)
+            if skip:
+                placed = [report_row(key, s_tensors[key], unit.kind, "init", reason=skip)
+                          for key in unit.tensors.values()]
+            else:
+                t_idx, match = choice
+                items = [(local, key, s_tensors[key], _sources(found[t_idx], match, local))
+                         for local, key in unit.tensors.items()]
+                placed = place_unit(unit, items, match, t_idx, opts.lam, plan.growth, cache)
+            for (local, key), row in zip(unit.tensors.items(), placed, strict=True):
                 if i in plan.zeroed and local in ("weight", "bias", ""):
                     s_tensors[key].zero_()
                     row.update(method="zeroed", fraction=1.0, blended=0.0, reason=_ZEROED)
@@ -225,9 +249,17 @@ def _check_models(teachers: list, student: nn.Module) -> None:
 
 
 def _tensors(model: nn.Module) -> dict[str, Tensor]:
-    out = dict(model.named_parameters(remove_duplicate=False))
-    out.update(dict(model.named_buffers(remove_duplicate=False)))
+    params, buffers = named_tensors(model)
+    out = {**params, **buffers}
     return out
+
+
+def _score(s_graph: Graph, t: _Teacher) -> float:
+    """The TLI score of the pair: from the transfer's own alignment where it scored every pair as tli_score does
+    (the classifiers matched as any layer), else aligned afresh."""
+    if t.alignment.one_to_one is not None:
+        return score_from_total(s_graph, t.graph, t.alignment.one_to_one)
+    return graph_score(s_graph, t.graph)
 
 
 def _head_units(model: nn.Module, graph: Graph) -> set[str]:

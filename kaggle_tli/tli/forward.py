@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .meta import ShapeOnly
+from .meta import ShapeOnly, meta_like
 from .units import CONV_TYPES
 
 # 3x224x224 for timm models without a pretrained_cfg: what almost every ImageNet model accepts.
@@ -31,13 +31,20 @@ def default_input_size(model: nn.Module) -> tuple[int, ...]:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = tuple(cfg.get("input_size", _DEFAULT_INPUT_SIZE))
     # a patch embedding built for one image size (ViT, Mixer, ...) asserts on any other
-    patch_embed = next((m for m in model.modules() if isinstance(getattr(m, "img_size", None), (tuple, list))), None)
+    patch_embed = next((m for m in model.modules() if isinstance(_attribute(m, "img_size"), (tuple, list))), None)
     if patch_embed is not None and getattr(patch_embed, "strict_img_size", True):
         size = (size[0], *tuple(patch_embed.img_size))
     first_conv = next((m for m in model.modules() if isinstance(m, CONV_TYPES)), None)
     if first_conv is not None and first_conv.in_channels != size[0]:
         size = (first_conv.in_channels, *size[1:])
     return size
+
+
+def _attribute(module: nn.Module, name: str):
+    """getattr(module, name, None) without nn.Module.__getattr__'s failed lookup (an exception raised and caught
+    per module: most of default_input_size's time on a model of hundreds of modules)."""
+    found = vars(module).get(name)
+    return found if found is not None else getattr(type(module), name, None)
 
 
 def tensors_in(obj) -> Iterator[torch.Tensor]:
@@ -87,7 +94,7 @@ def _meta_tensors(model: nn.Module) -> Iterator[dict[int, str]]:
                     if id(real) not in copies:
                         # a frozen norm's weight and bias are buffers: traced like parameters, so the norm is found
                         grad = is_param or _affine_buffer(local, real)
-                        copies[id(real)] = torch.empty_like(real, device="meta").requires_grad_(grad)
+                        copies[id(real)] = meta_like(real).requires_grad_(grad)
                         names[id(copies[id(real)])] = f"{prefix}{local}"
                     swapped.append((table, local, real))
                     table[local] = copies[id(real)]
@@ -113,28 +120,32 @@ def _forward_real(model: nn.Module, input_size: tuple[int, ...]):
 
 
 class _Restore:
-    """Training flags and `requires_grad` restored on exit, exceptions included; with `buffers`, also every buffer a
-    real forward pass changed. A buffer is written back only where it differs, so an untouched model keeps its
-    tensors' version counters (the transfer's integrity check reads them)."""
+    """Training flags restored on exit, exceptions included; with `buffers` (the real forward pass), also
+    `requires_grad` and every buffer the pass changed (the meta pass touches neither: it runs on copies). A buffer is
+    written back only where it differs, so an untouched model keeps its tensors' version counters (the transfer's
+    integrity check reads them)."""
 
     def __init__(self, model: nn.Module, *, buffers: bool):
         self.model, self.with_buffers = model, buffers
 
     def __enter__(self):
         m = self.model
-        self.training = {name: mod.training for name, mod in m.named_modules()}
-        self.requires_grad = {name: p.requires_grad for name, p in m.named_parameters()}
+        # by object, not by name: one pass over the modules instead of building every dotted name twice
+        self.training = [(mod, mod.training) for mod in m.modules()]
+        self.requires_grad = [(p, p.requires_grad) for p in m.parameters()] if self.with_buffers else []
         self.buffers = {name: b.detach().clone() for name, b in m.named_buffers()} if self.with_buffers else {}
         return self
 
     def __exit__(self, *exc):
-        m = self.model
-        for name, mod in m.named_modules():
-            mod.training = self.training[name]
-        for name, p in m.named_parameters():
-            p.requires_grad_(self.requires_grad[name])
+        for mod, flag in self.training:
+            if mod.training is not flag:
+                vars(mod)["training"] = flag  # a plain attribute: what nn.Module.__setattr__ ends in, at a tenth
+        for p, flag in self.requires_grad:
+            p.requires_grad_(flag)
+        if not self.with_buffers:
+            return False
         with torch.no_grad():
-            for name, b in m.named_buffers():
+            for name, b in self.model.named_buffers():
                 saved = self.buffers.get(name)
                 if saved is not None and not torch.equal(b, saved):
                     b.copy_(saved)

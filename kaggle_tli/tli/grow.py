@@ -25,6 +25,7 @@ padding). A student dimension smaller than the teacher's is not growth: the call
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,7 @@ from torch import Tensor
 GROWTH_MODES = ("silent", "duplicate")
 _NEW = -1  # index map value: a channel the teacher does not have
 _PAD = -2  # index map value: a kernel tap outside the teacher's kernel (zero)
+_EMPTY = torch.zeros(0, dtype=torch.long)
 
 
 @dataclass
@@ -97,26 +99,33 @@ def grow(teacher: Tensor, like: Tensor, *, mode: str, fan_in_dim: int | None = N
     generator = generator or torch.Generator().manual_seed(0)
     maps = [_index_map(t, s, mode=mode, chunks=chunks if d == 0 else 1, spatial=d in spatial_dims)
             for d, (t, s) in enumerate(zip(t_shape, s_shape, strict=True))]
-    src = teacher.detach().to(device="cpu", dtype=torch.float64)
-    for d, index in enumerate(maps):  # gather along each axis; _NEW / _PAD positions read index 0, masked below
-        src = src.index_select(d, index.clamp_min(0))
-    keep = torch.ones(s_shape, dtype=torch.bool)  # the teacher alone determines the element
-    zero = torch.zeros(s_shape, dtype=torch.bool)
-    for d, index in enumerate(maps):
+    # float32 is exact for the copies; only the split shares round (their sum to 1 within float32's precision)
+    work = torch.promote_types(teacher.dtype, torch.float32) if teacher.is_floating_point() else teacher.dtype
+    out = teacher.detach().to(device=like.device, dtype=work)
+    for d, index in enumerate(maps):  # gather along each grown axis; _NEW / _PAD positions read 0, overwritten below
+        if s_shape[d] != t_shape[d]:  # an axis that keeps its size maps every position onto itself
+            out = out.index_select(d, index.clamp_min(0).to(like.device))
+    if mode == "duplicate" and fan_in_dim is not None and s_shape[fan_in_dim] > t_shape[fan_in_dim]:
         view = [1] * len(s_shape)
-        view[d] = -1
-        zero |= (index == _PAD).view(view)
-        if d == fan_in_dim:
-            zero |= (index == _NEW).view(view)  # silent: nothing reads a new channel
-            if mode == "duplicate" and s_shape[d] > t_shape[d]:
-                src = src * _split_factors(index, t_shape[d], jitter, generator).view(view)
-        else:
-            keep &= (index != _NEW).view(view)
-    out = torch.where(zero, torch.zeros((), dtype=src.dtype), src)
-    init = ~(keep | zero)
-    values = torch.where(init.to(like.device), like.detach(), out.to(device=like.device, dtype=like.dtype))
-    n_init = int(init.sum())
-    return Grown(values, like.numel() - n_init, n_init, exact=True)
+        view[fan_in_dim] = -1
+        share = _split_factors(maps[fan_in_dim], t_shape[fan_in_dim], jitter, generator)
+        out.mul_(share.to(device=like.device, dtype=work).view(view))  # `out` is index_select's fresh tensor
+    out = out.to(like.dtype)
+    # whole slabs, never a full-size mask: a new unit keeps the student's init, unless a zero below covers it
+    new = [(maps[d] == _NEW).nonzero().flatten() if d != fan_in_dim else _EMPTY for d in range(len(maps))]
+    zero = [((maps[d] == _PAD) | ((maps[d] == _NEW) & (d == fan_in_dim))).nonzero().flatten() for d in range(len(maps))]
+    for d, pos in enumerate(new):
+        if len(pos):
+            pos = pos.to(like.device)
+            out.index_copy_(d, pos, like.detach().index_select(d, pos))
+    for d, pos in enumerate(zero):  # padded kernel taps, and (silent) the fan-in that reads a new channel
+        if len(pos):
+            out.index_fill_(d, pos.to(like.device), 0)
+    # elements in a new unit's slab and in no zeroed slab: all not zeroed, less those outside every new slab
+    not_zeroed = math.prod(s - len(z) for s, z in zip(s_shape, zero, strict=True))
+    outside_new = math.prod(s - len(z) - len(n) for s, z, n in zip(s_shape, zero, new, strict=True))
+    n_init = not_zeroed - outside_new
+    return Grown(out, like.numel() - n_init, n_init, exact=True)
 
 
 def layer_norm_exact(t_width: int, s_width: int) -> tuple[bool, str]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .units import named_tensors
+
 
 class TransferIntegrityError(RuntimeError):
     """A transfer would hand back a broken model; the message names the tensors and what to do."""
@@ -33,8 +35,8 @@ class Fingerprint:
 
 def fingerprint(model: nn.Module) -> dict[str, Fingerprint]:
     """Every parameter and buffer of `model`, by state_dict-style name (shared tensors under each name)."""
-    tensors = dict(model.named_parameters(remove_duplicate=False))
-    tensors.update(model.named_buffers(remove_duplicate=False))
+    params, buffers = named_tensors(model)
+    tensors = {**params, **buffers}
     return {name: Fingerprint(id(t), t.data_ptr(), t._version, str(t.device), tuple(t.shape))
             for name, t in tensors.items()}
 
@@ -56,8 +58,8 @@ def check_unchanged(model: nn.Module, before: dict[str, Fingerprint], role: str)
 
 def check_student(student: nn.Module) -> None:
     """Raise if the student holds a meta tensor or a non-finite value after the transfer."""
-    tensors = dict(student.named_parameters(remove_duplicate=False))
-    tensors.update(student.named_buffers(remove_duplicate=False))
+    params, buffers = named_tensors(student)
+    tensors = {**params, **buffers}
     meta = [n for n, t in tensors.items() if t.is_meta]
     if meta:
         raise TransferIntegrityError(

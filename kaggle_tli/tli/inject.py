@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from itertools import pairwise, product
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -78,31 +80,98 @@ def _resize_axis(x: Tensor, dim: int, size: int) -> Tensor:
     """Resize one axis: linear interpolation with aligned corners to grow, area averaging (adaptive average
     pooling's windows) to shrink. The tensor is seen as (1, axes before, this axis, axes after), a view of a
     contiguous tensor, so torch's 2-d kernel does it in one pass with the axes after left as they are (a window of
-    one element, an interpolation weight of exactly 1): no copy to move the axis, no temporary per step."""
+    one element, an interpolation weight of exactly 1): no copy to move the axis, no temporary per step. Where no
+    axis follows (a linear's fan-in, a 1x1 kernel's), the 1-d kernel does the same at about half the cost."""
     shape = x.shape
     before, after = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
-    grid = x.reshape(1, before, shape[dim], after)
-    if size > shape[dim]:
-        out = F.interpolate(grid, size=(size, after), mode="bilinear", align_corners=True)
+    grow = size > shape[dim]
+    if not grow and x.numel() >= _TAPS_FROM and shape[dim] <= 6 * size:  # windows of a few elements
+        return _area_taps(x, dim, size)
+    if after == 1:
+        line = x.reshape(1, before, shape[dim])
+        out = (F.interpolate(line, size=size, mode="linear", align_corners=True) if grow
+               else F.adaptive_avg_pool1d(line, size))
     else:
-        out = F.adaptive_avg_pool2d(grid, (size, after))
+        grid = x.reshape(1, before, shape[dim], after)
+        out = (F.interpolate(grid, size=(size, after), mode="bilinear", align_corners=True) if grow
+               else F.adaptive_avg_pool2d(grid, (size, after)))
     return out.reshape(*shape[:dim], size, *shape[dim + 1:])
 
 
-def _shrink_whole_windows(x: Tensor, shape: Sequence[int]) -> Tensor:
-    """Every axis that shrinks by a whole factor (a 3x3 kernel to 1x1, 1280 channels to 320), all in one pass: each
-    such axis is seen as (size, window) and the windows are averaged, which is what area averaging does there."""
-    dims = [d for d in range(x.dim()) if shape[d] < x.shape[d] and x.shape[d] % shape[d] == 0]
-    if not dims:
-        return x
-    split, windows = [], []
-    for d, n in enumerate(x.shape):
-        if d in dims:
-            windows.append(len(split) + 1)
-            split += [shape[d], n // shape[d]]
-        else:
-            split.append(n)
-    return x.reshape(split).mean(windows)
+_TAPS_FROM = 4096  # elements: below this, the few calls of _area_taps cost more than torch's pooling kernel
+
+
+def _area_taps(x: Tensor, dim: int, size: int) -> Tensor:
+    """Area averaging along `dim` as adaptive average pooling does it (window j covers floor(j*n/size) to
+    ceil((j+1)*n/size), summed in order, then divided by its length), bit for bit, as a few whole-tensor gathers
+    and adds: torch's pooling kernel walks each short window element by element, several times slower on
+    large tensors."""
+    n = x.shape[dim]
+    j = torch.arange(size, device=x.device)
+    start, end = (j * n) // size, ((j + 1) * n + size - 1) // size
+    view = [1] * x.dim()
+    view[dim] = size
+    out = x.index_select(dim, start)
+    for i in range(1, int((end - start).max())):
+        taps = x.index_select(dim, (start + i).clamp(max=n - 1))
+        inside = start + i < end
+        if bool(inside.all()):
+            out.add_(taps)
+        else:  # a shorter window adds 0 (its tap lies beyond it)
+            out.addcmul_(taps, inside.to(x.dtype).view(view))
+    return out.div_((end - start).to(x.dtype).view(view))
+
+
+def _shrink_whole_windows(x: Tensor, shape: Sequence[int],
+                          keep: Callable[[tuple, Callable[[], Tensor]], Tensor] | None = None) -> Tensor:
+    """Every axis that shrinks by a whole factor (a 3x3 kernel to 1x1, 1280 channels to 320), averaged over its
+    windows, in stages (_window_stages). `keep(shape after the stage, make)`: where the caller keeps each stage's
+    result (ResizeCache), so that a teacher kernel averaged over its input channels serves every depthwise student
+    layer, whatever its channels."""
+    after = tuple(t if t < n and n % t == 0 else n for n, t in zip(x.shape, shape, strict=True))
+    for stage in _window_stages(tuple(x.shape), after):
+        def make(x=x, stage=stage) -> Tensor:
+            return _average_windows(x, stage)
+        x = keep(stage, make) if keep is not None else make()
+    return x
+
+
+def _window_stages(shape: tuple[int, ...], after: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The shapes after each averaging stage, the ones most student layers share first: the trailing axes that go to
+    1 together (a kernel to 1x1), then each other axis that goes to 1, then each remaining whole-factor axis."""
+    stages, current = [], list(shape)
+    whole = len(shape)
+    while whole > 0 and after[whole - 1] == 1:
+        whole -= 1
+    if any(n != 1 for n in shape[whole:]):
+        current[whole:] = [1] * (len(shape) - whole)
+        stages.append(tuple(current))
+    for to_one in (True, False):
+        for d in range(whole):
+            if after[d] < current[d] and (after[d] == 1) == to_one:
+                current[d] = after[d]
+                stages.append(tuple(current))
+    return stages
+
+
+def _average_windows(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """`x` averaged over whole windows to `shape` along the axes that differ: trailing axes that all go to 1 as a
+    matrix product (torch's mean over a short last axis is a few times slower), else one axis's windows by a mean."""
+    dims = [d for d in range(x.dim()) if shape[d] != x.shape[d]]
+    if all(shape[d] == 1 for d in range(dims[0], x.dim())):
+        n = math.prod(x.shape[dims[0]:])
+        ones = torch.full((n, 1), 1.0 / n, dtype=x.dtype, device=x.device)
+        return (x.reshape(-1, n) @ ones).reshape(shape)
+    (d,) = dims
+    return x.reshape(*x.shape[:d], shape[d], x.shape[d] // shape[d], *x.shape[d + 1:]).mean(d + 1)
+
+
+def fan_in_scale(teacher_shape: Sequence[int], shape: Sequence[int], fan_in_dims: Sequence[int]) -> float:
+    """Teacher size / student size along the fan-in dimensions (module docstring)."""
+    scale = 1.0
+    for d in fan_in_dims:
+        scale *= teacher_shape[d] / shape[d]
+    return scale
 
 
 def resize(teacher: Tensor, shape: Sequence[int], *, fan_in_dims: Sequence[int] = (),
@@ -110,9 +179,7 @@ def resize(teacher: Tensor, shape: Sequence[int], *, fan_in_dims: Sequence[int] 
     """`teacher` interpolated to `shape`, one axis at a time; fan-in dimensions rescaled (module docstring).
     `windows`: where the caller keeps the first step's results (ResizeCache), its stand-in for that step."""
     x = teacher.detach().float()
-    scale = 1.0
-    for d in fan_in_dims:
-        scale *= x.shape[d] / shape[d]
+    scale = fan_in_scale(x.shape, shape, fan_in_dims)
     # the cheapest steps and the ones that shrink most (a 3x3 kernel to 1x1): first
     x = (windows or _shrink_whole_windows)(x, shape)
     # then the most shrinking axes first: every later step then works on a smaller tensor
@@ -128,31 +195,44 @@ def resize(teacher: Tensor, shape: Sequence[int], *, fan_in_dims: Sequence[int] 
 class ResizeCache:
     """Resized teacher tensors, kept for the rest of one transfer: across families one teacher tensor is mixed into
     many student tensors (every block of a stage), and the resize is the costly part of a mix. Kept: the results,
-    and the first step's (a 3x3 kernel averaged to 1x1 serves every 1x1 student layer, whatever its channels). The
-    caller names each teacher tensor (its key); only the `limit` latest entries are kept, since a stage's blocks
-    come one after another."""
+    and each whole-window averaging stage's (a 3x3 kernel averaged to 1x1 serves every 1x1 student layer, whatever
+    its channels). The caller names each teacher tensor (its key); the oldest entries go first once `limit` entries
+    or `max_bytes` are held (a stage's blocks come one after another, so the latest entries serve best)."""
 
-    def __init__(self, limit: int = 64):
-        self.limit = limit
+    def __init__(self, limit: int = 4096, max_bytes: int = 256 * 2**20):
+        self.limit, self.max_bytes = limit, max_bytes
         self.entries: dict[tuple, Tensor] = {}
+        self.bytes = 0
 
     def _get(self, key: tuple, make: Callable[[], Tensor]) -> Tensor:
         hit = self.entries.pop(key, None)
         if hit is None:
             hit = make()
-            if len(self.entries) >= self.limit:
-                self.entries.pop(next(iter(self.entries)))
+            self.bytes += _nbytes(hit)
+            while self.entries and (len(self.entries) >= self.limit or self.bytes > self.max_bytes):
+                self.bytes -= _nbytes(self.entries.pop(next(iter(self.entries))))
         self.entries[key] = hit  # (re)inserted last: the oldest entry goes first
         return hit
 
-    def resize(self, name, teacher: Tensor, shape: Sequence[int], fan_in_dims: Sequence[int]) -> Tensor:
+    def unscaled(self, name, teacher: Tensor, shape: Sequence[int]) -> Tensor:
+        """`resize(teacher, shape)` without the fan-in scale (which combo_mix folds into its weights), computed once
+        per (name, shape): never to be written into."""
         def windows(x: Tensor, target: Sequence[int]) -> Tensor:
-            # the step's result depends only on the shape it ends at: every whole-window axis is averaged to its size
-            after = tuple(t if t < n and n % t == 0 else n for n, t in zip(x.shape, target, strict=True))
-            return self._get(("windows", name, tuple(x.shape), after), lambda: _shrink_whole_windows(x, target))
+            # each stage's result depends only on the shape it ends at
+            return _shrink_whole_windows(x, target, lambda stage, make: self._get(("windows", name, stage), make))
 
-        key = ("resized", name, tuple(teacher.shape), tuple(shape), tuple(fan_in_dims))
-        return self._get(key, lambda: resize(teacher, shape, fan_in_dims=fan_in_dims, windows=windows))
+        key = ("resized", name, tuple(teacher.shape), tuple(shape))
+        return self._get(key, lambda: resize(teacher, shape, windows=windows))
+
+    def resize(self, name, teacher: Tensor, shape: Sequence[int], fan_in_dims: Sequence[int]) -> Tensor:
+        """What `resize` returns, from what this cache keeps."""
+        scale = fan_in_scale(teacher.shape, shape, fan_in_dims)
+        unscaled = self.unscaled(name, teacher, shape)
+        return unscaled * scale if scale != 1.0 else unscaled
+
+
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def combo_injection(
@@ -172,21 +252,76 @@ def combo_injection(
     the fraction is 1, although a margin element carries only `1 - lam` of teacher signal. `resized`: the resize
     part, where the caller has it already (ResizeCache).
     """
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam must be in [0, 1], got {lam}")
-    teacher = teacher.detach().to(like.device)  # teacher and student may live on different devices
-    if tuple(teacher.shape) == tuple(like.shape):
-        return teacher.detach().to(like.dtype).clone(), 1.0
     if teacher.dim() != like.dim():
         raise ValueError(f"ranks differ: teacher {tuple(teacher.shape)} vs student {tuple(like.shape)}")
-    if lam == 1.0:
-        return center_crop(teacher, like, spatial_dims=spatial_dims), crop_fraction(teacher.shape, like.shape)
-    if resized is None:
-        resized = resize(teacher, like.shape, fan_in_dims=fan_in_dims)
-    if lam == 0.0:
-        return resized.to(like.dtype, copy=True), 1.0
-    # lam * crop + (1 - lam) * resize, in place on the crop's fresh tensor: one pass, no temporaries
-    return center_crop(teacher, like, spatial_dims=spatial_dims).lerp_(resized.to(like.dtype), 1.0 - lam), 1.0
+    # a resize part given here has its fan-in scale already
+    values = combo_mix([teacher], like, [1.0], lam, fan_in_dims=() if resized is not None else fan_in_dims,
+                       spatial_dims=spatial_dims, resized=[resized])
+    fraction = crop_fraction(teacher.shape, like.shape) if lam == 1.0 and teacher.shape != like.shape else 1.0
+    return values.to(like.dtype), fraction
+
+
+def combo_mix(teachers: Sequence[Tensor], like: Tensor, weights: Sequence[float], lam: float = 0.75, *,
+              fan_in_dims: Sequence[int] = (), spatial_dims: Sequence[int] = (),
+              resized: Sequence[Tensor | None] | None = None, out: Tensor | None = None) -> Tensor:
+    """The weighted sum (paper eq. 2) of each teacher tensor ComboInjected into the shape of `like` (all of its
+    rank), computed as one sum instead of one injected tensor per source:
+
+        sum_k w_k * (lam * crop_k + (1 - lam) * resize_k)
+          = like * M  +  (1 - lam) * sum_k w_k resize_k  +  lam * sum_k w_k teacher_k (on its centre)
+
+    where M, the weight of the student's init, is the sum of lam * w_k over the sources whose crop does not reach
+    an element (the margin; a kernel's spatial margin is zero instead). M is constant on each cell of the grid the
+    crops' edges cut, so `like` is scaled cell by cell; a cell every crop reaches is zeroed, so what the teacher
+    alone determines stays independent of the student's init (the coverage probe).
+    A source of the student's shape is copied (weight w_k). `resized`: each resize part the caller has already,
+    without the fan-in scale (ResizeCache.unscaled): the scale goes into the source's weight, one pass fewer.
+    `out`: a float32 tensor holding the values of `like` (`like` itself may be), written in place and returned;
+    by default a float32 copy of `like`.
+    """
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    shape = tuple(like.shape)
+    teachers = [t.detach().to(like.device) for t in teachers]  # teacher and student may live on different devices
+    resized = list(resized) if resized is not None else [None] * len(teachers)
+    crops = {k: _crop_regions(t.shape, shape, spatial_dims) for k, t in enumerate(teachers)
+             if lam > 0.0 and tuple(t.shape) != shape}
+    out = like.detach().to(torch.float32, copy=True) if out is None else out
+    _scale_init(out, [(crops[k][2], lam * weights[k]) for k in crops])
+    for k, (t, w, r) in enumerate(zip(teachers, weights, resized, strict=True)):
+        same = tuple(t.shape) == shape
+        if same or lam < 1.0:  # the resize part (a same-shaped source is its own resize: copied whole)
+            part = t if same else (r if r is not None else resize(t, shape))
+            out.add_(part, alpha=w if same else (1.0 - lam) * w * fan_in_scale(t.shape, shape, fan_in_dims))
+        if k in crops:
+            src, dst, _ = crops[k]
+            out[dst].add_(t[src], alpha=lam * w)
+    return out
+
+
+def _scale_init(out: Tensor, slabs: list[tuple[tuple[slice, ...], float]]) -> None:
+    """`out` (the student's init) times the weight it keeps: on each cell of the grid the slabs' edges cut, the sum
+    of the weights of the slabs (crops) that do not cover the cell; zero where every crop covers it."""
+    edges = [sorted({0, n, *(slab[d].start for slab, _ in slabs), *(slab[d].stop for slab, _ in slabs)})
+             for d, n in enumerate(out.shape)]
+    for cell in product(*(list(pairwise(e)) for e in edges)):
+        box = tuple(slice(a, b) for a, b in cell)
+        keep = sum(w for slab, w in slabs
+                   if not all(c.start <= a and b <= c.stop for c, (a, b) in zip(slab, cell, strict=True)))
+        if keep == 0:  # every crop reaches the cell (or no source crops): nothing of the init stays
+            out[box].zero_()
+        else:
+            out[box].mul_(keep)
+
+
+def _crop_regions(t_shape: Sequence[int], shape: Sequence[int], spatial_dims: Sequence[int]) -> tuple:
+    """(teacher slices, student slices) of the centred overlap, and the student slab the crop replaces: the overlap,
+    widened to whole kernels along `spatial_dims` (center_crop zeroes the margin there)."""
+    pairs = [_center_slices(a, b) for a, b in zip(t_shape, shape, strict=True)]
+    src = tuple(p[0] for p in pairs)
+    dst = tuple(p[1] for p in pairs)
+    slab = tuple(slice(0, n) if d in spatial_dims else dst[d] for d, n in enumerate(shape))
+    return src, dst, slab
 
 
 def mix(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:

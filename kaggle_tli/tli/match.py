@@ -215,13 +215,17 @@ class Alignment:
     block_map: list[BlockMap]
     total: float  # summed score of one-to-one matches (repeats excluded): the basis of tli_score
     scores: np.ndarray | None = None  # (n_student, n_teacher) pair scores, -1 where a pair may never match
+    one_to_one: float | None = None  # `total` of the alignment without repeats, where asked for (tli_score's basis)
 
 
 def match_graphs(student: Graph, teacher: Graph, *, top_k: int = 1, allow_repeat: bool = True,
-                 teacher_head: Sequence[int] = (), student_head: Sequence[int] = ()) -> Alignment:
+                 teacher_head: Sequence[int] = (), student_head: Sequence[int] = (),
+                 one_to_one_total: bool = False) -> Alignment:
     """Score every pair, align blocks then units, and attach top-k candidates with softmax weights. Given the units
     of both classifiers (`teacher_head`, `student_head`), the classifiers match only each other: no body layer is
-    seeded from the teacher's classifier, and the student's classifier takes nothing from the teacher's body."""
+    seeded from the teacher's classifier, and the student's classifier takes nothing from the teacher's body.
+    one_to_one_total: also align without repeats, from the same scores, and keep that alignment's total in
+    `Alignment.one_to_one` (what tli_score needs: one pass where two calls would score and align everything twice)."""
     scores = score_matrix(features(student.units), features(teacher.units))
     if len(teacher_head) or len(student_head):
         in_s, in_t = np.zeros(len(student.units), bool), np.zeros(len(teacher.units), bool)
@@ -233,12 +237,34 @@ def match_graphs(student: Graph, teacher: Graph, *, top_k: int = 1, allow_repeat
     gain = np.zeros((len(s_blocks), len(t_blocks)))
     for p, s_idx in enumerate(s_blocks):
         for q, t_idx in enumerate(t_blocks):
-            pairs, total = align(scores[np.ix_(s_idx, t_idx)])
+            pairs, total = align(scores[_rows(s_idx), _rows(t_idx)] if _runs(s_idx) and _runs(t_idx)
+                                 else scores[np.ix_(s_idx, t_idx)])
             inner[p, q] = [(s_idx[a], t_idx[b]) for a, b in pairs]
             gain[p, q] = total
     block_map = align_blocks(gain, allow_repeat=allow_repeat)
+    pairs, sure = _unit_pairs(student, teacher, scores, inner, block_map)
+    matches = {i: _candidates(scores[i], j, 1 if i in sure else top_k, rep, i in sure)
+               for i, (j, rep) in sorted(pairs.items())}
+    found = Alignment(matches, block_map, _total(scores, pairs), scores)
+    if one_to_one_total:
+        found.one_to_one = found.total if not allow_repeat else _total(
+            scores, _unit_pairs(student, teacher, scores, inner, align_blocks(gain, allow_repeat=False))[0])
+    return found
 
-    pairs: dict[int, tuple[int, bool]] = {}  # student unit -> (teacher unit, repeat)
+
+def _runs(idx: list[int]) -> bool:
+    """Are the indices one run (a block's units usually are)? Then a slice views the scores: no copy per pair."""
+    return bool(idx) and idx[-1] - idx[0] == len(idx) - 1
+
+
+def _rows(idx: list[int]) -> slice:
+    return slice(idx[0], idx[-1] + 1)
+
+
+def _unit_pairs(student: Graph, teacher: Graph, scores: np.ndarray, inner: dict, block_map: list[BlockMap]
+                ) -> tuple[dict[int, tuple[int, bool]], set[int]]:
+    """Student unit -> (teacher unit, repeat) from the block map, its gaps filled; and the sure student units."""
+    pairs: dict[int, tuple[int, bool]] = {}
     sure: set[int] = set()
     for p, bm in enumerate(block_map):
         if bm.teacher is not None:
@@ -247,10 +273,11 @@ def match_graphs(student: Graph, teacher: Graph, *, top_k: int = 1, allow_repeat
                 sure.update(s_i for s_i, _ in inner[p, bm.teacher])
     pairs.update(_fill_gaps(scores, pairs))
     pairs.update(_partner_norms(student, teacher, scores, pairs))
-    matches = {i: _candidates(scores[i], j, 1 if i in sure else top_k, rep, i in sure)
-               for i, (j, rep) in sorted(pairs.items())}
-    total = sum(scores[i, j] for i, (j, rep) in pairs.items() if not rep)
-    return Alignment(matches, block_map, float(total), scores)
+    return pairs, sure
+
+
+def _total(scores: np.ndarray, pairs: dict[int, tuple[int, bool]]) -> float:
+    return float(sum(scores[i, j] for i, (j, rep) in pairs.items() if not rep))
 
 
 def _same_structure(student: Graph, teacher: Graph, p: int, q: int) -> bool:
@@ -313,8 +340,8 @@ def _candidates(row: np.ndarray, aligned: int, top_k: int, repeat: bool, sure: b
     """The aligned teacher unit first, then the next best compatible ones; softmax over scores (paper eq. 1)."""
     sources = [aligned]
     if top_k > 1:
-        order = [j for j in np.argsort(-row, kind="stable") if j != aligned and row[j] >= 0]
-        sources += order[: top_k - 1]
+        order = np.argsort(-row, kind="stable")
+        sources += order[(order != aligned) & (row[order] >= 0)][: top_k - 1].tolist()
     z = np.array([row[j] for j in sources])
     w = np.exp(z - z.max())
     w = w / w.sum()

@@ -1,11 +1,11 @@
 """Shape-only kernels for the meta trace: ops whose meta version torch runs in Python get their outputs' shapes.
 
-On the meta device torch computes no values, only shapes, but for BatchNorm, LayerNorm, GroupNorm, the hard and
-smooth activations, softmax, addmm, a mean and elementwise arithmetic it runs Python meta functions or decompositions (a few dozen elementwise
-steps for a norm), and these made most of a trace's time. Their outputs' shapes are known from the inputs. The mode
-sits below autograd, so the graph still records each op's own backward node (NativeBatchNormBackward0,
-HardswishBackward0, AddmmBackward0, ...), which is all the trace reads; every other op, and any op on a real
-tensor, runs as usual.
+On the meta device torch computes no values, only shapes, but for convolutions, BatchNorm, LayerNorm, GroupNorm,
+the hard and smooth activations, softmax, addmm, bmm, a mean and elementwise arithmetic it runs Python meta functions or
+decompositions (a few dozen elementwise steps for a norm), and these made most of a trace's time. Their outputs'
+shapes are known from the inputs. The mode sits below autograd, so the graph still records each op's own backward
+node (NativeBatchNormBackward0, HardswishBackward0, AddmmBackward0, ...), which is all the trace reads; every other
+op, and any op on a real tensor, runs as usual.
 """
 
 from __future__ import annotations
@@ -29,6 +29,28 @@ class ShapeOnly(TorchDispatchMode):
         return func(*args, **kwargs) if out is NotImplemented else out
 
 
+def meta_like(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """torch.empty_like(x, device="meta"), without its Python decomposition that works out the strides (tens of
+    microseconds, on every norm, activation and swapped parameter): a dense tensor's strides are kept as they are
+    (what empty_like does for one), anything else goes through empty_like."""
+    dtype = dtype or x.dtype
+    if x.is_contiguous():
+        return torch.empty(x.shape, dtype=dtype, device="meta")
+    if _dense(x.shape, x.stride()):  # a transposed or permuted view, a channels-last weight: the same layout
+        return torch.empty_strided(x.shape, x.stride(), dtype=dtype, device="meta")
+    return torch.empty_like(x, dtype=dtype, device="meta")
+
+
+def _dense(shape, strides) -> bool:
+    """Do the elements fill a block of memory without gaps or overlaps, in some order of the axes?"""
+    expected = 1
+    for stride, size in sorted((st, n) for st, n in zip(strides, shape, strict=True) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
     """Norms keep their mean and 1/std in float32 for half inputs, as the decompositions do."""
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
@@ -36,7 +58,7 @@ def _stats_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _normed(x: torch.Tensor, stats_shape) -> tuple:
     stats = [torch.empty(stats_shape, dtype=_stats_dtype(x), device="meta") for _ in range(2)]
-    return (torch.empty_like(x), *stats)
+    return (meta_like(x), *stats)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -75,8 +97,34 @@ def _addmm(bias, m1, m2, *rest, **kw):
     return torch.empty(shape, dtype=dtype, device="meta")
 
 
+def _convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups, *rest, **kw):
+    """A convolution's output shape, as torch's meta function computes it in Python (a third of some traces)."""
+    if transposed:
+        return NotImplemented
+    spatial = x.dim() - 2
+    _check(spatial >= 1 and weight.dim() == x.dim() and x.shape[1] == weight.shape[1] * groups,
+           f"convolution: weight of shape {tuple(weight.shape)} with {groups} groups does not fit input "
+           f"{tuple(x.shape)}")
+
+    def at(values, i):
+        return values[i] if len(values) > 1 else values[0]
+
+    sizes = [(x.shape[2 + i] + 2 * at(padding, i) - at(dilation, i) * (weight.shape[2 + i] - 1) - 1) // at(stride, i)
+             + 1 for i in range(spatial)]
+    _check(all(n > 0 for n in sizes), f"convolution: input {tuple(x.shape)} is smaller than the kernel "
+           f"{tuple(weight.shape[2:])}")
+    return torch.empty((x.shape[0], weight.shape[0], *sizes), dtype=x.dtype, device="meta")
+
+
+def _bmm(a, b, *rest, **kw):
+    _check(a.dim() == 3 and b.dim() == 3 and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1],
+           f"bmm: batch matrices {tuple(a.shape)} and {tuple(b.shape)} cannot be multiplied")
+    return torch.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=torch.promote_types(a.dtype, b.dtype),
+                       device="meta")
+
+
 def _softmax(x, dim, dtype=None, *rest, **kw):
-    return torch.empty_like(x, dtype=dtype or x.dtype)
+    return meta_like(x, dtype)
 
 
 def _mean(x, dim=None, keepdim=False, *, dtype=None):
@@ -92,12 +140,12 @@ def _binary(a, b, *rest, **kw):
     shape = torch.broadcast_shapes(a.shape, b.shape) if isinstance(b, torch.Tensor) else a.shape
     for t in (a, b):
         if isinstance(t, torch.Tensor) and t.is_meta and t.shape == shape and t.dtype == dtype:
-            return torch.empty_like(t)
+            return meta_like(t)
     return NotImplemented
 
 
 def _same(x, *args, **kw):
-    return torch.empty_like(x)
+    return meta_like(x)
 
 
 def _in_place(x, *args, **kw):
@@ -109,11 +157,16 @@ _KERNELS = {
     aten.native_layer_norm.default: _layer_norm,
     aten.native_group_norm.default: _group_norm,  # (input, weight, bias, N, C, HxW, group, eps)
     aten.addmm.default: _addmm,
+    aten.convolution.default: _convolution,
     aten._safe_softmax.default: _softmax,
     aten.mean.dim: _mean,
     aten.add.Tensor: _binary,
     aten.sub.Tensor: _binary,
     aten.mul.Tensor: _binary,
+    aten.div.Tensor: _binary,
+    aten.mul.Scalar: _binary,  # attention's q * scale
+    aten.div.Scalar: _binary,
+    aten.bmm.default: _bmm,
     **{getattr(aten, name).default: _same for name in (
         "hardswish", "hardsigmoid", "gelu", "silu", "mish", "sigmoid", "tanh", "relu", "hardtanh", "leaky_relu",
         "elu")},

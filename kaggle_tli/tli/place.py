@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .grow import can_grow, grow, layer_norm_exact
-from .inject import ResizeCache, combo_injection, determined_fraction, mix
+from .inject import ResizeCache, combo_mix, determined_fraction
 from .match import Match
 from .units import Unit
 
@@ -83,14 +83,72 @@ def place_tensor(unit: Unit, local: str, key: str, target: Tensor, sources: list
         row = _grown(unit, local, key, target, tensors[0], growth, common)
         if row is not None:
             return row
-    values, fraction = _combined(unit, local, target, tensors, weights, lam,
-                                 [(t_idx, k) for k in keys] if cache is not None else None, cache)
-    target.copy_(values)
-    method = "mix" if len(tensors) > 1 else "combo"
+    fraction = _combined(unit, local, target, tensors, weights, lam,
+                         [(t_idx, k) for k in keys] if cache is not None else None, cache)
+    return _combo_row(key, target, unit, len(tensors), weights, fraction, lam, growth, match, common)
+
+
+def _combo_row(key: str, target: Tensor, unit: Unit, n_sources: int, weights: list[float], fraction: float,
+               lam: float, growth: Growth | None, match: Match, common: dict) -> dict:
+    method = "mix" if n_sources > 1 else "combo"
     blended = 1.0 - fraction if 0.0 < lam < 1.0 else 0.0
     reason = _SEEDED_COMBO if growth is not None and match.repeat else ""
     return report_row(key, target, unit.kind, method, weights="+".join(f"{w:.4f}" for w in weights),
                       fraction=fraction, blended=blended, reason=reason, **common)
+
+
+Item = tuple[str, str, Tensor, list[tuple[str, Tensor, float]]]  # (local name, key, target, sources)
+
+
+def place_unit(unit: Unit, items: list[Item], match: Match, t_idx: int, lam: float, growth: Growth | None,
+               cache: ResizeCache | None = None) -> list[dict]:
+    """place_tensor for each of a unit's tensors; returns their rows in order. A norm's vectors (weight, bias and
+    running statistics) mixed from the same teacher layers are mixed as one stacked tensor: the same arithmetic
+    row by row, a quarter of the calls (across families most student tensors are such vectors)."""
+    rows: dict[str, dict] = {}
+    group = _stackable(items)
+    if len(group) > 1:
+        rows.update(_place_stacked(unit, group, match, t_idx, lam, growth, cache))
+    for local, key, target, sources in items:
+        if key not in rows:
+            rows[key] = place_tensor(unit, local, key, target, sources, match, t_idx, lam, growth, cache)
+    return [rows[key] for _, key, _, _ in items]
+
+
+def _stackable(items: list[Item]) -> list[Item]:
+    """The items that are floating-point vectors mixed from several sources of the same shapes and weights as the
+    first such item's."""
+    def signature(item: Item) -> tuple:
+        _, _, target, sources = item
+        return (tuple(target.shape), target.dtype, target.device,
+                tuple((tuple(t.shape), t.dtype, t.device, w) for _, t, w in sources))
+
+    vectors = [it for it in items if it[2].dim() == 1 and it[2].is_floating_point() and len(it[3]) > 1
+               and all(t.dim() == 1 for _, t, _ in it[3])]
+    return [it for it in vectors if signature(it) == signature(vectors[0])] if vectors else []
+
+
+def _place_stacked(unit: Unit, group: list[Item], match: Match, t_idx: int, lam: float, growth: Growth | None,
+                   cache: ResizeCache | None) -> dict[str, dict]:
+    sources = group[0][3]
+    total = sum(w for _, _, w in sources)
+    weights = [w / total for _, _, w in sources]
+    like = torch.stack([target for _, _, target, _ in group])
+    stacked = [torch.stack([item[3][k][1] for item in group]).to(like.device) for k in range(len(sources))]
+    resized = [None] * len(stacked)
+    if cache is not None and lam < 1.0:
+        resized = [cache.unscaled((t_idx, *(item[3][k][0] for item in group)), t, like.shape)
+                   if t.shape != like.shape else None for k, t in enumerate(stacked)]
+    values = combo_mix(stacked, like, weights, lam, resized=resized, out=like if like.dtype == torch.float32 else None)
+    fraction = determined_fraction([tuple(t.shape) for t in stacked], tuple(like.shape), lam)
+    rows = {}
+    for (_, key, target, item_sources), row_values in zip(group, values, strict=True):
+        target.copy_(row_values)
+        common = dict(source="+".join(k for k, _, _ in item_sources),
+                      source_shape="+".join(str(tuple(t.shape)) for _, t, _ in item_sources),
+                      teacher=t_idx, score=round(match.scores[0], 4))
+        rows[key] = _combo_row(key, target, unit, len(item_sources), weights, fraction, lam, growth, match, common)
+    return rows
 
 
 _SEEDED_COMBO = ("an inserted block seeded from a teacher layer of another shape (ComboInjection); the block starts "
@@ -98,22 +156,24 @@ _SEEDED_COMBO = ("an inserted block seeded from a teacher layer of another shape
 
 
 def _combined(unit: Unit, local: str, target: Tensor, tensors: list[Tensor], weights: list[float],
-              lam: float, names: list | None = None, cache: ResizeCache | None = None) -> tuple[Tensor, float]:
-    """The teacher tensor(s) ComboInjected into `target`'s shape and mixed; and the share of elements the teacher
-    alone determines (where every source's centre crop reaches, or lam = 0)."""
+              lam: float, names: list | None = None, cache: ResizeCache | None = None) -> float:
+    """Write the teacher tensor(s) ComboInjected into `target`'s shape and mixed; returns the share of elements the
+    teacher alone determines (where every source's centre crop reaches, or lam = 0)."""
     rank = max(target.dim(), *(t.dim() for t in tensors))
     like = _as_rank(target, rank)
     fan_in, spatial = _geometry(unit, local, rank)
     ranked = [_as_rank(t, rank) for t in tensors]
     resized = [None] * len(ranked)
     if cache is not None and names is not None and lam < 1.0:  # the resize part, shared with later tensors
-        resized = [cache.resize(name, t.to(like.device), like.shape, fan_in) if _reshaped(t, like) else None
+        resized = [cache.unscaled(name, t.to(like.device), like.shape) if _reshaped(t, like) else None
                    for name, t in zip(names, ranked, strict=True)]
-    injected = [combo_injection(t, like, lam, fan_in_dims=fan_in, spatial_dims=spatial, resized=r)[0]
-                for t, r in zip(ranked, resized, strict=True)]
-    values = mix(injected, weights)
-    fraction = determined_fraction([tuple(t.shape) for t in ranked], tuple(like.shape), lam, spatial)
-    return values.reshape(target.shape), fraction
+    # in place where `like` is the target's own float32 memory (a view), else through a copy
+    in_place = target.dtype == torch.float32 and like.data_ptr() == target.data_ptr() and like.is_contiguous()
+    values = combo_mix(ranked, like, weights, lam, fan_in_dims=fan_in, spatial_dims=spatial, resized=resized,
+                       out=like if in_place else None)
+    if not in_place:
+        target.copy_(values.reshape(target.shape))
+    return determined_fraction([tuple(t.shape) for t in ranked], tuple(like.shape), lam, spatial)
 
 
 def _reshaped(teacher: Tensor, like: Tensor) -> bool:

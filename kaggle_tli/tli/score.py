@@ -19,11 +19,15 @@ def graph_score(a: Graph, b: Graph) -> float:
 
     Identical architectures align on the diagonal with every pair scoring exactly 1.0, hence exactly 1.0.
     """
-    n = max(len(a.units), len(b.units))
-    if n == 0:
+    if not a.units and not b.units:
         return 0.0
-    total = match_graphs(a, b, allow_repeat=False).total
-    return float(min(1.0, total / n))
+    return score_from_total(a, b, match_graphs(a, b, allow_repeat=False).total)
+
+
+def score_from_total(a: Graph, b: Graph, total: float) -> float:
+    """The TLI score from the summed score of the one-to-one alignment (`Alignment.one_to_one`)."""
+    n = max(len(a.units), len(b.units))
+    return float(min(1.0, total / n)) if n else 0.0
 
 
 def tli_score(a: nn.Module, b: nn.Module, *, input_size: tuple[int, ...] | None = None) -> float:

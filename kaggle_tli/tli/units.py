@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch import nn
+from torch import Tensor, nn
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -85,16 +85,38 @@ def _module_kind(module: nn.Module) -> str | None:
     return None
 
 
+def named_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(parameters, buffers) by state_dict-style name, every name of a shared tensor included: what
+    named_parameters(remove_duplicate=False) and named_buffers(remove_duplicate=False) give, in one walk over the
+    modules instead of one generator per module per call (a transfer asks several times)."""
+    params: dict[str, Tensor] = {}
+    buffers: dict[str, Tensor] = {}
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{mod_name}." if mod_name else ""
+        params.update((f"{prefix}{n}", t) for n, t in module._parameters.items() if t is not None)
+        buffers.update((f"{prefix}{n}", t) for n, t in module._buffers.items() if t is not None)
+    return params, buffers
+
+
+def first_names(tensors: dict[str, Tensor]) -> list[str]:
+    """The first name of each tensor, in order: what named_parameters() (shared tensors once) names."""
+    first: dict[int, str] = {}
+    for name, t in tensors.items():
+        first.setdefault(id(t), name)
+    return list(first.values())
+
+
 def collect_units(model: nn.Module) -> tuple[list[Unit], dict[str, str]]:
     """Units of `model` in module-registration order, plus tied-parameter aliases."""
     units: list[Unit] = []
     seen: dict[int, str] = {}  # id(tensor) -> first state_dict key (tied weights)
     aliases: dict[str, str] = {}
-    persistent = set(model.state_dict(keep_vars=True).keys())
+    state = model.state_dict(keep_vars=True)
     for mod_name, module in model.named_modules():
         prefix = f"{mod_name}." if mod_name else ""
-        own = [(n, t) for n, t in module.named_parameters(recurse=False)]
-        own += [(n, t) for n, t in module.named_buffers(recurse=False) if f"{prefix}{n}" in persistent]
+        # the module's own tables (what named_parameters(recurse=False) walks, without its generator per module)
+        own = [(n, t) for n, t in module._parameters.items() if t is not None]
+        own += [(n, t) for n, t in module._buffers.items() if t is not None and f"{prefix}{n}" in state]
         fresh: dict[str, str] = {}
         for local, tensor in own:
             key = f"{prefix}{local}"
@@ -115,7 +137,7 @@ def collect_units(model: nn.Module) -> tuple[list[Unit], dict[str, str]]:
             tensor = dict(own)[local]
             if isinstance(tensor, nn.Parameter):
                 units.append(Unit(key, "other", tuple(tensor.shape), {"": key}))
-    for key, tensor in model.state_dict(keep_vars=True).items():  # a module registered under two names (CoaT)
+    for key, tensor in state.items():  # a module registered under two names (CoaT)
         if seen.get(id(tensor), key) != key:
             aliases.setdefault(key, seen[id(tensor)])
     return units, aliases
