@@ -10,8 +10,9 @@
     +recal       any of the above followed by re-estimating BatchNorm statistics on a few training batches
     +probe       +recal, then the classifier refitted on the same batches where a linear probe predicts clearly
                  better (`kaggle_tli.tli.refit_head`); `tli` does both, as `kaggle_tli.iterate` does
-    ... distill  trained with distillation from the teacher (weight 0.5, temperature 2, as iterate(distill=0.5));
-                 `tli distill=0.9`, `tli distill T=4`, `tli distill lr_transferred=0.3` vary it
+    ... distill  trained with distillation from the teacher (weight 0.5, temperature 2: iterate(distill=0.5) before
+                 its default temperature became 4 on `tli distill T=4`'s evidence); `tli distill=0.9`,
+                 `tli distill T=4`, `tli distill lr_transferred=0.3` vary it
     ... lr_transferred=, lr_fresh=, warmup=, freeze=
                  trained with the trainer's options after an injection: learning-rate multipliers for the tensors
                  the transfer report says the teacher set and for fresh ones, a longer warm-up, transferred tensors
