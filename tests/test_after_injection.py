@@ -17,6 +17,7 @@ import kaggle_tli.train.distill as distill_module
 import kaggle_tli.train.norms as norms_module
 from kaggle_tli import models as registry
 from kaggle_tli.bench.overhead import run_overhead
+from kaggle_tli.bench.precise import refit_scores
 from kaggle_tli.checkpoint import load_weights
 from kaggle_tli.data import DataError, ImageCsvData, PixelCsvData
 from kaggle_tli.ledger import Ledger
@@ -203,3 +204,11 @@ def test_overhead_benchmark_reports_precise_validation_and_distillation_costs(pi
     assert result["precise"]["precise_images"] == len(data.fold_indices(0)[0]), "all of a fold smaller than the 128-image floor"
     assert result["precise_s_per_eval"] > 0 and result["distill_s_per_step"] > 0
     assert result["overhead_with_precise"] > result["overhead"], "the refit costs something, spread over an epoch"
+
+
+def test_the_precise_benchmark_scores_each_refit_count_and_draw(teacher):
+    run, data, _ = teacher
+    rows = refit_scores(run.build_model(), data, counts=[16, 32], draws=2)
+    n_train = len(data.fold_indices(0)[0])
+    assert [r["refit_images"] for r in rows] == ["running", "16", "16", "32", "32", str(n_train)]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
