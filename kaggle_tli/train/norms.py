@@ -24,9 +24,9 @@ from kaggle_tli.tli import recalibrate_norms
 from kaggle_tli.train.config import TrainConfig
 
 # default refit size: an eighth of the fold's training images, at least PRECISE_MIN and at most PRECISE_IMAGES. A
-# refit costs a forward pass per image, about a third of a training step's work, so an eighth keeps it near 4% of an
-# epoch; a few hundred images pin the statistics down (precise BN). The score's spread over which rows are drawn
-# shrinks with the count (docs/benchmarks.md, "What it costs")
+# refit costs a forward pass per image without a graph, about a fifth of a training step's work, so an eighth keeps
+# it near 3% of an epoch; a few hundred images pin the statistics down (precise BN). The score's spread over which
+# rows are drawn shrinks with the count (docs/benchmarks.md, "What it costs")
 PRECISE_IMAGES = 512
 PRECISE_MIN = 128
 PRECISE_SHARE = 8
