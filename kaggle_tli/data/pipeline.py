@@ -132,12 +132,17 @@ class ImageDataset(AugmentedDataset):
         self.in_chans = in_chans
         self.cache = cache
         self.min_side = min_side
+        self._reductions: dict[str, int] = {}  # per file: its header is read once, not every epoch
 
     def load(self, index: int) -> np.ndarray:
         path = self.paths[index]
         if self.cache is not None:
             return self.cache.load(path, self.decode)
-        return self.decode(path, jpeg_reduction(path, self.min_side) if self.min_side else 1)
+        if not self.min_side:
+            return self.decode(path)
+        if path not in self._reductions:
+            self._reductions[path] = jpeg_reduction(path, self.min_side)
+        return self.decode(path, self._reductions[path])
 
     def decode(self, path: str, reduce: int = 1) -> np.ndarray:
         """The original file's pixels, HWC uint8 (16-bit files come down to 8 bits, keeping their brightness).
