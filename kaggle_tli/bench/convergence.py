@@ -81,7 +81,8 @@ DEFAULT_STUDENTS = (
 )
 # `--students growth`: students that are their teacher grown, where growth keeps the function (engine issue); the
 # previous engine is `tli combo`
-_GROWTH_METHODS = ("kaiming", "same_name", "tli", "tli combo", "iatransfer")
+_GROWTH_METHODS = ("kaiming", "same_name", "tli", "tli combo", "iatransfer",
+                   "tli lr_transferred=0.3")  # the last: the rate `iterate` gives transferred tensors
 GROWTH_STUDENTS = (
     Student("wider: resnet18 widened 1.5", "resnet18_w15", methods=_GROWTH_METHODS),
     # a ViT pair the protocol can afford on a CPU (vit_tiny -> vit_small at patch 4 costs several s per step): the
