@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import rowstep
+
 
 def _center_slices(src: int, dst: int) -> tuple[slice, slice]:
     """(slice of the source, slice of the destination) that overlap when both are centred."""
@@ -275,7 +277,8 @@ def combo_mix(teachers: Sequence[Tensor], like: Tensor, weights: Sequence[float]
     crops' edges cut, so `like` is scaled cell by cell; a cell every crop reaches is zeroed, so what the teacher
     alone determines stays independent of the student's init (the coverage probe).
     A source of the student's shape is copied (weight w_k). `resized`: each resize part the caller has already,
-    without the fan-in scale (ResizeCache.unscaled): the scale goes into the source's weight, one pass fewer.
+    without the fan-in scale (ResizeCache.unscaled): the scale goes into the source's weight, one pass fewer. It may
+    stop short of the first axis (partial_shape): that step then happens as it is added (rowstep.py).
     `out`: a float32 tensor holding the values of `like` (`like` itself may be), written in place and returned;
     by default a float32 copy of `like`.
     """
@@ -289,14 +292,37 @@ def combo_mix(teachers: Sequence[Tensor], like: Tensor, weights: Sequence[float]
     out = like.detach().to(torch.float32, copy=True) if out is None else out
     _scale_init(out, [(crops[k][2], lam * weights[k]) for k in crops])
     for k, (t, w, r) in enumerate(zip(teachers, weights, resized, strict=True)):
-        same = tuple(t.shape) == shape
-        if same or lam < 1.0:  # the resize part (a same-shaped source is its own resize: copied whole)
-            part = t if same else (r if r is not None else resize(t, shape))
-            out.add_(part, alpha=w if same else (1.0 - lam) * w * fan_in_scale(t.shape, shape, fan_in_dims))
+        if tuple(t.shape) == shape:  # a same-shaped source is its own resize: copied whole
+            out.add_(t, alpha=w)
+        elif lam < 1.0:
+            _add_resized(out, t, r, (1.0 - lam) * w * fan_in_scale(t.shape, shape, fan_in_dims))
         if k in crops:
             src, dst, _ = crops[k]
             out[dst].add_(t[src], alpha=lam * w)
     return out
+
+
+def partial_shape(t_shape: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape a teacher tensor is resized to before combo_mix adds it into a tensor of `shape`: every size of
+    `shape` but the first where the first axis's step is fused into the add (rowstep.py), else `shape` itself. Not
+    fused where the first axis shrinks by more than half: resizing the other axes first would then work on many more
+    rows than shrinking it first does."""
+    if t_shape[0] != shape[0] and 2 * shape[0] >= t_shape[0]:
+        return (t_shape[0], *shape[1:])
+    return tuple(shape)
+
+
+def _add_resized(out: Tensor, teacher: Tensor, partial: Tensor | None, alpha: float) -> None:
+    """out += alpha * resize(teacher, out.shape); `partial`: the teacher already resized to partial_shape, where the
+    caller has it (ResizeCache)."""
+    if partial is None:
+        partial = resize(teacher, partial_shape(teacher.shape, out.shape))
+    if partial.shape[0] == out.shape[0]:
+        out.add_(partial, alpha=alpha)
+    elif rowstep.fits(out, partial):
+        rowstep.add_rows(out, partial, alpha)
+    else:
+        out.add_(_resize_axis(partial.float(), 0, out.shape[0]), alpha=alpha)
 
 
 def _scale_init(out: Tensor, slabs: list[tuple[tuple[slice, ...], float]]) -> None:
