@@ -22,7 +22,8 @@ def test_lam_one_is_pure_crop_and_lam_zero_is_pure_resize():
     assert torch.equal(crop, center_crop(t, like)), "lam=1 must be the centre crop alone"
     assert frac == pytest.approx(4 * 6 / 40), "the crop takes 24 of the student's 40 elements"
     res, frac0 = combo_injection(t, like, 0.0)
-    assert torch.equal(res, resize(t, (4, 10))), "lam=0 must be the resize alone"
+    # the same weighted sums as resize's, in another order (the first axis's step is fused into the add)
+    assert torch.allclose(res, resize(t, (4, 10)), rtol=1e-6, atol=1e-7), "lam=0 must be the resize alone"
     assert frac0 == 1.0
     mixed, _ = combo_injection(t, like, 0.75)
     assert torch.allclose(mixed, 0.75 * crop + 0.25 * res), "lam mixes the two parts linearly"
@@ -140,9 +141,10 @@ def test_resize_cache_returns_what_resize_does_however_often_asked():
 
 
 @pytest.mark.parametrize(("shape", "size"), [((96, 80, 3), 33), ((64, 200), 70), ((300, 40), 7)])
-def test_area_averaging_of_a_large_tensor_is_adaptive_pooling_bit_for_bit(shape, size):
+def test_area_averaging_of_a_large_tensor_is_adaptive_pooling(shape, size):
     # large tensors are averaged by whole-tensor gathers instead of torch's pooling kernel: the same sums in the
-    # same order, so the same floats
+    # same order, so the same floats; along the first axis by a sparse matrix product (weights 1/length), the same
+    # averages to float32 rounding
     x = torch.randn(shape)
     for dim in range(len(shape)):
         if shape[dim] <= size:
@@ -151,7 +153,10 @@ def test_area_averaging_of_a_large_tensor_is_adaptive_pooling_bit_for_bit(shape,
         after = x.numel() // before // shape[dim]
         target = [*shape[:dim], size, *shape[dim + 1:]]
         pooled = F.adaptive_avg_pool2d(x.reshape(1, before, shape[dim], after), (size, after)).reshape(target)
-        assert torch.equal(resize(x, target), pooled), f"axis {dim}"
+        if dim == 0:
+            assert torch.allclose(resize(x, target), pooled, rtol=1e-6, atol=1e-7), "axis 0"
+        else:
+            assert torch.equal(resize(x, target), pooled), f"axis {dim}"
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.75, 1.0])

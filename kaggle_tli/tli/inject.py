@@ -87,6 +87,8 @@ def _resize_axis(x: Tensor, dim: int, size: int) -> Tensor:
     shape = x.shape
     before, after = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
     grow = size > shape[dim]
+    if before == 1 and rowstep.fits(x):  # in effect the first axis: a sparse matrix product (rowstep.py)
+        return rowstep.resize_rows(x, dim, size)
     if not grow and x.numel() >= _TAPS_FROM and shape[dim] <= 6 * size:  # windows of a few elements
         return _area_taps(x, dim, size)
     if after == 1:
@@ -319,7 +321,7 @@ def _add_resized(out: Tensor, teacher: Tensor, partial: Tensor | None, alpha: fl
         partial = resize(teacher, partial_shape(teacher.shape, out.shape))
     if partial.shape[0] == out.shape[0]:
         out.add_(partial, alpha=alpha)
-    elif rowstep.fits(out, partial):
+    elif rowstep.fits(out, partial) and out.is_contiguous():
         rowstep.add_rows(out, partial, alpha)
     else:
         out.add_(_resize_axis(partial.float(), 0, out.shape[0]), alpha=alpha)

@@ -18,11 +18,17 @@ import torch
 from torch import Tensor
 
 
-def fits(out: Tensor, rest: Tensor) -> bool:
-    """Can add_rows write `out` from `rest`? On the CPU (where torch's sparse CSR product is MKL's), into a contiguous
-    float32 `out`; elsewhere the caller interpolates and adds as before."""
-    return (out.device.type == "cpu" and rest.device.type == "cpu" and out.dtype == torch.float32
-            and rest.dtype == torch.float32 and out.is_contiguous() and out.dim() >= 1)
+def fits(*tensors: Tensor) -> bool:
+    """Can this module's products do the step? On the CPU (where torch's sparse CSR product is MKL's), on float32;
+    elsewhere the caller interpolates as before."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() >= 1 for t in tensors)
+
+
+def resize_rows(x: Tensor, dim: int, size: int) -> Tensor:
+    """`x` resized along `dim` to `size`, where every axis before `dim` has size 1 (a CPU float32 tensor): the sparse
+    product into a fresh tensor, a few times faster than torch's pooling or interpolation kernel, or gathers."""
+    n = x.shape[dim]
+    return torch.sparse.mm(_row_matrix(n, size), x.reshape(n, -1)).reshape(*x.shape[:dim], size, *x.shape[dim + 1:])
 
 
 def add_rows(out: Tensor, rest: Tensor, alpha: float) -> None:
