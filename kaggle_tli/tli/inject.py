@@ -228,6 +228,14 @@ class ResizeCache:
         key = ("resized", name, tuple(teacher.shape), tuple(shape))
         return self._get(key, lambda: resize(teacher, shape, windows=windows))
 
+    def centre(self, name, teacher: Tensor, shape: Sequence[int], spatial_dims: Sequence[int]) -> Tensor:
+        """kernel_centre(teacher, shape, spatial_dims), computed once per (name, kernel size): never to be written
+        into. Across families one teacher kernel seeds many student layers, and reading its centre taps in place
+        reads the whole kernel from memory each time."""
+        sizes = tuple(shape[d] for d in spatial_dims)
+        return self._get(("centre", name, tuple(teacher.shape), sizes),
+                         lambda: kernel_centre(teacher, shape, spatial_dims))
+
     def resize(self, name, teacher: Tensor, shape: Sequence[int], fan_in_dims: Sequence[int]) -> Tensor:
         """What `resize` returns, from what this cache keeps."""
         scale = fan_in_scale(teacher.shape, shape, fan_in_dims)
@@ -267,7 +275,8 @@ def combo_injection(
 
 def combo_mix(teachers: Sequence[Tensor], like: Tensor, weights: Sequence[float], lam: float = 0.75, *,
               fan_in_dims: Sequence[int] = (), spatial_dims: Sequence[int] = (),
-              resized: Sequence[Tensor | None] | None = None, out: Tensor | None = None) -> Tensor:
+              resized: Sequence[Tensor | None] | None = None, out: Tensor | None = None,
+              centres: Sequence[Tensor | None] | None = None) -> Tensor:
     """The weighted sum (paper eq. 2) of each teacher tensor ComboInjected into the shape of `like` (all of its
     rank), computed as one sum instead of one injected tensor per source:
 
@@ -282,13 +291,15 @@ def combo_mix(teachers: Sequence[Tensor], like: Tensor, weights: Sequence[float]
     without the fan-in scale (ResizeCache.unscaled): the scale goes into the source's weight, one pass fewer. It may
     stop short of the first axis (partial_shape): that step then happens as it is added (rowstep.py).
     `out`: a float32 tensor holding the values of `like` (`like` itself may be), written in place and returned;
-    by default a float32 copy of `like`.
+    by default a float32 copy of `like`. `centres`: each source's kernel_centre, where the caller keeps it
+    (ResizeCache.centre): the crop part reads those contiguous taps instead of the teacher's strided ones.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
     shape = tuple(like.shape)
     teachers = [t.detach().to(like.device) for t in teachers]  # teacher and student may live on different devices
     resized = list(resized) if resized is not None else [None] * len(teachers)
+    centres = list(centres) if centres is not None else [None] * len(teachers)
     crops = {k: _crop_regions(t.shape, shape, spatial_dims) for k, t in enumerate(teachers)
              if lam > 0.0 and tuple(t.shape) != shape}
     out = like.detach().to(torch.float32, copy=True) if out is None else out
@@ -300,8 +311,20 @@ def combo_mix(teachers: Sequence[Tensor], like: Tensor, weights: Sequence[float]
             _add_resized(out, t, r, (1.0 - lam) * w * fan_in_scale(t.shape, shape, fan_in_dims))
         if k in crops:
             src, dst, _ = crops[k]
-            out[dst].add_(t[src], alpha=lam * w)
+            if centres[k] is None:
+                out[dst].add_(t[src], alpha=lam * w)
+            else:  # the centre is already cut along the kernel's dimensions
+                out[dst].add_(centres[k][tuple(slice(None) if d in spatial_dims else c for d, c in enumerate(src))],
+                              alpha=lam * w)
     return out
+
+
+def kernel_centre(teacher: Tensor, shape: Sequence[int], spatial_dims: Sequence[int]) -> Tensor:
+    """The taps of `teacher` that ComboInjection's crop puts into a tensor of `shape`, along the kernel's dimensions
+    only, as a contiguous tensor: a 3x3 kernel's centre tap for a 1x1 student layer."""
+    cut = tuple(_center_slices(teacher.shape[d], shape[d])[0] if d in spatial_dims else slice(None)
+                for d in range(teacher.dim()))
+    return teacher.detach()[cut].contiguous()
 
 
 def partial_shape(t_shape: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
@@ -318,7 +341,8 @@ def _add_resized(out: Tensor, teacher: Tensor, partial: Tensor | None, alpha: fl
     """out += alpha * resize(teacher, out.shape); `partial`: the teacher already resized to partial_shape, where the
     caller has it (ResizeCache)."""
     if partial is None:
-        partial = resize(teacher, partial_shape(teacher.shape, out.shape))
+        target = partial_shape(teacher.shape, out.shape)
+        partial = teacher.float() if target == tuple(teacher.shape) else resize(teacher, target)
     if partial.shape[0] == out.shape[0]:
         out.add_(partial, alpha=alpha)
     elif rowstep.fits(out, partial) and out.is_contiguous():

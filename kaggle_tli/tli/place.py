@@ -168,10 +168,15 @@ def _combined(unit: Unit, local: str, target: Tensor, tensors: list[Tensor], wei
         resized = [cache.unscaled(name, t.to(like.device), partial_shape(t.shape, like.shape))
                    if _reshaped(t, like) else None
                    for name, t in zip(names, ranked, strict=True)]
+    centres = [None] * len(ranked)
+    if cache is not None and names is not None and lam > 0.0:  # a larger kernel's centre taps, read contiguously
+        centres = [cache.centre(name, t.to(like.device), like.shape, spatial)
+                   if _reshaped(t, like) and any(t.shape[d] > like.shape[d] for d in spatial) else None
+                   for name, t in zip(names, ranked, strict=True)]
     # in place where `like` is the target's own float32 memory (a view), else through a copy
     in_place = target.dtype == torch.float32 and like.data_ptr() == target.data_ptr() and like.is_contiguous()
     values = combo_mix(ranked, like, weights, lam, fan_in_dims=fan_in, spatial_dims=spatial, resized=resized,
-                       out=like if in_place else None)
+                       out=like if in_place else None, centres=centres)
     if not in_place:
         target.copy_(values.reshape(target.shape))
     return determined_fraction([tuple(t.shape) for t in ranked], tuple(like.shape), lam, spatial)
