@@ -329,10 +329,10 @@ def kernel_centre(teacher: Tensor, shape: Sequence[int], spatial_dims: Sequence[
 
 def partial_shape(t_shape: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
     """The shape a teacher tensor is resized to before combo_mix adds it into a tensor of `shape`: every size of
-    `shape` but the first where the first axis's step is fused into the add (rowstep.py), else `shape` itself. Not
-    fused where the first axis shrinks by more than half: resizing the other axes first would then work on many more
-    rows than shrinking it first does."""
-    if t_shape[0] != shape[0] and 2 * shape[0] >= t_shape[0]:
+    `shape` but the first where the first axis grows, its step then fused into the add (rowstep.py), else `shape`
+    itself. Not fused where the first axis shrinks: resizing the other axes first would then work on more rows than
+    shrinking it first (measured: fusing those too costs more than it saves)."""
+    if t_shape[0] < shape[0]:
         return (t_shape[0], *shape[1:])
     return tuple(shape)
 
