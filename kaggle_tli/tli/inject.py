@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import rowstep
+from .windows import kernel_to_one, mean_and_centre, shrink_whole_windows
 
 
 def _center_slices(src: int, dst: int) -> tuple[slice, slice]:
@@ -126,50 +127,6 @@ def _area_taps(x: Tensor, dim: int, size: int) -> Tensor:
     return out.div_((end - start).to(x.dtype).view(view))
 
 
-def _shrink_whole_windows(x: Tensor, shape: Sequence[int],
-                          keep: Callable[[tuple, Callable[[], Tensor]], Tensor] | None = None) -> Tensor:
-    """Every axis that shrinks by a whole factor (a 3x3 kernel to 1x1, 1280 channels to 320), averaged over its
-    windows, in stages (_window_stages). `keep(shape after the stage, make)`: where the caller keeps each stage's
-    result (ResizeCache), so that a teacher kernel averaged over its input channels serves every depthwise student
-    layer, whatever its channels."""
-    after = tuple(t if t < n and n % t == 0 else n for n, t in zip(x.shape, shape, strict=True))
-    for stage in _window_stages(tuple(x.shape), after):
-        def make(x=x, stage=stage) -> Tensor:
-            return _average_windows(x, stage)
-        x = keep(stage, make) if keep is not None else make()
-    return x
-
-
-def _window_stages(shape: tuple[int, ...], after: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """The shapes after each averaging stage, the ones most student layers share first: the trailing axes that go to
-    1 together (a kernel to 1x1), then each other axis that goes to 1, then each remaining whole-factor axis."""
-    stages, current = [], list(shape)
-    whole = len(shape)
-    while whole > 0 and after[whole - 1] == 1:
-        whole -= 1
-    if any(n != 1 for n in shape[whole:]):
-        current[whole:] = [1] * (len(shape) - whole)
-        stages.append(tuple(current))
-    for to_one in (True, False):
-        for d in range(whole):
-            if after[d] < current[d] and (after[d] == 1) == to_one:
-                current[d] = after[d]
-                stages.append(tuple(current))
-    return stages
-
-
-def _average_windows(x: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """`x` averaged over whole windows to `shape` along the axes that differ: trailing axes that all go to 1 as a
-    matrix product (torch's mean over a short last axis is a few times slower), else one axis's windows by a mean."""
-    dims = [d for d in range(x.dim()) if shape[d] != x.shape[d]]
-    if all(shape[d] == 1 for d in range(dims[0], x.dim())):
-        n = math.prod(x.shape[dims[0]:])
-        ones = torch.full((n, 1), 1.0 / n, dtype=x.dtype, device=x.device)
-        return (x.reshape(-1, n) @ ones).reshape(shape)
-    (d,) = dims
-    return x.reshape(*x.shape[:d], shape[d], x.shape[d] // shape[d], *x.shape[d + 1:]).mean(d + 1)
-
-
 def fan_in_scale(teacher_shape: Sequence[int], shape: Sequence[int], fan_in_dims: Sequence[int]) -> float:
     """Teacher size / student size along the fan-in dimensions (module docstring)."""
     scale = 1.0
@@ -185,7 +142,7 @@ def resize(teacher: Tensor, shape: Sequence[int], *, fan_in_dims: Sequence[int] 
     x = teacher.detach().float()
     scale = fan_in_scale(x.shape, shape, fan_in_dims)
     # the cheapest steps and the ones that shrink most (a 3x3 kernel to 1x1): first
-    x = (windows or _shrink_whole_windows)(x, shape)
+    x = (windows or shrink_whole_windows)(x, shape)
     # then the most shrinking axes first: every later step then works on a smaller tensor
     steps = sorted((d for d in range(len(shape)) if shape[d] != x.shape[d]), key=lambda d: shape[d] / x.shape[d])
     for dim in steps:
@@ -221,9 +178,18 @@ class ResizeCache:
     def unscaled(self, name, teacher: Tensor, shape: Sequence[int]) -> Tensor:
         """`resize(teacher, shape)` without the fan-in scale (which combo_mix folds into its weights), computed once
         per (name, shape): never to be written into."""
-        def windows(x: Tensor, target: Sequence[int]) -> Tensor:
+        def keep(stage: tuple, make: Callable[[], Tensor], x: Tensor) -> Tensor:
             # each stage's result depends only on the shape it ends at
-            return _shrink_whole_windows(x, target, lambda stage, make: self._get(("windows", name, stage), make))
+            key = ("windows", name, stage)
+            if key not in self.entries and kernel_to_one(tuple(x.shape), stage):
+                # the kernel's centre tap (the crop part's) in the same pass over the teacher as its average
+                mean, centre = mean_and_centre(x)
+                self._get(("centre", name, tuple(x.shape), (1,) * (x.dim() - 2)), lambda: centre)
+                return self._get(key, lambda: mean)
+            return self._get(key, make)
+
+        def windows(x: Tensor, target: Sequence[int]) -> Tensor:
+            return shrink_whole_windows(x, target, lambda stage, make: keep(stage, make, x))
 
         key = ("resized", name, tuple(teacher.shape), tuple(shape))
         return self._get(key, lambda: resize(teacher, shape, windows=windows))
