@@ -1,5 +1,7 @@
-"""Whole-window averaging: the axes of a resize that shrink by a whole factor (a 3x3 kernel to 1x1, 1280 channels to
-320), averaged over their windows in stages that many student layers share (inject.ResizeCache keeps each stage).
+"""Whole-window averaging: the axes of a resize that shrink by a whole factor, in stages many layers share.
+
+A 3x3 kernel to 1x1, 1280 channels to 320: each such axis is averaged over its windows, in stages that many student
+layers share (inject.ResizeCache keeps each stage's result).
 """
 
 from __future__ import annotations
