@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kaggle_tli.tli import rowstep
 from kaggle_tli.tli.inject import ResizeCache, center_crop, combo_injection, combo_mix, mix, resize
+from kaggle_tli.tli.rowstep import add_rows, resize_rows
 
 
 def test_same_shape_is_an_exact_copy_for_any_lam():
@@ -174,3 +176,39 @@ def test_combo_mix_is_the_weighted_sum_of_injections_and_keeps_covered_elements_
     covered = (slice(2, 8), slice(2, 4))
     assert torch.equal(shifted[covered], combo_mix(teachers, like, weights, lam, **geometry)[covered])
     assert lam == 0.0 or not torch.equal(shifted, combo_mix(teachers, like, weights, lam, **geometry))
+
+
+@pytest.mark.parametrize(("n", "m"), [(5, 9), (9, 5), (1, 4), (7, 3), (6, 3), (64, 144), (144, 64)])
+def test_first_axis_step_added_in_place_is_resize_then_add(n, m):
+    # the sparse product adds the resized rows straight into the destination: the same weighted sums as the
+    # one-axis reference, to float32 rounding (sample positions are float32 arithmetic, as in torch's kernels)
+    rest, out = torch.randn(n, 3, 2), torch.randn(m, 3, 2)
+    expected = out.double() + 0.3 * _resize_axis(rest.double(), 0, m)
+    add_rows(out, rest, 0.3)
+    assert torch.allclose(out.double(), expected, atol=1e-5), f"{n} -> {m}"
+    assert torch.allclose(resize_rows(rest, 0, m).double(), _resize_axis(rest.double(), 0, m), atol=1e-5)
+
+
+def test_combo_mix_fused_and_plain_resize_paths_agree(monkeypatch):
+    # off the CPU (or off float32) the first axis is interpolated and added as before: both paths, one result
+    like = torch.randn(10, 6, 3, 3)
+    teachers = [torch.randn(4, 9, 3, 3), torch.randn(16, 4, 1, 1), torch.randn(3, 6, 5, 5)]
+    geometry = dict(fan_in_dims=(1, 2, 3), spatial_dims=(2, 3))
+    fused = combo_mix(teachers, like, [0.5, 0.3, 0.2], 0.75, **geometry)
+    monkeypatch.setattr(rowstep, "fits", lambda *tensors: False)
+    assert torch.allclose(combo_mix(teachers, like, [0.5, 0.3, 0.2], 0.75, **geometry), fused, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 4])
+def test_cached_kernel_centre_is_the_centre_taps_bit_for_bit(kernel):
+    # the cache takes a kernel's average and its centre tap from one pass over the teacher: the crop part must still
+    # read exactly the teacher's own centre taps, whichever way the cache got them
+    t = torch.randn(8, 6, kernel, kernel)
+    c = (kernel - 1) // 2
+    for warm in (True, False):
+        cache = ResizeCache()
+        if warm:  # the average computed first: the centre comes with it
+            cache.unscaled("t", t, (5, 9, 1, 1))
+        centre = cache.centre("t", t, (5, 9, 1, 1), (2, 3))
+        assert torch.equal(centre, t[:, :, c:c + 1, c:c + 1]), f"warm={warm}"
+    assert torch.allclose(ResizeCache().unscaled("t", t, (8, 6, 1, 1)), t.mean((2, 3), keepdim=True), atol=1e-6)
