@@ -66,9 +66,10 @@ def mean_and_centre(x: Tensor) -> tuple[Tensor, Tensor]:
     """A conv weight's kernels averaged to 1x1 and their centre taps (kernel_centre's), from one matrix product:
     weights 1/taps and 1 at the centre (exact: the other taps are multiplied by 0)."""
     kh, kw = x.shape[2:]
-    weights = torch.zeros(kh * kw, 2, dtype=x.dtype, device=x.device)
-    weights[:, 0] = 1.0 / (kh * kw)
-    weights[(kh - 1) // 2 * kw + (kw - 1) // 2, 1] = 1.0
-    both = x.reshape(-1, kh * kw) @ weights
+    weights = torch.zeros(2, kh * kw, dtype=x.dtype, device=x.device)
+    weights[0] = 1.0 / (kh * kw)
+    weights[1, (kh - 1) // 2 * kw + (kw - 1) // 2] = 1.0
+    # as (2, kernels): each result a contiguous row (the columns of an (kernels, 2) product would need copies)
+    both = weights @ x.reshape(-1, kh * kw).t()
     shape = (*x.shape[:2], 1, 1)
-    return both[:, 0].reshape(shape).contiguous(), both[:, 1].reshape(shape).contiguous()
+    return both[0].reshape(shape), both[1].reshape(shape)
