@@ -212,3 +212,10 @@ def test_cached_kernel_centre_is_the_centre_taps_bit_for_bit(kernel):
         centre = cache.centre("t", t, (5, 9, 1, 1), (2, 3))
         assert torch.equal(centre, t[:, :, c:c + 1, c:c + 1]), f"warm={warm}"
     assert torch.allclose(ResizeCache().unscaled("t", t, (8, 6, 1, 1)), t.mean((2, 3), keepdim=True), atol=1e-6)
+
+
+def test_first_axis_resize_ignores_whatever_its_fresh_memory_held(monkeypatch):
+    # the product writes into an uninitialised tensor with beta=0: garbage there (here NaN) must not leak in
+    monkeypatch.setattr(rowstep.torch, "empty", lambda *size, **kw: torch.full(size, float("nan"), **kw))
+    rest = torch.randn(6, 5)
+    assert torch.allclose(resize_rows(rest, 0, 11).double(), _resize_axis(rest.double(), 0, 11), atol=1e-5)

@@ -28,7 +28,11 @@ def resize_rows(x: Tensor, dim: int, size: int) -> Tensor:
     """`x` resized along `dim` to `size`, where every axis before `dim` has size 1 (a CPU float32 tensor): the sparse
     product into a fresh tensor, a few times faster than torch's pooling or interpolation kernel, or gathers."""
     n = x.shape[dim]
-    return torch.sparse.mm(_row_matrix(n, size), x.reshape(n, -1)).reshape(*x.shape[:dim], size, *x.shape[dim + 1:])
+    rest = x.reshape(n, -1)
+    # into an uninitialised tensor with beta=0 (its contents ignored, NaN included): torch.sparse.mm costs a few
+    # times more, filling its result before the product
+    out = torch.empty(size, rest.shape[1], dtype=x.dtype).addmm_(_row_matrix(n, size), rest, beta=0.0)
+    return out.reshape(*x.shape[:dim], size, *x.shape[dim + 1:])
 
 
 def add_rows(out: Tensor, rest: Tensor, alpha: float) -> None:
