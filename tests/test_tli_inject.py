@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from kaggle_tli.tli import rowstep
 from kaggle_tli.tli.inject import ResizeCache, center_crop, combo_injection, combo_mix, mix, resize
-from kaggle_tli.tli.rowstep import add_rows, resize_rows
+from kaggle_tli.tli.rowstep import add_rows, resize_rows, shrink_last
 
 
 def test_same_shape_is_an_exact_copy_for_any_lam():
@@ -82,7 +82,8 @@ def _resize_axis(x, dim, size):
 
 
 @pytest.mark.parametrize(("src", "dst"), [((6, 4, 3, 3), (9, 7, 1, 1)), ((6, 4, 3, 3), (3, 8, 5, 2)),
-                                          ((1, 5, 2), (4, 2, 2)), ((7,), (3,)), ((4, 4, 4, 4), (2, 2, 2, 9))])
+                                          ((1, 5, 2), (4, 2, 2)), ((7,), (3,)), ((4, 4, 4, 4), (2, 2, 2, 9)),
+                                          ((5, 12, 1, 1), (5, 5, 1, 1))])
 def test_resize_is_the_same_as_one_axis_at_a_time(src, dst):
     t = torch.randn(src, dtype=torch.float64)
     expected = t
@@ -145,8 +146,8 @@ def test_resize_cache_returns_what_resize_does_however_often_asked():
 @pytest.mark.parametrize(("shape", "size"), [((96, 80, 3), 33), ((64, 200), 70), ((300, 40), 7)])
 def test_area_averaging_of_a_large_tensor_is_adaptive_pooling(shape, size):
     # large tensors are averaged by whole-tensor gathers instead of torch's pooling kernel: the same sums in the
-    # same order, so the same floats; along the first axis by a sparse matrix product (weights 1/length), the same
-    # averages to float32 rounding
+    # same order, so the same floats; along the first and the last axis by a product with a sparse matrix (weights
+    # 1/length), the same averages to float32 rounding
     x = torch.randn(shape)
     for dim in range(len(shape)):
         if shape[dim] <= size:
@@ -155,8 +156,8 @@ def test_area_averaging_of_a_large_tensor_is_adaptive_pooling(shape, size):
         after = x.numel() // before // shape[dim]
         target = [*shape[:dim], size, *shape[dim + 1:]]
         pooled = F.adaptive_avg_pool2d(x.reshape(1, before, shape[dim], after), (size, after)).reshape(target)
-        if dim == 0:
-            assert torch.allclose(resize(x, target), pooled, rtol=1e-6, atol=1e-7), "axis 0"
+        if dim in (0, len(shape) - 1):
+            assert torch.allclose(resize(x, target), pooled, rtol=1e-6, atol=1e-7), f"axis {dim}"
         else:
             assert torch.equal(resize(x, target), pooled), f"axis {dim}"
 
@@ -219,3 +220,4 @@ def test_first_axis_resize_ignores_whatever_its_fresh_memory_held(monkeypatch):
     monkeypatch.setattr(rowstep.torch, "empty", lambda *size, **kw: torch.full(size, float("nan"), **kw))
     rest = torch.randn(6, 5)
     assert torch.allclose(resize_rows(rest, 0, 11).double(), _resize_axis(rest.double(), 0, 11), atol=1e-5)
+    assert torch.allclose(shrink_last(rest, 1, 2).double(), _resize_axis(rest.double(), 1, 2), atol=1e-6)

@@ -90,6 +90,8 @@ def _resize_axis(x: Tensor, dim: int, size: int) -> Tensor:
     grow = size > shape[dim]
     if before == 1 and rowstep.fits(x):  # in effect the first axis: a sparse matrix product (rowstep.py)
         return rowstep.resize_rows(x, dim, size)
+    if not grow and after == 1 and rowstep.fits(x):  # the last axis: a product with a sparse matrix (rowstep.py)
+        return rowstep.shrink_last(x, dim, size)
     if not grow and x.numel() >= _TAPS_FROM and shape[dim] <= 6 * size:  # windows of a few elements
         return _area_taps(x, dim, size)
     if after == 1:

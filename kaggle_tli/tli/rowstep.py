@@ -35,6 +35,16 @@ def resize_rows(x: Tensor, dim: int, size: int) -> Tensor:
     return out.reshape(*x.shape[:dim], size, *x.shape[dim + 1:])
 
 
+def shrink_last(x: Tensor, dim: int, size: int) -> Tensor:
+    """`x` (CPU float32) area-averaged along `dim` to `size`, where every axis after `dim` has size 1: its rows times
+    the transposed window matrix, into an uninitialised tensor with beta=0, a few times faster than gathering each
+    window's taps. (Growing, torch's interpolation kernel is the faster.)"""
+    n = x.shape[dim]
+    rows = x.reshape(-1, n)
+    out = torch.empty(rows.shape[0], size, dtype=x.dtype).addmm_(rows, _row_matrix(n, size).t(), beta=0.0)
+    return out.reshape(*x.shape[:dim], size, *x.shape[dim + 1:])
+
+
 def add_rows(out: Tensor, rest: Tensor, alpha: float) -> None:
     """out += alpha * (rest resized along its first axis to out's), where `rest` already has out's other sizes."""
     m, n = out.shape[0], rest.shape[0]
