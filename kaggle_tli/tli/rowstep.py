@@ -1,12 +1,18 @@
-"""The first axis's resize step as a sparse matrix product added straight into the tensor being written.
+"""Resize steps as products with sparse matrices, the first axis's added straight into the tensor being written.
 
-ComboInjection adds `alpha * resize(teacher)` into each student tensor. Done as "resize, then add", the last resize
-step writes a fresh tensor of the student's size and the add reads it again: two passes over memory that is not yet
-in cache (and pages the allocator has to fault in). Resizing along the first axis is a product with a sparse
-(student size x teacher size) matrix, two weights a row to grow (linear, corners aligned), a window of 1/length
-weights to shrink (area averaging), so `out.addmm_(matrix, rest)` does the step and the add in one pass over `out`:
-MKL's CSR kernel, several times faster than the interpolation kernel followed by an add. Only the rounding differs
-from interpolating first (the same weighted sums, summed in another order).
+Resizing an axis of n elements to m is a product with a sparse (m x n) matrix: two weights a row to grow (linear,
+corners aligned), a window of 1/length weights to shrink (area averaging). On the CPU torch hands such products to
+MKL's sparse kernels, which beat the interpolation and pooling kernels (and gathers of window taps):
+
+- along the first axis (nothing before it), `matrix @ rest`; where ComboInjection adds the result into a student
+  tensor, `out.addmm_(matrix, rest)` does the step and the add in one pass over `out` (done as "resize, then add",
+  the step writes a fresh tensor of the student's size and the add reads it again: two passes over memory not yet
+  in cache, and pages the allocator has to fault in);
+- along a last axis (nothing after it) to shrink, `rows @ matrix.T`.
+
+Results go into uninitialised tensors with beta=0 (torch.sparse.mm fills its result before the product, a few
+times slower). Only the rounding differs from the kernels they replace (the same weighted sums, summed in another
+order, and 1/length weights instead of a division).
 """
 
 from __future__ import annotations
