@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kaggle_tli.tli import rowstep
 from kaggle_tli.tli.inject import ResizeCache, center_crop, combo_injection, combo_mix, mix, resize
+from kaggle_tli.tli.rowstep import add_rows, resize_rows, shrink_last
 
 
 def test_same_shape_is_an_exact_copy_for_any_lam():
@@ -22,7 +24,8 @@ def test_lam_one_is_pure_crop_and_lam_zero_is_pure_resize():
     assert torch.equal(crop, center_crop(t, like)), "lam=1 must be the centre crop alone"
     assert frac == pytest.approx(4 * 6 / 40), "the crop takes 24 of the student's 40 elements"
     res, frac0 = combo_injection(t, like, 0.0)
-    assert torch.equal(res, resize(t, (4, 10))), "lam=0 must be the resize alone"
+    # the same weighted sums as resize's, in another order (the first axis's step is fused into the add)
+    assert torch.allclose(res, resize(t, (4, 10)), rtol=1e-6, atol=1e-7), "lam=0 must be the resize alone"
     assert frac0 == 1.0
     mixed, _ = combo_injection(t, like, 0.75)
     assert torch.allclose(mixed, 0.75 * crop + 0.25 * res), "lam mixes the two parts linearly"
@@ -79,7 +82,8 @@ def _resize_axis(x, dim, size):
 
 
 @pytest.mark.parametrize(("src", "dst"), [((6, 4, 3, 3), (9, 7, 1, 1)), ((6, 4, 3, 3), (3, 8, 5, 2)),
-                                          ((1, 5, 2), (4, 2, 2)), ((7,), (3,)), ((4, 4, 4, 4), (2, 2, 2, 9))])
+                                          ((1, 5, 2), (4, 2, 2)), ((7,), (3,)), ((4, 4, 4, 4), (2, 2, 2, 9)),
+                                          ((5, 12, 1, 1), (5, 5, 1, 1))])
 def test_resize_is_the_same_as_one_axis_at_a_time(src, dst):
     t = torch.randn(src, dtype=torch.float64)
     expected = t
@@ -140,9 +144,10 @@ def test_resize_cache_returns_what_resize_does_however_often_asked():
 
 
 @pytest.mark.parametrize(("shape", "size"), [((96, 80, 3), 33), ((64, 200), 70), ((300, 40), 7)])
-def test_area_averaging_of_a_large_tensor_is_adaptive_pooling_bit_for_bit(shape, size):
+def test_area_averaging_of_a_large_tensor_is_adaptive_pooling(shape, size):
     # large tensors are averaged by whole-tensor gathers instead of torch's pooling kernel: the same sums in the
-    # same order, so the same floats
+    # same order, so the same floats; along the first and the last axis by a product with a sparse matrix (weights
+    # 1/length), the same averages to float32 rounding
     x = torch.randn(shape)
     for dim in range(len(shape)):
         if shape[dim] <= size:
@@ -151,7 +156,10 @@ def test_area_averaging_of_a_large_tensor_is_adaptive_pooling_bit_for_bit(shape,
         after = x.numel() // before // shape[dim]
         target = [*shape[:dim], size, *shape[dim + 1:]]
         pooled = F.adaptive_avg_pool2d(x.reshape(1, before, shape[dim], after), (size, after)).reshape(target)
-        assert torch.equal(resize(x, target), pooled), f"axis {dim}"
+        if dim in (0, len(shape) - 1):
+            assert torch.allclose(resize(x, target), pooled, rtol=1e-6, atol=1e-7), f"axis {dim}"
+        else:
+            assert torch.equal(resize(x, target), pooled), f"axis {dim}"
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.75, 1.0])
@@ -169,3 +177,47 @@ def test_combo_mix_is_the_weighted_sum_of_injections_and_keeps_covered_elements_
     covered = (slice(2, 8), slice(2, 4))
     assert torch.equal(shifted[covered], combo_mix(teachers, like, weights, lam, **geometry)[covered])
     assert lam == 0.0 or not torch.equal(shifted, combo_mix(teachers, like, weights, lam, **geometry))
+
+
+@pytest.mark.parametrize(("n", "m"), [(5, 9), (9, 5), (1, 4), (7, 3), (6, 3), (64, 144), (144, 64)])
+def test_first_axis_step_added_in_place_is_resize_then_add(n, m):
+    # the sparse product adds the resized rows straight into the destination: the same weighted sums as the
+    # one-axis reference, to float32 rounding (sample positions are float32 arithmetic, as in torch's kernels)
+    rest, out = torch.randn(n, 3, 2), torch.randn(m, 3, 2)
+    expected = out.double() + 0.3 * _resize_axis(rest.double(), 0, m)
+    add_rows(out, rest, 0.3)
+    assert torch.allclose(out.double(), expected, atol=1e-5), f"{n} -> {m}"
+    assert torch.allclose(resize_rows(rest, 0, m).double(), _resize_axis(rest.double(), 0, m), atol=1e-5)
+
+
+def test_combo_mix_fused_and_plain_resize_paths_agree(monkeypatch):
+    # off the CPU (or off float32) the first axis is interpolated and added as before: both paths, one result
+    like = torch.randn(10, 6, 3, 3)
+    teachers = [torch.randn(4, 9, 3, 3), torch.randn(16, 4, 1, 1), torch.randn(3, 6, 5, 5)]
+    geometry = dict(fan_in_dims=(1, 2, 3), spatial_dims=(2, 3))
+    fused = combo_mix(teachers, like, [0.5, 0.3, 0.2], 0.75, **geometry)
+    monkeypatch.setattr(rowstep, "fits", lambda *tensors: False)
+    assert torch.allclose(combo_mix(teachers, like, [0.5, 0.3, 0.2], 0.75, **geometry), fused, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 4])
+def test_cached_kernel_centre_is_the_centre_taps_bit_for_bit(kernel):
+    # the cache takes a kernel's average and its centre tap from one pass over the teacher: the crop part must still
+    # read exactly the teacher's own centre taps, whichever way the cache got them
+    t = torch.randn(8, 6, kernel, kernel)
+    c = (kernel - 1) // 2
+    for warm in (True, False):
+        cache = ResizeCache()
+        if warm:  # the average computed first: the centre comes with it
+            cache.unscaled("t", t, (5, 9, 1, 1))
+        centre = cache.centre("t", t, (5, 9, 1, 1), (2, 3))
+        assert torch.equal(centre, t[:, :, c:c + 1, c:c + 1]), f"warm={warm}"
+    assert torch.allclose(ResizeCache().unscaled("t", t, (8, 6, 1, 1)), t.mean((2, 3), keepdim=True), atol=1e-6)
+
+
+def test_first_axis_resize_ignores_whatever_its_fresh_memory_held(monkeypatch):
+    # the product writes into an uninitialised tensor with beta=0: garbage there (here NaN) must not leak in
+    monkeypatch.setattr(rowstep.torch, "empty", lambda *size, **kw: torch.full(size, float("nan"), **kw))
+    rest = torch.randn(6, 5)
+    assert torch.allclose(resize_rows(rest, 0, 11).double(), _resize_axis(rest.double(), 0, 11), atol=1e-5)
+    assert torch.allclose(shrink_last(rest, 1, 2).double(), _resize_axis(rest.double(), 1, 2), atol=1e-6)

@@ -29,6 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import rowstep
+from .windows import kernel_to_one, mean_and_centre, shrink_whole_windows
+
 
 def _center_slices(src: int, dst: int) -> tuple[slice, slice]:
     """(slice of the source, slice of the destination) that overlap when both are centred."""
@@ -85,6 +88,10 @@ def _resize_axis(x: Tensor, dim: int, size: int) -> Tensor:
     shape = x.shape
     before, after = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
     grow = size > shape[dim]
+    if before == 1 and rowstep.fits(x):  # in effect the first axis: a sparse matrix product (rowstep.py)
+        return rowstep.resize_rows(x, dim, size)
+    if not grow and after == 1 and rowstep.fits(x):  # the last axis: a product with a sparse matrix (rowstep.py)
+        return rowstep.shrink_last(x, dim, size)
     if not grow and x.numel() >= _TAPS_FROM and shape[dim] <= 6 * size:  # windows of a few elements
         return _area_taps(x, dim, size)
     if after == 1:
@@ -122,50 +129,6 @@ def _area_taps(x: Tensor, dim: int, size: int) -> Tensor:
     return out.div_((end - start).to(x.dtype).view(view))
 
 
-def _shrink_whole_windows(x: Tensor, shape: Sequence[int],
-                          keep: Callable[[tuple, Callable[[], Tensor]], Tensor] | None = None) -> Tensor:
-    """Every axis that shrinks by a whole factor (a 3x3 kernel to 1x1, 1280 channels to 320), averaged over its
-    windows, in stages (_window_stages). `keep(shape after the stage, make)`: where the caller keeps each stage's
-    result (ResizeCache), so that a teacher kernel averaged over its input channels serves every depthwise student
-    layer, whatever its channels."""
-    after = tuple(t if t < n and n % t == 0 else n for n, t in zip(x.shape, shape, strict=True))
-    for stage in _window_stages(tuple(x.shape), after):
-        def make(x=x, stage=stage) -> Tensor:
-            return _average_windows(x, stage)
-        x = keep(stage, make) if keep is not None else make()
-    return x
-
-
-def _window_stages(shape: tuple[int, ...], after: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """The shapes after each averaging stage, the ones most student layers share first: the trailing axes that go to
-    1 together (a kernel to 1x1), then each other axis that goes to 1, then each remaining whole-factor axis."""
-    stages, current = [], list(shape)
-    whole = len(shape)
-    while whole > 0 and after[whole - 1] == 1:
-        whole -= 1
-    if any(n != 1 for n in shape[whole:]):
-        current[whole:] = [1] * (len(shape) - whole)
-        stages.append(tuple(current))
-    for to_one in (True, False):
-        for d in range(whole):
-            if after[d] < current[d] and (after[d] == 1) == to_one:
-                current[d] = after[d]
-                stages.append(tuple(current))
-    return stages
-
-
-def _average_windows(x: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """`x` averaged over whole windows to `shape` along the axes that differ: trailing axes that all go to 1 as a
-    matrix product (torch's mean over a short last axis is a few times slower), else one axis's windows by a mean."""
-    dims = [d for d in range(x.dim()) if shape[d] != x.shape[d]]
-    if all(shape[d] == 1 for d in range(dims[0], x.dim())):
-        n = math.prod(x.shape[dims[0]:])
-        ones = torch.full((n, 1), 1.0 / n, dtype=x.dtype, device=x.device)
-        return (x.reshape(-1, n) @ ones).reshape(shape)
-    (d,) = dims
-    return x.reshape(*x.shape[:d], shape[d], x.shape[d] // shape[d], *x.shape[d + 1:]).mean(d + 1)
-
-
 def fan_in_scale(teacher_shape: Sequence[int], shape: Sequence[int], fan_in_dims: Sequence[int]) -> float:
     """Teacher size / student size along the fan-in dimensions (module docstring)."""
     scale = 1.0
@@ -181,7 +144,7 @@ def resize(teacher: Tensor, shape: Sequence[int], *, fan_in_dims: Sequence[int] 
     x = teacher.detach().float()
     scale = fan_in_scale(x.shape, shape, fan_in_dims)
     # the cheapest steps and the ones that shrink most (a 3x3 kernel to 1x1): first
-    x = (windows or _shrink_whole_windows)(x, shape)
+    x = (windows or shrink_whole_windows)(x, shape)
     # then the most shrinking axes first: every later step then works on a smaller tensor
     steps = sorted((d for d in range(len(shape)) if shape[d] != x.shape[d]), key=lambda d: shape[d] / x.shape[d])
     for dim in steps:
@@ -217,12 +180,29 @@ class ResizeCache:
     def unscaled(self, name, teacher: Tensor, shape: Sequence[int]) -> Tensor:
         """`resize(teacher, shape)` without the fan-in scale (which combo_mix folds into its weights), computed once
         per (name, shape): never to be written into."""
-        def windows(x: Tensor, target: Sequence[int]) -> Tensor:
+        def keep(stage: tuple, make: Callable[[], Tensor], x: Tensor) -> Tensor:
             # each stage's result depends only on the shape it ends at
-            return _shrink_whole_windows(x, target, lambda stage, make: self._get(("windows", name, stage), make))
+            key = ("windows", name, stage)
+            if key not in self.entries and kernel_to_one(tuple(x.shape), stage):
+                # the kernel's centre tap (the crop part's) in the same pass over the teacher as its average
+                mean, centre = mean_and_centre(x)
+                self._get(("centre", name, tuple(x.shape), (1,) * (x.dim() - 2)), lambda: centre)
+                return self._get(key, lambda: mean)
+            return self._get(key, make)
+
+        def windows(x: Tensor, target: Sequence[int]) -> Tensor:
+            return shrink_whole_windows(x, target, lambda stage, make: keep(stage, make, x))
 
         key = ("resized", name, tuple(teacher.shape), tuple(shape))
         return self._get(key, lambda: resize(teacher, shape, windows=windows))
+
+    def centre(self, name, teacher: Tensor, shape: Sequence[int], spatial_dims: Sequence[int]) -> Tensor:
+        """kernel_centre(teacher, shape, spatial_dims), computed once per (name, kernel size): never to be written
+        into. Across families one teacher kernel seeds many student layers, and reading its centre taps in place
+        reads the whole kernel from memory each time."""
+        sizes = tuple(shape[d] for d in spatial_dims)
+        return self._get(("centre", name, tuple(teacher.shape), sizes),
+                         lambda: kernel_centre(teacher, shape, spatial_dims))
 
     def resize(self, name, teacher: Tensor, shape: Sequence[int], fan_in_dims: Sequence[int]) -> Tensor:
         """What `resize` returns, from what this cache keeps."""
@@ -263,7 +243,8 @@ def combo_injection(
 
 def combo_mix(teachers: Sequence[Tensor], like: Tensor, weights: Sequence[float], lam: float = 0.75, *,
               fan_in_dims: Sequence[int] = (), spatial_dims: Sequence[int] = (),
-              resized: Sequence[Tensor | None] | None = None, out: Tensor | None = None) -> Tensor:
+              resized: Sequence[Tensor | None] | None = None, out: Tensor | None = None,
+              centres: Sequence[Tensor | None] | None = None) -> Tensor:
     """The weighted sum (paper eq. 2) of each teacher tensor ComboInjected into the shape of `like` (all of its
     rank), computed as one sum instead of one injected tensor per source:
 
@@ -275,28 +256,67 @@ def combo_mix(teachers: Sequence[Tensor], like: Tensor, weights: Sequence[float]
     crops' edges cut, so `like` is scaled cell by cell; a cell every crop reaches is zeroed, so what the teacher
     alone determines stays independent of the student's init (the coverage probe).
     A source of the student's shape is copied (weight w_k). `resized`: each resize part the caller has already,
-    without the fan-in scale (ResizeCache.unscaled): the scale goes into the source's weight, one pass fewer.
+    without the fan-in scale (ResizeCache.unscaled): the scale goes into the source's weight, one pass fewer. It may
+    stop short of the first axis (partial_shape): that step then happens as it is added (rowstep.py).
     `out`: a float32 tensor holding the values of `like` (`like` itself may be), written in place and returned;
-    by default a float32 copy of `like`.
+    by default a float32 copy of `like`. `centres`: each source's kernel_centre, where the caller keeps it
+    (ResizeCache.centre): the crop part reads those contiguous taps instead of the teacher's strided ones.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
     shape = tuple(like.shape)
     teachers = [t.detach().to(like.device) for t in teachers]  # teacher and student may live on different devices
     resized = list(resized) if resized is not None else [None] * len(teachers)
+    centres = list(centres) if centres is not None else [None] * len(teachers)
     crops = {k: _crop_regions(t.shape, shape, spatial_dims) for k, t in enumerate(teachers)
              if lam > 0.0 and tuple(t.shape) != shape}
     out = like.detach().to(torch.float32, copy=True) if out is None else out
     _scale_init(out, [(crops[k][2], lam * weights[k]) for k in crops])
     for k, (t, w, r) in enumerate(zip(teachers, weights, resized, strict=True)):
-        same = tuple(t.shape) == shape
-        if same or lam < 1.0:  # the resize part (a same-shaped source is its own resize: copied whole)
-            part = t if same else (r if r is not None else resize(t, shape))
-            out.add_(part, alpha=w if same else (1.0 - lam) * w * fan_in_scale(t.shape, shape, fan_in_dims))
+        if tuple(t.shape) == shape:  # a same-shaped source is its own resize: copied whole
+            out.add_(t, alpha=w)
+        elif lam < 1.0:
+            _add_resized(out, t, r, (1.0 - lam) * w * fan_in_scale(t.shape, shape, fan_in_dims))
         if k in crops:
             src, dst, _ = crops[k]
-            out[dst].add_(t[src], alpha=lam * w)
+            if centres[k] is None:
+                out[dst].add_(t[src], alpha=lam * w)
+            else:  # the centre is already cut along the kernel's dimensions
+                out[dst].add_(centres[k][tuple(slice(None) if d in spatial_dims else c for d, c in enumerate(src))],
+                              alpha=lam * w)
     return out
+
+
+def kernel_centre(teacher: Tensor, shape: Sequence[int], spatial_dims: Sequence[int]) -> Tensor:
+    """The taps of `teacher` that ComboInjection's crop puts into a tensor of `shape`, along the kernel's dimensions
+    only, as a contiguous tensor: a 3x3 kernel's centre tap for a 1x1 student layer."""
+    cut = tuple(_center_slices(teacher.shape[d], shape[d])[0] if d in spatial_dims else slice(None)
+                for d in range(teacher.dim()))
+    return teacher.detach()[cut].contiguous()
+
+
+def partial_shape(t_shape: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape a teacher tensor is resized to before combo_mix adds it into a tensor of `shape`: every size of
+    `shape` but the first where the first axis grows, its step then fused into the add (rowstep.py), else `shape`
+    itself. Not fused where the first axis shrinks: resizing the other axes first would then work on more rows than
+    shrinking it first (measured: fusing those too costs more than it saves)."""
+    if t_shape[0] < shape[0]:
+        return (t_shape[0], *shape[1:])
+    return tuple(shape)
+
+
+def _add_resized(out: Tensor, teacher: Tensor, partial: Tensor | None, alpha: float) -> None:
+    """out += alpha * resize(teacher, out.shape); `partial`: the teacher already resized to partial_shape, where the
+    caller has it (ResizeCache)."""
+    if partial is None:
+        target = partial_shape(teacher.shape, out.shape)
+        partial = teacher.float() if target == tuple(teacher.shape) else resize(teacher, target)
+    if partial.shape[0] == out.shape[0]:
+        out.add_(partial, alpha=alpha)
+    elif rowstep.fits(out, partial) and out.is_contiguous():
+        rowstep.add_rows(out, partial, alpha)
+    else:
+        out.add_(_resize_axis(partial.float(), 0, out.shape[0]), alpha=alpha)
 
 
 def _scale_init(out: Tensor, slabs: list[tuple[tuple[slice, ...], float]]) -> None:

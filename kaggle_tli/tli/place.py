@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .grow import can_grow, grow, layer_norm_exact
-from .inject import ResizeCache, combo_mix, determined_fraction
+from .inject import ResizeCache, combo_mix, determined_fraction, partial_shape
 from .match import Match
 from .units import Unit
 
@@ -137,7 +137,7 @@ def _place_stacked(unit: Unit, group: list[Item], match: Match, t_idx: int, lam:
     stacked = [torch.stack([item[3][k][1] for item in group]).to(like.device) for k in range(len(sources))]
     resized = [None] * len(stacked)
     if cache is not None and lam < 1.0:
-        resized = [cache.unscaled((t_idx, *(item[3][k][0] for item in group)), t, like.shape)
+        resized = [cache.unscaled((t_idx, *(item[3][k][0] for item in group)), t, partial_shape(t.shape, like.shape))
                    if t.shape != like.shape else None for k, t in enumerate(stacked)]
     values = combo_mix(stacked, like, weights, lam, resized=resized, out=like if like.dtype == torch.float32 else None)
     fraction = determined_fraction([tuple(t.shape) for t in stacked], tuple(like.shape), lam)
@@ -165,12 +165,18 @@ def _combined(unit: Unit, local: str, target: Tensor, tensors: list[Tensor], wei
     ranked = [_as_rank(t, rank) for t in tensors]
     resized = [None] * len(ranked)
     if cache is not None and names is not None and lam < 1.0:  # the resize part, shared with later tensors
-        resized = [cache.unscaled(name, t.to(like.device), like.shape) if _reshaped(t, like) else None
+        resized = [cache.unscaled(name, t.to(like.device), partial_shape(t.shape, like.shape))
+                   if _reshaped(t, like) else None
+                   for name, t in zip(names, ranked, strict=True)]
+    centres = [None] * len(ranked)
+    if cache is not None and names is not None and lam > 0.0:  # a larger kernel's centre taps, read contiguously
+        centres = [cache.centre(name, t.to(like.device), like.shape, spatial)
+                   if _reshaped(t, like) and any(t.shape[d] > like.shape[d] for d in spatial) else None
                    for name, t in zip(names, ranked, strict=True)]
     # in place where `like` is the target's own float32 memory (a view), else through a copy
     in_place = target.dtype == torch.float32 and like.data_ptr() == target.data_ptr() and like.is_contiguous()
     values = combo_mix(ranked, like, weights, lam, fan_in_dims=fan_in, spatial_dims=spatial, resized=resized,
-                       out=like if in_place else None)
+                       out=like if in_place else None, centres=centres)
     if not in_place:
         target.copy_(values.reshape(target.shape))
     return determined_fraction([tuple(t.shape) for t in ranked], tuple(like.shape), lam, spatial)
